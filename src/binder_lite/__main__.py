@@ -1,0 +1,3 @@
+from binder_lite.cli import main
+
+main()

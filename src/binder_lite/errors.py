@@ -1,0 +1,85 @@
+"""Typed errors.  Library code raises these; the CLI turns them into exit codes once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BinderLiteError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a user's file."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class SiteError(BinderLiteError):
+    """The site file is invalid; carries every problem found, in file order."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column))
+        count = len(self.problems)
+        summary = f"{count} problem{'s' if count != 1 else ''} in the site file"
+        super().__init__("\n".join([*map(str, self.problems), summary]))
+
+
+class UsageError(BinderLiteError):
+    """A command was asked for something it cannot do (bad option combination, ...)."""
+
+    exit_code = 2
+
+
+class ToolNotFoundError(BinderLiteError):
+    """An external program (guix, qemu, git) is not installed."""
+
+    exit_code = 127
+
+
+class CommandError(BinderLiteError):
+    """An external program failed; the message carries its own words."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.rstrip().splitlines()[-40:])
+        super().__init__(f"`{argv[0]}` failed (exit {returncode}):\n{tail}".rstrip())
+
+
+class GuixError(CommandError):
+    """Guix rejected something we gave it; `output` is Guix's own message."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str) -> None:
+        super().__init__(argv, returncode, _without_noise(output))
+        tail = "\n".join(self.output.rstrip().splitlines()[-40:])
+        self.args = (f"Guix rejected the configuration (exit {returncode}):\n{tail}",)
+
+
+# Guix prints this on every command when its channel is older than a few weeks;
+# it says nothing about the user's configuration, so it is dropped from errors.
+_NOISE = (
+    "Consider running 'guix pull' followed by",
+    "'guix system reconfigure' to get up-to-date packages and security updates.",
+)
+
+
+def _without_noise(output: str) -> str:
+    lines = [line for line in output.splitlines() if not any(n in line for n in _NOISE)]
+    return "\n".join(line for line in lines if line.strip() or lines)

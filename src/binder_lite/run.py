@@ -1,0 +1,95 @@
+"""The one place where binder-lite starts other programs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from binder_lite.errors import CommandError, ToolNotFoundError
+
+log = logging.getLogger(__name__)
+
+Arg = str | os.PathLike[str]
+
+
+def _argv(cmd: Sequence[Arg]) -> list[str]:
+    return [os.fspath(a) for a in cmd]
+
+
+def _environment(extra: dict[str, str] | None) -> dict[str, str]:
+    # A fixed locale: Guix and git messages are parsed and shown to users, and
+    # non-ASCII text (site names, /etc/issue) must survive as UTF-8.
+    env = dict(os.environ)
+    env.setdefault("LC_ALL", "C.UTF-8")
+    env.update(extra or {})
+    return env
+
+
+def run(
+    cmd: Sequence[Arg],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    error: type[CommandError] = CommandError,
+    timeout: float | None = None,
+) -> str:
+    """Run `cmd`, return its standard output; on failure raise `error` with its output."""
+    argv = _argv(cmd)
+    log.debug("+ %s", shlex.join(argv))
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=_environment(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise ToolNotFoundError(f"{argv[0]} not found; is it installed and on PATH?") from e
+    except subprocess.TimeoutExpired as e:
+        raise error(argv, -1, f"timed out after {timeout} s") from e
+    if proc.returncode != 0:
+        log.debug("%s", proc.stderr)
+        raise error(argv, proc.returncode, proc.stderr + proc.stdout)
+    return proc.stdout
+
+
+def stream(
+    cmd: Sequence[Arg],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    error: type[CommandError] = CommandError,
+) -> Iterator[str]:
+    """Run `cmd`, yielding its merged output line by line; raise `error` if it fails."""
+    argv = _argv(cmd)
+    log.debug("+ %s", shlex.join(argv))
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=_environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as e:
+        raise ToolNotFoundError(f"{argv[0]} not found; is it installed and on PATH?") from e
+    tail: list[str] = []
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            tail = [*tail[-199:], line]
+            yield line.rstrip("\n")
+    if proc.returncode != 0:
+        raise error(argv, proc.returncode, "".join(tail))

@@ -1,0 +1,339 @@
+"""Raw YAML tree → `Site`, reporting every problem with its file, line and column."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import TypeVar
+
+from binder_lite.errors import SiteError
+from binder_lite.site import checks
+from binder_lite.site.load import Mark, load_yaml
+from binder_lite.site.model import (
+    Auth,
+    AuthProvider,
+    Binder,
+    Branding,
+    GuixSpec,
+    Host,
+    ImageSpec,
+    ImageType,
+    Network,
+    Runtime,
+    ServiceSpec,
+    Site,
+    Ssh,
+    StaticNetwork,
+    User,
+)
+from binder_lite.site.reader import REQUIRED, Problems, Section
+
+SITE_VERSION = 1
+
+E = TypeVar("E", Runtime, AuthProvider, ImageType)
+
+# Shepherd services a binder-lite system already provides (Guix's %base-services,
+# openssh, dhcpcd/static networking and ours).  A site service with one of these
+# names would make Guix fail with "provided more than once"; say so earlier.
+RESERVED_SERVICES = frozenset({
+    "binder-lite", "ssh-daemon", "ssh", "sshd", "networking", "loopback", "dhcpcd",
+    "user-processes", "user-file-systems", "file-systems", "root-file-system", "root",
+    "shepherd", "syslogd", "system-log", "guix-daemon", "nscd", "udev", "urandom-seed",
+    "host-name", "sysctl", "log-rotation", "log-cleanup", "timer", "transient",
+    "virtual-terminal", "console-font", "term-console", "term-ttyS0", "pam",
+    "user-homes", "special-files", "mcron", "ntpd", "ntp", "openntpd",
+})  # fmt: skip
+
+# Accounts the system itself creates; a site user of the same name would clash.
+SYSTEM_ACCOUNTS = frozenset({
+    "root", "nobody", "sshd", "dhcpcd", "nscd", "guixbuilder", "nixbld", "messagebus",
+})  # fmt: skip
+
+
+def load_site(path: Path) -> Site:
+    """Load and validate the site file at `path`; raise `SiteError` listing every problem."""
+    path = path.absolute()
+    raw, problems = load_yaml(path)
+    if raw is None:
+        raise SiteError(problems)
+    collector = Problems(str(path))
+    root = Section(collector, raw, "", Mark(1, 1))
+    site = _site(root, path)
+    if collector.items:
+        raise SiteError(collector.items)
+    assert site is not None
+    return site
+
+
+def _site(root: Section, path: Path) -> Site | None:
+    version = root.integer("version", REQUIRED, 1, 1000)
+    if root.present("version") and version != SITE_VERSION:
+        root.fail(root.mark_of("version"), "version", f"this binder-lite reads version "
+                  f"{SITE_VERSION} site files, not version {version}")  # fmt: skip
+    base = path.parent
+    branding = _branding(root.section("site", REQUIRED), base)
+    host = _host(root.section("host", REQUIRED))
+    binder = _binder(root.section("binder"))
+    users = _users(root, binder.user)
+    network = _network(root.section("network"))
+    ssh = _ssh(root.section("ssh"))
+    packages = root.texts("packages", check=checks.package)
+    services = _services(root, {"root", binder.user, *(u.name for u in users)})
+    images = _images(root)
+    guix = _guix(root.section("guix"), base)
+    root.finish()
+    _check_login(root, ssh, users)
+    if branding is None or host is None:
+        return None
+    return Site(
+        path=path, version=version, site=branding, host=host, users=users,
+        network=network, ssh=ssh, binder=binder, packages=packages,
+        services=services, images=images, guix=guix,
+    )  # fmt: skip
+
+
+def _branding(s: Section, base: Path) -> Branding | None:
+    name = s.text("name", REQUIRED)
+    if name is not None and not name.strip():
+        s.fail(s.mark_of("name"), "name", "must not be empty")
+    slug = s.text("slug", REQUIRED, checks.slug)
+    tagline = s.text("tagline", "")
+    logo = s.text("logo")
+    logo_path = _existing_file(s, "logo", logo, base) if logo is not None else None
+    color = s.text("primary_color", "#0b6e4f", checks.color)
+    issue = s.text("issue")
+    motd = s.text("motd")
+    s.finish()
+    if name is None or slug is None:
+        return None
+    return Branding(name, slug, tagline, logo_path, color, issue, motd)
+
+
+def _existing_file(s: Section, key: str, value: str, base: Path) -> Path | None:
+    path = (base / value).resolve()
+    if not path.is_file():
+        s.fail(s.mark_of(key), key, f"{value!r} does not exist (looked for {path})",
+               "paths are relative to the site file")  # fmt: skip
+        return None
+    return path
+
+
+def _host(s: Section) -> Host | None:
+    hostname = s.text("hostname", REQUIRED, checks.hostname)
+    timezone = s.text("timezone", "Etc/UTC", checks.timezone)
+    locale = s.text("locale", "en_US.utf8", checks.locale)
+    keyboard = s.text("keyboard", None, checks.keyboard)
+    s.finish()
+    return Host(hostname, timezone, locale, keyboard) if hostname is not None else None
+
+
+def _users(root: Section, binder_user: str) -> tuple[User, ...]:
+    users: list[User] = []
+    seen: dict[str, int] = {}
+    for s in root.sections("users"):
+        name = s.text("name", REQUIRED, checks.user_name)
+        comment = s.text("comment", "")
+        admin = s.boolean("admin", False)
+        keys = s.texts("ssh_keys", check=checks.ssh_public_key)
+        s.finish()
+        if name is None:
+            continue
+        if name in SYSTEM_ACCOUNTS or name == binder_user:
+            s.fail(s.mark_of("name"), "name", f"{name!r} is a system account",
+                   "choose another name for this person")  # fmt: skip
+        elif name in seen:
+            s.fail(s.mark_of("name"), "name", f"user {name!r} is listed twice "
+                   f"(first as users[{seen[name]}])")  # fmt: skip
+        seen.setdefault(name, len(users))
+        users.append(User(name, comment, admin, keys))
+    return tuple(users)
+
+
+def _network(s: Section) -> Network:
+    has_static = s.present("static")
+    dhcp = s.boolean("dhcp", not has_static)
+    static = _static(s.section("static")) if has_static else None
+    if has_static and dhcp:
+        s.fail(s.mark_of("dhcp"), "dhcp", "`dhcp: true` and a `static:` block exclude each other",
+               "remove `dhcp: true` to use the static address")  # fmt: skip
+    s.finish()
+    return Network(dhcp and not has_static, static)
+
+
+def _static(s: Section) -> StaticNetwork | None:
+    interface = s.text("interface", "eth0", checks.interface)
+    address = s.text("address", REQUIRED, checks.ip_interface)
+    gateway = s.text("gateway", None, checks.ip_address)
+    dns = s.texts("dns", check=checks.ip_address)
+    s.finish()
+    if address is None:
+        return None
+    _check_gateway(s, address, gateway)
+    return StaticNetwork(interface, address, gateway, dns)
+
+
+def _check_gateway(s: Section, address: str, gateway: str | None) -> None:
+    try:
+        network = ipaddress.ip_interface(address).network
+        if gateway is not None and ipaddress.ip_address(gateway) not in network:
+            s.fail(s.mark_of("gateway"), "gateway", f"{gateway} is not on {network}",
+                   "the gateway must be reachable on the interface's network")  # fmt: skip
+    except ValueError:
+        pass  # already reported by the field checks
+
+
+def _ssh(s: Section) -> Ssh:
+    ssh = Ssh(
+        enabled=s.boolean("enabled", True),
+        port=s.integer("port", 22, 1, 65535),
+        password_authentication=s.boolean("password_authentication", False),
+    )
+    s.finish()
+    return ssh
+
+
+def _check_login(root: Section, ssh: Ssh, users: tuple[User, ...]) -> None:
+    if ssh.enabled and not ssh.password_authentication and not any(u.ssh_keys for u in users):
+        root.fail(
+            root.mark_of("users"), "users",
+            "nobody can log into this machine: SSH is on, password login is off "
+            "and no user has ssh_keys",
+            "add your public key to a user's ssh_keys (see `binder-lite site init`)",
+        )  # fmt: skip
+
+
+def _binder(s: Section) -> Binder:
+    d = Binder()
+    binder = Binder(
+        port=s.integer("port", d.port, 1, 65535),
+        max_sessions=s.integer("max_sessions", d.max_sessions, 1, 10_000),
+        max_sessions_per_user=s.integer("max_sessions_per_user", d.max_sessions_per_user,
+                                        1, 10_000),  # fmt: skip
+        idle_timeout=s.integer("idle_timeout", d.idle_timeout, 60, 30 * 86400),
+        max_age=s.integer("max_age", d.max_age, 60, 365 * 86400),
+        allowed_repos=s.texts("allowed_repos", d.allowed_repos, checks.repo_pattern),
+        preload=s.texts("preload", check=checks.package),
+        runtime=_choice(s, "runtime", Runtime, d.runtime),
+        user=s.text("user", d.user, checks.user_name),
+        state_dir=s.text("state_dir", d.state_dir, checks.absolute_target_path),
+        auth=_auth(s.section("auth")),
+    )
+    s.finish()
+    return binder
+
+
+def _auth(s: Section) -> Auth:
+    provider = _choice(s, "provider", AuthProvider, AuthProvider.NONE)
+    issuer = s.text("issuer", None, checks.https_url)
+    client_id = s.text("client_id")
+    secret_file = s.text("client_secret_file", None, checks.absolute_target_path)
+    if provider is not AuthProvider.NONE:
+        for key, value in (("client_id", client_id), ("client_secret_file", secret_file)):
+            if value is None:
+                s.fail(s.mark_of("provider"), key, f"is required with provider: {provider}")
+    if provider is AuthProvider.OIDC and issuer is None:
+        s.fail(s.mark_of("provider"), "issuer", "is required with provider: oidc",
+               "give the issuer URL, e.g. https://keycloak.example.org/realms/main")  # fmt: skip
+    s.finish()
+    return Auth(provider, issuer, client_id, secret_file)
+
+
+def _choice(
+    s: Section, key: str, enum: type[E], default: E | None
+) -> E:
+    value = s.text(key, REQUIRED if default is None else None)
+    if value is None:
+        return default if default is not None else next(iter(enum))
+    try:
+        return enum(value)
+    except ValueError:
+        valid = ", ".join(e.value for e in enum)
+        s.fail(s.mark_of(key), key, f"{value!r} is not one of: {valid}",
+               checks.did_you_mean(value, [e.value for e in enum]))  # fmt: skip
+        return default if default is not None else next(iter(enum))
+
+
+def _services(root: Section, accounts: set[str]) -> tuple[ServiceSpec, ...]:
+    services: list[ServiceSpec] = []
+    for s in root.sections("services"):
+        name = s.text("name", REQUIRED, checks.service_name)
+        command = s.texts("command", REQUIRED)
+        user = s.text("user", "root", checks.user_name)
+        requirement = s.texts("requirement", ("user-processes",), checks.symbol)
+        respawn = s.boolean("respawn", True)
+        environment = s.text_map("environment")
+        documentation = s.text("documentation", "")
+        s.finish()
+        _check_service(s, name, command, user, environment, accounts, services)
+        if name is not None and command:
+            services.append(ServiceSpec(name, command, user, requirement, respawn,
+                                        environment, documentation))  # fmt: skip
+    return tuple(services)
+
+
+def _check_service(
+    s: Section,
+    name: str | None,
+    command: tuple[str, ...],
+    user: str,
+    environment: tuple[tuple[str, str], ...],
+    accounts: set[str],
+    earlier: list[ServiceSpec],
+) -> None:
+    if name in RESERVED_SERVICES:
+        s.fail(s.mark_of("name"), "name", f"the system already provides a service named {name!r}",
+               "choose another name")  # fmt: skip
+    elif name is not None and any(e.name == name for e in earlier):
+        s.fail(s.mark_of("name"), "name", f"service {name!r} is defined twice")
+    if s.present("command") and not command:
+        s.fail(s.mark_of("command"), "command", "must name a program to run")
+    elif command and not command[0].startswith("/"):
+        s.fail(s.mark_of("command"), "command[0]", f"{command[0]!r} is not an absolute path",
+               f"e.g. /run/current-system/profile/bin/{command[0]}")  # fmt: skip
+    if user not in accounts:
+        s.fail(s.mark_of("user"), "user", f"there is no account {user!r}",
+               f"use one of: {', '.join(sorted(accounts))}")  # fmt: skip
+    for var, _ in environment:
+        if not var.replace("_", "a").isalnum() or var[0].isdigit():
+            s.fail(s.mark_of("environment"), f"environment.{var}", "not a variable name")
+        elif any(w in var.upper() for w in ("SECRET", "PASSWORD", "TOKEN", "PRIVATE")):
+            s.fail(s.mark_of("environment"), f"environment.{var}",
+                   "secrets may not be written in the site file",
+                   "the rendered system goes into the world-readable /gnu/store; have the "
+                   "program read the secret from a file on the target")  # fmt: skip
+
+
+def _images(root: Section) -> tuple[ImageSpec, ...]:
+    if not root.present("images"):
+        root.texts("images")  # mark the key as known
+        return Site.__dataclass_fields__["images"].default  # type: ignore[no-any-return]
+    images: list[ImageSpec] = []
+    for s in root.sections("images"):
+        type_ = _choice(s, "type", ImageType, None)
+        size = s.text("size")
+        s.finish()
+        if size is not None:
+            if type_.firmware.value == "hybrid":
+                s.fail(s.mark_of("size"), "size", f"a {type_} image is as large as its "
+                       "contents; size does not apply")  # fmt: skip
+            else:
+                size = _normalised_size(s, size)
+        if any(i.type is type_ for i in images):
+            s.fail(s.mark_of("type"), "type", f"image type {type_} is listed twice")
+        images.append(ImageSpec(type_, size))
+    return tuple(images)
+
+
+def _normalised_size(s: Section, size: str) -> str | None:
+    try:
+        return checks.image_size(size)
+    except checks.Invalid as e:
+        s.fail(s.mark_of("size"), "size", e.message, e.hint)
+        return None
+
+
+def _guix(s: Section, base: Path) -> GuixSpec:
+    channels = s.text("channels")
+    path = _existing_file(s, "channels", channels, base) if channels is not None else None
+    s.finish()
+    return GuixSpec(path)
