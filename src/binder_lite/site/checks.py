@@ -66,6 +66,7 @@ interface = matches(r"[A-Za-z0-9_.:-]{1,15}", "a network interface name", "e.g. 
 symbol = matches(
     r"[a-z][a-z0-9-]{0,62}", "a Shepherd service name", "e.g. networking, user-processes"
 )
+device = matches(r"/dev/[A-Za-z0-9/_.-]+", "a device file", "e.g. /dev/sda or /dev/nvme0n1")
 env_name = matches(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
 
 

@@ -75,6 +75,7 @@ class Host:
     timezone: str = "Etc/UTC"
     locale: str = "en_US.utf8"
     keyboard: str | None = None
+    disk: str = "/dev/vda"  # where BIOS GRUB goes on reconfigure; images install their own
 
 
 @dataclass(frozen=True)

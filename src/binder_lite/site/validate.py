@@ -123,8 +123,9 @@ def _host(s: Section) -> Host | None:
     timezone = s.text("timezone", "Etc/UTC", checks.timezone)
     locale = s.text("locale", "en_US.utf8", checks.locale)
     keyboard = s.text("keyboard", None, checks.keyboard)
+    disk = s.text("disk", "/dev/vda", checks.device)
     s.finish()
-    return Host(hostname, timezone, locale, keyboard) if hostname is not None else None
+    return Host(hostname, timezone, locale, keyboard, disk) if hostname is not None else None
 
 
 def _users(root: Section, binder_user: str) -> tuple[User, ...]:
