@@ -1,0 +1,227 @@
+"""The `binder-lite` command.  It only parses arguments, calls the stages and turns
+typed errors into messages and exit codes, once, here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from binder_lite import __version__
+from binder_lite.errors import BinderLiteError, UsageError
+
+if TYPE_CHECKING:  # the stages are imported when a command runs: start-up stays fast
+    from binder_lite.guix import ImageCommand
+    from binder_lite.site.model import ImageType, Site
+
+IMAGE_TYPES = (
+    "iso9660", "uncompressed-iso9660", "qcow2", "qcow2-gpt", "mbr-raw", "mbr-hybrid-raw",
+    "efi-raw",
+)  # fmt: skip
+
+site_argument = click.argument(
+    "site_file", metavar="SITE", type=click.Path(dir_okay=False, path_type=Path)
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="binder-lite")
+@click.option("--debug", is_flag=True, help="Log every command run and show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """binder-lite: reproducible notebooks on GNU Guix.
+
+    Describe a binder-lite machine in one YAML site file, check it, render it
+    into a Guix operating-system and build branded images from it.
+    """
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+
+
+@cli.group()
+def site() -> None:
+    """Create and check site files."""
+
+
+@site.command("init")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="site.yaml")
+@click.option("--name", default="binder-lite", show_default=True, help="The site's name.")
+@click.option(
+    "--ssh-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key for the administrator [default: the first of ~/.ssh/id_*.pub].",
+)
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+def site_init(path: Path, name: str, ssh_key: Path | None, force: bool) -> None:
+    """Write an annotated starter site file to PATH (default site.yaml)."""
+    from binder_lite.render import write_files
+    from binder_lite.starter import find_public_key, render_starter
+
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+    key = ssh_key.read_text(encoding="utf-8").strip() if ssh_key else find_public_key(Path.home())
+    write_files({path.name: render_starter(path, name, key)}, path.parent)
+    click.echo(f"wrote {path}")
+    if key is None:
+        click.echo("no SSH public key found: add one under users before building", err=True)
+    click.echo(f"next: edit it, then `binder-lite site check {path}`")
+
+
+@site.command("check")
+@site_argument
+@click.option(
+    "--guix", "with_guix", is_flag=True,
+    help="Also have the real Guix lower every image type to a derivation.",
+)  # fmt: skip
+def site_check(site_file: Path, with_guix: bool) -> None:
+    """Validate SITE and report every problem with its line and column."""
+    site = _load(site_file)
+    types = ", ".join(str(i.type) for i in site.images)
+    if with_guix:
+        for image in site.images:
+            drv = _derivation(site, image.type, grafts=False)
+            click.echo(f"{image.type}: {drv}")
+    click.echo(f"{site_file}: ok ({site.site.name!r}, images: {types})")
+
+
+@cli.command()
+@site_argument
+@click.option(
+    "-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+    help="Write system.scm and one <slug>-<type>.scm per image type here.",
+)  # fmt: skip
+@click.option("--print", "print_", is_flag=True, help="Print the result instead of writing it.")
+@click.option(
+    "--type", "image_type", type=click.Choice(IMAGE_TYPES),
+    help="With --print: the configuration for this image type [default: system.scm].",
+)  # fmt: skip
+def render(site_file: Path, output: Path | None, print_: bool, image_type: str | None) -> None:
+    """Render SITE into Guix operating-system files."""
+    from binder_lite import render as r
+    from binder_lite.site.model import ImageType
+
+    if print_ == (output is not None):
+        raise UsageError("give exactly one of -o/--output DIR and --print")
+    site = _load(site_file)
+    if print_:
+        text = (
+            r.render_image_config(site, ImageType(image_type))
+            if image_type
+            else r.render_system(site)
+        )
+        click.echo(text, nl=False)
+        return
+    assert output is not None
+    for path in r.write_files(r.render_all(site), output):
+        click.echo(path)
+
+
+@cli.group()
+def image() -> None:
+    """Build Guix System images from a site file."""
+
+
+@image.command("build")
+@site_argument
+@click.option(
+    "-t", "--type", "types", multiple=True, type=click.Choice(IMAGE_TYPES),
+    help="Image type to build; repeatable [default: the site's images].",
+)  # fmt: skip
+@click.option("--size", help="Image size, e.g. 20GiB [default: the site's, else Guix's guess].")
+@click.option(
+    "-n", "--dry-run", is_flag=True,
+    help="Print the Guix command and the derivation Guix returns; build nothing.",
+)  # fmt: skip
+@click.option(
+    "--grafts/--no-grafts", default=True, show_default=True,
+    help="Apply security grafts (turn off only for tests and offline checks).",
+)  # fmt: skip
+@click.option(
+    "-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build"), show_default=True, help="Where rendered files go.",
+)  # fmt: skip
+def image_build(
+    site_file: Path,
+    types: tuple[str, ...],
+    size: str | None,
+    dry_run: bool,
+    grafts: bool,
+    work_dir: Path,
+) -> None:
+    """Build the images SITE describes (for now: --dry-run lowers them with Guix)."""
+    from binder_lite.site.checks import Invalid, image_size
+    from binder_lite.site.model import ImageType
+
+    site = _load(site_file)
+    if size is not None:
+        try:
+            size = image_size(size)
+        except Invalid as e:
+            raise UsageError(f"--size: {e.message}") from None
+    wanted = [ImageType(t) for t in types] or [i.type for i in site.images]
+    if not dry_run:
+        raise UsageError(
+            "building images needs Guix substitutes or hours of compiling; this version "
+            "only checks them: pass --dry-run"
+        )
+    for image_type in wanted:
+        command = _image_command(site, image_type, work_dir, size=size, grafts=grafts)
+        click.echo(f"{image_type}: would run:\n  {command.shell()}")
+        sys.stdout.flush()  # before Guix writes to stderr
+        started = time.monotonic()
+        from binder_lite import guix
+
+        drv = guix.derivation(command)
+        click.echo(f"  derivation: {drv} ({time.monotonic() - started:.1f} s)")
+
+
+def _load(site_file: Path) -> Site:
+    from binder_lite.site import load_site
+
+    return load_site(site_file)
+
+
+def _image_command(
+    site: Site, image_type: ImageType, work_dir: Path, *, size: str | None, grafts: bool
+) -> ImageCommand:
+    from binder_lite import guix, render
+
+    config = work_dir.absolute() / site.site.slug / render.image_config_name(site, image_type)
+    render.write_files({config.name: render.render_image_config(site, image_type)}, config.parent)
+    return guix.ImageCommand(site, image_type, config, size=size, grafts=grafts)
+
+
+def _derivation(site: Site, image_type: ImageType, *, grafts: bool) -> str:
+    from binder_lite import guix
+
+    command = _image_command(site, image_type, Path("build"), size=None, grafts=grafts)
+    return guix.derivation(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI; report binder-lite's errors without a traceback."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        code = cli.main(args=argv, prog_name="binder-lite", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BinderLiteError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    if isinstance(code, int) and code:
+        sys.exit(code)

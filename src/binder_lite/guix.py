@@ -1,0 +1,74 @@
+"""Stage 3: the Guix commands that turn rendered files into images (and their checks)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from binder_lite import run
+from binder_lite.errors import GuixError
+from binder_lite.paths import guile_load_path
+from binder_lite.site.model import Firmware, ImageType, Site
+
+
+def guix_program() -> str:
+    """`guix`, or the program named by $BINDER_LITE_GUIX (e.g. a wrapper around a chroot)."""
+    return os.environ.get("BINDER_LITE_GUIX", "guix")
+
+
+@dataclass(frozen=True)
+class ImageCommand:
+    """One `guix system image` invocation for one image type of a site."""
+
+    site: Site
+    image_type: ImageType
+    config: Path  # the rendered operating-system file
+    size: str | None = None
+    grafts: bool = True
+
+    def argv(self, *, derivation: bool = False) -> list[str]:
+        prefix = [guix_program()]
+        if self.site.guix.channels is not None:
+            # Pinned channels: the same Guix, hence the same image, on every machine.
+            prefix += ["time-machine", "-C", os.fspath(self.site.guix.channels), "--"]
+        # Guix's long options take their value after "=", never as the next argument.
+        argv = [
+            *prefix, "system", "image",
+            f"--image-type={self.image_type}",
+            f"--load-path={os.fspath(guile_load_path())}",
+        ]  # fmt: skip
+        size = self.size or self.site.image(self.image_type).size
+        if size is not None and self.image_type.firmware is not Firmware.HYBRID:
+            argv.append(f"--image-size={size}")
+        if self.image_type.firmware is Firmware.HYBRID:
+            # The ISO's volume label; Guix upper-cases it.
+            argv.append(f"--label={self.site.site.slug}")
+        if not self.grafts:
+            argv.append("--no-grafts")
+        if derivation:
+            argv.append("--derivation")
+        argv.append(os.fspath(self.config))
+        return argv
+
+    def shell(self, *, derivation: bool = False) -> str:
+        return shlex.join(self.argv(derivation=derivation))
+
+
+_DRV = re.compile(r"^/gnu/store/[0-9a-z]{32}-[^/\s]+\.drv$")
+
+
+def derivation(command: ImageCommand) -> str:
+    """Ask Guix to lower the image to a derivation; return its file name."""
+    output = run.run(command.argv(derivation=True), error=GuixError)
+    drvs = [line.strip() for line in output.splitlines() if _DRV.match(line.strip())]
+    if not drvs:
+        raise GuixError(command.argv(derivation=True), 0, f"no derivation in output:\n{output}")
+    return drvs[-1]
+
+
+def version() -> str:
+    """The first line of `guix --version`, e.g. 'guix (GNU Guix) 1.5.0'."""
+    return run.run([guix_program(), "--version"], error=GuixError).splitlines()[0]
