@@ -18,7 +18,9 @@ set -eu
 
 CACHE=${BINDER_LITE_CACHE:-/var/cache/binder-lite}
 SELF=$(readlink -f "$0")
-KEY=$(sha256sum "$SELF" | cut -c1-12)
+# The key covers the steps that decide what is inside the chroot, so editing
+# anything else here (the wrapper, messages) keeps the cache.
+KEY=$(sed -n '/^build_root()/,/^}/p' "$SELF" | sha256sum | cut -c1-12)
 ROOT=$CACHE/guix-sid-$KEY
 BIN=$CACHE/bin-$KEY
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -90,6 +92,13 @@ start_daemon() {
     done
 }
 
+stop_daemons_in() {  # kill the processes whose root directory is $1
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$1" ] && kill "${p#/proc/}" 2>/dev/null
+    done
+    return 0
+}
+
 write_wrapper() {
     mkdir -p "$BIN"
     # Each call gets a private mount namespace in which the caller's directories are
@@ -110,14 +119,17 @@ exec chroot "\$root" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 
 WRAP
     chmod +x "$BIN/guix.tmp"
     mv "$BIN/guix.tmp" "$BIN/guix"
+    # Where /gnu/store is, seen from the host: tests read store files through it.
+    echo "$ROOT" >"$BIN/store-root"
 }
 
 ensure() {
     mkdir -p "$CACHE"
     if [ ! -e "$ROOT/.binder-lite-ready" ]; then
-        for old in "$CACHE"/guix-sid-*; do
-            [ -d "$old" ] && [ "$old" != "$ROOT" ] || continue
-            log "removing stale chroot $old"
+        for old in "$CACHE"/guix-sid-* "$CACHE"/bin-*; do
+            [ -d "$old" ] && [ "$old" != "$ROOT" ] && [ "$old" != "$BIN" ] || continue
+            log "removing stale $old"
+            stop_daemons_in "$old"
             umount -R "$old/dev" "$old/sys" "$old/proc" 2>/dev/null || true
             rm -rf --one-file-system "$old"
         done
@@ -137,6 +149,6 @@ ensure() {
 case ${1:-ensure} in
     ensure) ensure ;;
     path) echo "$BIN" ;;
-    stop) pkill -f "^guix-daemon --build-users-group=guixbuild" || true ;;
+    stop) stop_daemons_in "$ROOT" ;;
     *) echo "usage: $0 [ensure|path|stop]" >&2; exit 2 ;;
 esac

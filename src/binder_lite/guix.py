@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,14 @@ from binder_lite.site.model import Firmware, ImageType, Site
 
 
 def guix_program() -> str:
-    """`guix`, or the program named by $BINDER_LITE_GUIX (e.g. a wrapper around a chroot)."""
-    return os.environ.get("BINDER_LITE_GUIX", "guix")
+    """The `guix` to run: $BINDER_LITE_GUIX, else `guix` on PATH, else one installed next
+    to the Python running binder-lite (scripts/setup links its Guix chroot there)."""
+    if "BINDER_LITE_GUIX" in os.environ:
+        return os.environ["BINDER_LITE_GUIX"]
+    if shutil.which("guix"):
+        return "guix"
+    beside = Path(sys.executable).parent / "guix"
+    return os.fspath(beside) if beside.exists() else "guix"
 
 
 @dataclass(frozen=True)

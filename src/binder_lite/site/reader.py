@@ -61,8 +61,8 @@ class Section:
         if isinstance(node, RawScalar) and node.value is None:
             node = None
         if node is None and default is REQUIRED:
-            where = self.node.mark if self.node else self.mark
-            self.problems.add(where, self.key_path(key), "is required")
+            # Point at the section's own key (`host:`), where the missing key belongs.
+            self.problems.add(self.mark, self.key_path(key), "is required")
         return node
 
     def fail(self, node: RawNode | Mark, key: str, message: str, hint: str | None = None) -> None:
