@@ -58,6 +58,7 @@ def _render(site: Site, firmware: Firmware, image_type: str) -> str:
         title=f"{site.site.name}: a binder-lite Guix System",
         image_type=image_type,
         firmware=str(firmware),
+        menu_label=_menu_label(site),
         issue=_issue(site),
         motd=_motd(site),
         any_admin=any(u.admin for u in site.users),
@@ -66,6 +67,12 @@ def _render(site: Site, firmware: Firmware, image_type: str) -> str:
         svc_group=lambda svc: _group(site, svc),
         svc_environment=_environment,
     )
+
+
+def _menu_label(site: Site) -> str:
+    # Guix writes the label into grub.cfg as a Scheme string, which GRUB reads as
+    # its own; a line break would show as "\n", so the menu gets a single line.
+    return " ".join(site.site.name.split())
 
 
 def _issue(site: Site) -> str:

@@ -1,0 +1,125 @@
+"""The Guix tier: the real Guix 1.5 must accept everything binder-lite renders."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, MINIMAL_SITE, ROOT, SITES, CliResult
+
+from binder_lite.guix import ImageCommand
+from binder_lite.render import _issue, _motd, render_image_config, write_files
+from binder_lite.site import load_site
+from binder_lite.site.model import ImageType
+
+pytestmark = pytest.mark.guix
+
+Cli = Callable[..., CliResult]
+DRV = re.compile(r"derivation: (/gnu/store/[0-9a-z]{32}-\S+\.drv)")
+
+SITE_FILES = sorted([*EXAMPLES.glob("*.yaml"), *SITES.glob("*.yaml")])
+CASES = [
+    pytest.param(path, image.type, id=f"{path.stem}-{image.type}")
+    for path in SITE_FILES
+    for image in load_site(path).images
+]
+
+
+def guix_run(guix: str, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([guix, *map(os.fspath, args)], capture_output=True, text=True,
+                          check=False, timeout=600)  # fmt: skip
+
+
+@pytest.mark.parametrize(("site_file", "image_type"), CASES)
+def test_every_image_type_lowers_to_a_derivation(
+    guix: str, cli: Cli, tmp_path: Path, site_file: Path, image_type: ImageType
+) -> None:
+    result = cli("image", "build", site_file, "--type", image_type, "--dry-run", "--no-grafts",
+                 "--work-dir", tmp_path)  # fmt: skip
+    assert result.code == 0, result.err
+    assert f"guix system image --image-type={image_type} " in result.out
+    assert DRV.search(result.out), result.out
+
+
+@pytest.mark.parametrize("site_file", SITE_FILES, ids=lambda p: p.stem)
+def test_installed_system_lowers(guix: str, cli: Cli, tmp_path: Path, site_file: Path) -> None:
+    """system.scm, the configuration for init, reconfigure and deploy."""
+    assert cli("render", site_file, "-o", tmp_path).code == 0
+    proc = guix_run(guix, "system", "build", "-d", "--no-grafts", "-L", ROOT / "services",
+                    tmp_path / "system.scm")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("-system.drv")
+
+
+def test_channel_module_in_a_handwritten_config(guix: str) -> None:
+    proc = guix_run(guix, "system", "image", "-t", "qcow2", "-d", "--no-grafts",
+                    "-L", ROOT / "services", EXAMPLES / "channel-os.scm")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(".drv")
+
+
+def test_guix_scm_package_and_dev_shell(guix: str) -> None:
+    built = guix_run(guix, "build", "-f", ROOT / "guix.scm", "-d")
+    assert built.returncode == 0, built.stderr
+    assert re.search(r"-binder-lite-0\.1\.0\.drv$", built.stdout.strip())
+    shell = guix_run(guix, "shell", "-D", "-f", ROOT / "guix.scm", "-n")
+    assert shell.returncode == 0, shell.stderr
+
+
+def test_guix_errors_reach_the_user_readably(
+    guix: str, cli: Cli, write_site: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_site(MINIMAL_SITE + "packages: [htop, htopp-does-not-exist]\n")
+    result = cli("image", "build", path, "--type", "qcow2", "--dry-run", "--work-dir", tmp_path)
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert result.err.startswith("error: Guix rejected the configuration (exit 1):")
+    assert "htopp-does-not-exist" in result.err and "unknown package" in result.err
+    assert "guix pull" not in result.err  # Guix's staleness nag is not the user's problem
+
+
+def test_bootloader_mismatch_is_what_guix_refuses(guix: str, tmp_path: Path) -> None:
+    """Why each image type gets its own template: Guix rejects EFI GRUB on MBR images."""
+    site = load_site(EXAMPLES / "bare-metal.yaml")
+    config = write_files({"efi.scm": render_image_config(site, ImageType.EFI_RAW)}, tmp_path)[0]
+    wrong = ImageCommand(site, ImageType.QCOW2, config, grafts=False)
+    proc = subprocess.run(wrong.argv(derivation=True), capture_output=True, text=True,
+                          check=False, env={**os.environ, "BINDER_LITE_GUIX": guix})  # fmt: skip
+    assert proc.returncode != 0
+    assert "EFI bootloader required with GPT partitioning" in proc.stderr
+
+
+def _store_text(guix: str, store_root: Path, drv: str, suffix: str) -> bytes:
+    """The bytes of the one store item named *-SUFFIX among `drv`'s requisites."""
+    proc = guix_run(guix, "gc", "--requisites", drv)
+    assert proc.returncode == 0, proc.stderr
+    items = [line for line in proc.stdout.split() if line.endswith(f"-{suffix}")]
+    assert len(items) == 1, items
+    return (store_root / items[0].lstrip("/")).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["hostile-text", "defaults-from-name"])
+def test_text_reaches_the_store_byte_for_byte(
+    guix: str, store_root: Path, cli: Cli, tmp_path: Path, name: str
+) -> None:
+    site_file = SITES / f"{name}.yaml"
+    site = load_site(site_file)
+    result = cli("image", "build", site_file, "--dry-run", "--no-grafts", "--work-dir", tmp_path)
+    assert result.code == 0, result.err
+    match = DRV.search(result.out)
+    assert match, result.out
+    drv = match.group(1)
+    assert _store_text(guix, store_root, drv, "issue") == _issue(site).encode("utf-8")
+    assert _store_text(guix, store_root, drv, "motd") == _motd(site).encode("utf-8")
+    if site.site.issue is not None:
+        assert _issue(site) == site.site.issue  # exactly what the site file says
+        assert _motd(site) == site.site.motd
+    else:
+        assert _issue(site).startswith(site.site.name + "\n")
+    user = site.users[0]
+    keys = _store_text(guix, store_root, drv, f"{user.name}.pub").decode("utf-8")
+    assert keys == "\n".join(user.ssh_keys) + "\n"
