@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, MINIMAL_SITE, ROOT
 
-from binder_lite.scheme import scm_str
 from binder_lite.render import render_all, render_image_config, write_files
+from binder_lite.scheme import scm_str
 from binder_lite.site import load_site
 from binder_lite.site.model import ImageType
 
@@ -29,8 +29,7 @@ def datums(path: Path) -> int:
     assert GUILE is not None
     # Guix's reader extensions for gexps (#~ #$ #$@), as (guix gexp) installs them.
     hashes = "".join(
-        f"(read-hash-extend #\\{c} (lambda (c port) (list 'gexp-syntax (read port))))"
-        for c in "~$"
+        f"(read-hash-extend #\\{c} (lambda (c port) (list 'gexp-syntax (read port))))" for c in "~$"
     )
     program = hashes + (
         f'(call-with-input-file {scm_str(str(path))} (lambda (port) (let loop ((n 0)) '
@@ -64,9 +63,7 @@ def test_bootloader_follows_the_image_type(write_site: WriteSite) -> None:
 
 def test_render_all_names(write_site: WriteSite) -> None:
     site = load_site(write_site(MINIMAL_SITE + ALL_TYPES))
-    assert sorted(render_all(site)) == sorted(
-        ["system.scm"] + [f"test-{t}.scm" for t in ImageType]
-    )
+    assert sorted(render_all(site)) == sorted(["system.scm"] + [f"test-{t}.scm" for t in ImageType])
 
 
 def test_system_scm_boots_like_the_first_disk_image(write_site: WriteSite) -> None:
@@ -98,7 +95,7 @@ def test_static_network_and_services(write_site: WriteSite) -> None:
     text = render_all(load_site(path))["system.scm"]
     assert "(service dhcpcd-service-type)" not in text
     assert '(device "eno1")' in text and '(value "192.0.2.10/24")' in text
-    assert '(gateway "192.0.2.1")' in text and "(name-servers '(\"192.0.2.53\"))" in text
+    assert '(gateway "192.0.2.1")' in text and '(name-servers \'("192.0.2.53"))' in text
     assert "(provision '(gn-sync))" in text
     assert "(requirement '(user-processes networking))" in text
     assert '(list "/bin/sh" "-c" "echo \\"$HOME\\"")' in text

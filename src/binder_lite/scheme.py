@@ -67,8 +67,10 @@ def scm_syms(values: Iterable[object]) -> str:
 def scm_comment(value: object) -> str:
     """Text for a `;;` comment: line breaks and control characters become spaces, so
     nothing a user wrote can end the comment and be read as code."""
-    return "".join(" " if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029\x85"
-                   else c for c in str(value))
+    return "".join(
+        " " if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029\x85" else c
+        for c in str(value)
+    )
 
 
 def scm_bool(value: object) -> str:

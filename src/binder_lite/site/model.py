@@ -164,7 +164,7 @@ class Site:
     binder: Binder = field(default_factory=Binder)
     packages: tuple[str, ...] = ()
     services: tuple[ServiceSpec, ...] = ()
-    images: tuple[ImageSpec, ...] = (ImageSpec(ImageType.ISO9660), ImageSpec(ImageType.QCOW2))
+    images: tuple[ImageSpec, ...] = ()  # validation fills in the default (iso9660, qcow2)
     guix: GuixSpec = field(default_factory=GuixSpec)
 
     def image(self, type_: ImageType) -> ImageSpec:

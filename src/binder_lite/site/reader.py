@@ -80,13 +80,11 @@ class Section:
         except Invalid as e:
             self.fail(node, key, e.message, e.hint)
             return value
-        return value if result is None else result  # type: ignore[no-any-return]
+        return value if result is None else result
 
     # -- typed accessors ----------------------------------------------------------
 
-    def text(
-        self, key: str, default: Any = None, check: Callable[[str], Any] | None = None
-    ) -> Any:
+    def text(self, key: str, default: Any = None, check: Callable[[str], Any] | None = None) -> Any:
         node = self._take(key, default)
         if node is None:
             return None if default is REQUIRED else default

@@ -29,6 +29,7 @@ from binder_lite.site.model import (
 from binder_lite.site.reader import REQUIRED, Problems, Section
 
 SITE_VERSION = 1
+DEFAULT_IMAGES = (ImageSpec(ImageType.ISO9660), ImageSpec(ImageType.QCOW2))
 
 E = TypeVar("E", Runtime, AuthProvider, ImageType)
 
@@ -208,8 +209,9 @@ def _binder(s: Section) -> Binder:
     binder = Binder(
         port=s.integer("port", d.port, 1, 65535),
         max_sessions=s.integer("max_sessions", d.max_sessions, 1, 10_000),
-        max_sessions_per_user=s.integer("max_sessions_per_user", d.max_sessions_per_user,
-                                        1, 10_000),  # fmt: skip
+        max_sessions_per_user=s.integer(
+            "max_sessions_per_user", d.max_sessions_per_user, 1, 10_000
+        ),  # fmt: skip
         idle_timeout=s.integer("idle_timeout", d.idle_timeout, 60, 30 * 86400),
         max_age=s.integer("max_age", d.max_age, 60, 365 * 86400),
         allowed_repos=s.texts("allowed_repos", d.allowed_repos, checks.repo_pattern),
@@ -239,9 +241,7 @@ def _auth(s: Section) -> Auth:
     return Auth(provider, issuer, client_id, secret_file)
 
 
-def _choice(
-    s: Section, key: str, enum: type[E], default: E | None
-) -> E:
+def _choice(s: Section, key: str, enum: type[E], default: E | None) -> E:
     value = s.text(key, REQUIRED if default is None else None)
     if value is None:
         return default if default is not None else next(iter(enum))
@@ -307,7 +307,7 @@ def _check_service(
 def _images(root: Section) -> tuple[ImageSpec, ...]:
     if not root.present("images"):
         root.texts("images")  # mark the key as known
-        return Site.__dataclass_fields__["images"].default  # type: ignore[no-any-return]
+        return DEFAULT_IMAGES
     images: list[ImageSpec] = []
     for s in root.sections("images"):
         type_ = _choice(s, "type", ImageType, None)
