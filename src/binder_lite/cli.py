@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -180,6 +180,57 @@ def image_build(
         click.echo(f"  derivation: {drv} ({time.monotonic() - started:.1f} s)")
 
 
+RUNTIMES = ("guix", "local")
+
+
+def _launch_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The options `guix-notebook-launcher` and `binder-lite launch` share."""
+    options = [
+        click.argument("source"),
+        click.option("--ref", help="Branch, tag or commit [default: the remote's HEAD]."),
+        click.option("--open", "open_path", metavar="PATH",
+                     help="Notebook or file to show [default: index.ipynb, else the first]."),
+        click.option("--runtime", type=click.Choice(RUNTIMES), default="guix",
+                     show_default=True,
+                     help="guix: Jupyter in a Guix container; local: this Python's Jupyter."),
+        click.option("--kernel", help="Kernel to preselect [default: guix, or python3 locally]."),
+        click.option("--port", type=click.IntRange(1, 65535),
+                     help="Port on 127.0.0.1 [default: a free one]."),
+        click.option("--no-browser", is_flag=True, help="Do not open a browser."),
+        click.option("--timeout", type=float, help="Seconds to wait for Jupyter."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Repository cache [default: ~/.cache/binder-lite]."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the URLs."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@cli.command("launch")
+@_launch_options
+def launch_command(**options: Any) -> None:
+    """Run the notebooks of a git repository (SOURCE: a path, file://, https:// or
+    git:// URL) in Jupyter, with its environment from manifest.scm, requirements.txt,
+    ...; print the URLs and serve until Ctrl-C, which stops everything it started."""
+    from binder_lite.launch.cli import run_launcher
+
+    run_launcher(**options)
+
+
+@cli.command("manifest")
+@click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--write", is_flag=True, help="Write manifest.scm into the repository.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Check every name against the Guix at hand, when there is one.")  # fmt: skip
+def manifest_command(repo: Path, write: bool, check: bool) -> None:
+    """Print the Guix manifest for REPO's environment (requirements.txt, setup.py,
+    pyproject.toml, DESCRIPTION, install.R, Project.toml), or --write it."""
+    from binder_lite.launch.cli import run_manifest
+
+    run_manifest(repo, write=write, check=check)
+
+
 def _load(site_file: Path) -> Site:
     from binder_lite.site import load_site
 
@@ -205,9 +256,19 @@ def _derivation(site: Site, image_type: ImageType, *, grafts: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI; report binder-lite's errors without a traceback."""
+    _main(cli, "binder-lite", argv)
+
+
+def launcher_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `guix-notebook-launcher`: `binder-lite launch` on its own."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _main(launch_command, "guix-notebook-launcher", argv)
+
+
+def _main(command: click.Command, name: str, argv: Sequence[str] | None) -> None:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=argv, prog_name="binder-lite", standalone_mode=False)
+        code = command.main(args=argv, prog_name=name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

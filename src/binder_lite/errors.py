@@ -83,3 +83,19 @@ _NOISE = (
 def _without_noise(output: str) -> str:
     lines = [line for line in output.splitlines() if not any(n in line for n in _NOISE)]
     return "\n".join(line for line in lines if line.strip() or lines)
+
+
+class LaunchError(BinderLiteError):
+    """A notebook session could not be started; the message says why and what to do."""
+
+
+class SourceError(LaunchError):
+    """The repository or ref could not be found or fetched."""
+
+
+class EnvironmentSpecError(LaunchError):
+    """The repository's environment (manifest, requirements, ...) cannot be used."""
+
+
+class JupyterError(LaunchError):
+    """Jupyter did not start or did not answer in time."""

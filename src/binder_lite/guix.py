@@ -80,3 +80,19 @@ def derivation(command: ImageCommand) -> str:
 def version() -> str:
     """The first line of `guix --version`, e.g. 'guix (GNU Guix) 1.5.0'."""
     return run.run([guix_program(), "--version"], error=GuixError).splitlines()[0]
+
+
+def available_packages(names: list[str]) -> set[str]:
+    """Which of `names` the Guix at hand has (one `guix package -A` call for all)."""
+    if not names:
+        return set()
+    pattern = "^(" + "|".join(re.escape(n) for n in sorted(set(names))) + ")$"
+    output = run.run([guix_program(), "package", f"--list-available={pattern}"], error=GuixError)
+    return {line.split("\t", 1)[0].strip() for line in output.splitlines() if line.strip()}
+
+
+def dry_run_shell(argv: list[str]) -> str:
+    """Run a `guix … shell …` command with --dry-run added: Guix evaluates the manifest
+    and lists what it would build, running nothing.  Returns its report."""
+    at = argv.index("shell") + 1
+    return run.run([*argv[:at], "--dry-run", *argv[at:]], error=GuixError, with_stderr=True)

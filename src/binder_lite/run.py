@@ -36,8 +36,10 @@ def run(
     env: dict[str, str] | None = None,
     error: type[CommandError] = CommandError,
     timeout: float | None = None,
+    with_stderr: bool = False,
 ) -> str:
-    """Run `cmd`, return its standard output; on failure raise `error` with its output."""
+    """Run `cmd`, return its standard output (and error, if asked); on failure raise
+    `error` with its output."""
     argv = _argv(cmd)
     log.debug("+ %s", shlex.join(argv))
     try:
@@ -59,7 +61,7 @@ def run(
     if proc.returncode != 0:
         log.debug("%s", proc.stderr)
         raise error(argv, proc.returncode, proc.stderr + proc.stdout)
-    return proc.stdout
+    return proc.stdout + proc.stderr if with_stderr else proc.stdout
 
 
 def stream(

@@ -1,0 +1,89 @@
+"""How a session's Jupyter runs: in a Guix container, or from this Python."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from binder_lite.errors import JupyterError
+from binder_lite.guix import guix_program
+
+# Inside the container the repository is always here, whatever its host path.
+CONTAINER_WORK_DIR = "/notebooks"
+GUIX_DAEMON_SOCKET = "/var/guix/daemon-socket"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What a Jupyter server is asked to do, independent of where it runs."""
+
+    port: int
+    base_url: str  # "/" or "/s/<id>/"
+    kernel: str
+    root_dir: str  # as the server sees it
+
+
+def jupyter_options(spec: ServerSpec, flavour: str) -> list[str]:
+    """Command-line options for Notebook 6 ("classic") or Jupyter Server 2 ("server").
+
+    The token is not among them: it is passed as $JUPYTER_TOKEN, which both read,
+    so it never shows in `ps`.
+    """
+    app = "NotebookApp" if flavour == "classic" else "ServerApp"
+    options = [
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={spec.port}",
+        f"--{app}.port_retries=0",
+        f"--{app}.base_url={spec.base_url}",
+        f"--{app}.{'notebook_dir' if flavour == 'classic' else 'root_dir'}={spec.root_dir}",
+        f"--MultiKernelManager.default_kernel_name={spec.kernel}",
+    ]
+    if os.geteuid() == 0:  # Jupyter refuses to run as root without it
+        options.append("--allow-root")
+    return options
+
+
+def local_flavour() -> tuple[str, list[str]]:
+    """The Jupyter installed with this Python: (flavour, argv prefix)."""
+    if importlib.util.find_spec("notebook") is not None:
+        major = int(importlib.metadata.version("notebook").split(".")[0])
+        return ("server" if major >= 7 else "classic"), [sys.executable, "-m", "notebook"]
+    if importlib.util.find_spec("jupyter_server") is not None:
+        # The API and kernels work; there is no notebook page without `notebook`.
+        return "server", [sys.executable, "-m", "jupyter_server"]
+    raise JupyterError(
+        "no Jupyter in this Python environment: pip install notebook, or use --runtime guix"
+    )
+
+
+def local_argv(spec: ServerSpec) -> list[str]:
+    flavour, prefix = local_flavour()
+    return [*prefix, *jupyter_options(spec, flavour)]
+
+
+def guix_argv(spec: ServerSpec, repo: Path, manifest: Path, channels: Path | None) -> list[str]:
+    """`guix shell --container …` running the classic notebook of Guix 1.5."""
+    prefix = [guix_program()]
+    if channels is not None:
+        prefix += ["time-machine", f"--channels={channels}", "--"]
+    return [
+        *prefix, "shell",
+        "--container", "--network", "--no-cwd",
+        f"--share={repo}={CONTAINER_WORK_DIR}",
+        # The Guix kernel builds each notebook's environment through the daemon.
+        f"--expose={GUIX_DAEMON_SOCKET}",
+        "--preserve=^JUPYTER_TOKEN$",
+        f"--manifest={manifest}",
+        "--", "jupyter", "notebook", *jupyter_options(spec, "classic"),
+    ]  # fmt: skip
+
+
+def guix_available() -> bool:
+    program = guix_program()
+    return shutil.which(program) is not None or Path(program).exists()

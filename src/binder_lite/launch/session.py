@@ -1,0 +1,413 @@
+"""`launch()`: repository → running Jupyter, reported as phases, stopped cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import html
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import quote
+
+from binder_lite import guix
+from binder_lite.errors import EnvironmentSpecError, GuixError, JupyterError, LaunchError
+from binder_lite.launch import detect, runtime, sources
+from binder_lite.site.model import Runtime
+
+
+class Phase(enum.StrEnum):
+    """The steps of a launch, in order (the web service maps them to BinderHub's)."""
+
+    FETCHING = "fetching"
+    RESOLVING = "resolving"
+    BUILDING = "building"
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Event:
+    phase: Phase
+    message: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a result was computed with, so that it can be computed again."""
+
+    repository: str
+    ref: str
+    commit: str
+    environment: str  # how it was found: manifest, requirements, ..., default
+    manifest: str  # the manifest text the session runs with
+    channels: str | None  # the channels file's text, when pinned
+    guix_version: str | None  # None for the local runtime
+    runtime: str
+    launched_at: float
+
+
+@dataclass
+class Session:
+    """A running notebook server; `stop()` ends it and everything it started."""
+
+    id: str
+    url: str  # the notebook view, with the token
+    base_url: str  # http://127.0.0.1:PORT/BASE/
+    token: str
+    port: int
+    pid: int
+    work_dir: Path  # the session's clone of the repository
+    session_dir: Path
+    provenance: Provenance
+    process: subprocess.Popen[bytes] = field(repr=False)
+    log_file: Path = field(repr=False)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the server's process group (Jupyter shuts its kernels down), then
+        SIGKILL whatever is left, including kernels in sessions of their own."""
+        _terminate_group(self.process, grace)
+        _reap_strays(self.session_dir)
+
+    def open_file(self) -> Path:
+        return self.session_dir / "open.html"
+
+
+Report = Callable[[Event], None]
+
+DEFAULT_TIMEOUT = {Runtime.LOCAL: 120.0, Runtime.GUIX: 3600.0}
+
+
+def launch(
+    source: str,
+    ref: str | None = None,
+    *,
+    runtime_kind: Runtime = Runtime.GUIX,
+    open_path: str | None = None,
+    kernel: str | None = None,
+    port: int | None = None,
+    base_url: str = "/",
+    cache_dir: Path | None = None,
+    session_dir: Path | None = None,
+    timeout: float | None = None,
+    on_event: Report | None = None,
+) -> Session:
+    """Fetch `source` at `ref`, work out its environment, start Jupyter, wait until it
+    answers with its token.  Raises a `LaunchError` saying what went wrong."""
+    report = _Reporter(on_event or (lambda event: None))
+    session_id = secrets.token_hex(8)
+    cache = cache_dir or default_cache_dir()
+    where = session_dir or cache / "sessions" / session_id
+    try:
+        return _launch(source, ref, runtime_kind, open_path, kernel, port, base_url, cache,
+                       where, session_id, timeout, report)  # fmt: skip
+    except LaunchError as e:
+        report.last(Event(Phase.FAILED, str(e)))
+        raise
+
+
+class _Reporter:
+    """Passes events on, from the launching thread and the log reader, until the last
+    one (ready or failed): nothing is reported after it."""
+
+    def __init__(self, deliver: Report) -> None:
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            if not self._closed:
+                self._deliver(event)
+
+    def last(self, event: Event) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._deliver(event)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "binder-lite"
+
+
+def _launch(
+    source: str,
+    ref: str | None,
+    kind: Runtime,
+    open_path: str | None,
+    kernel: str | None,
+    port: int | None,
+    base_url: str,
+    cache: Path,
+    session_dir: Path,
+    session_id: str,
+    timeout: float | None,
+    report: Report,
+) -> Session:
+    url = sources.normalise_source(source)
+    target = normalise_open_path(open_path)
+    report(Event(Phase.FETCHING, f"repository {url}, ref {ref or 'HEAD'}"))
+    checkout = sources.check_out(url, ref, cache, session_dir / "repo",
+                                 lambda line: report(Event(Phase.FETCHING, line)))  # fmt: skip
+    report(Event(Phase.RESOLVING, f"resolved {checkout.ref} to {checkout.commit}"))
+    env = _environment(checkout.path, kind, report)
+    manifest = session_dir / "manifest.scm"
+    manifest.write_text(env.manifest, encoding="utf-8")
+    guix_version = guix.version() if kind is Runtime.GUIX else None
+    provenance = Provenance(
+        repository=url, ref=checkout.ref, commit=checkout.commit, environment=env.kind,
+        manifest=env.manifest,
+        channels=env.channels.read_text(encoding="utf-8") if env.channels else None,
+        guix_version=guix_version, runtime=str(kind), launched_at=time.time(),
+    )  # fmt: skip
+    (session_dir / "provenance.json").write_text(json.dumps(asdict(provenance), indent=2))
+    base = _base_url(base_url)
+    spec = runtime.ServerSpec(
+        port=port or free_port(),
+        base_url=base,
+        kernel=kernel or ("guix" if kind is Runtime.GUIX else "python3"),
+        root_dir=runtime.CONTAINER_WORK_DIR if kind is Runtime.GUIX else str(checkout.path),
+    )
+    if port is not None:
+        _check_port_free(port)
+    argv = (
+        runtime.guix_argv(spec, checkout.path, manifest, env.channels)
+        if kind is Runtime.GUIX
+        else runtime.local_argv(spec)
+    )
+    if kind is Runtime.GUIX:
+        _check_with_guix(argv, report)
+    token = secrets.token_hex(24)
+    report(
+        Event(
+            Phase.BUILDING if kind is Runtime.GUIX else Phase.STARTING,
+            "starting Jupyter" + (" in a Guix container" if kind is Runtime.GUIX else ""),
+        )
+    )
+    process, log_file = _spawn(argv, token, session_dir, checkout.path, kind, report)
+    origin = f"http://127.0.0.1:{spec.port}{base}"
+    deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT[kind])
+    try:
+        _wait_ready(origin, token, process, log_file, deadline)
+    except BaseException:
+        _terminate_group(process, grace=5.0)
+        _reap_strays(session_dir)
+        raise
+    view = _view_path(checkout.path, target)
+    session = Session(
+        id=session_id, url=f"{origin}{view}?token={token}", base_url=origin, token=token,
+        port=spec.port, pid=process.pid, work_dir=checkout.path, session_dir=session_dir,
+        provenance=provenance, process=process, log_file=log_file,
+    )  # fmt: skip
+    _write_open_file(session)
+    assert isinstance(report, _Reporter)
+    report.last(Event(Phase.READY, session.url))
+    return session
+
+
+def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environment:
+    env = detect.detect(repo)
+    where = env.config_dir.relative_to(repo) if env.config_dir != repo else Path(".")
+    report(Event(Phase.RESOLVING, f"environment: {env.kind} (from {where}/)"))
+    if kind is Runtime.GUIX and runtime.guix_available():
+        env = detect.with_checked_names(env, lambda names: guix.available_packages(names))
+    for r in env.unavailable:
+        report(Event(Phase.RESOLVING, f"skipped {r.source}: {r.note}"))
+    return env
+
+
+def _check_with_guix(argv: list[str], report: Report) -> None:
+    """Have Guix evaluate the manifest first: a bad one fails here with Guix's own words,
+    not somewhere in a container's log."""
+    report(Event(Phase.BUILDING, "checking the environment with Guix"))
+    try:
+        summary = guix.dry_run_shell(argv)
+    except GuixError as e:
+        raise EnvironmentSpecError(
+            f"Guix rejected the repository's environment:\n{e.output.strip()}"
+        ) from None
+    for line in summary.splitlines()[:50]:
+        report(Event(Phase.BUILDING, line))
+
+
+def normalise_open_path(path: str | None) -> str | None:
+    """A notebook path inside the repository: relative, without `..`."""
+    if not path:
+        return None
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in path or "\x00" in path:
+        raise LaunchError(f"{path!r}: the file to open must be a path inside the repository")
+    return str(pure)
+
+
+def _view_path(repo: Path, target: str | None) -> str:
+    """The URL path of the page to show: the notebook asked for, index.ipynb, or the tree."""
+    if target is None:
+        if (repo / "index.ipynb").is_file():
+            target = "index.ipynb"
+        else:
+            found = sorted(p.name for p in repo.glob("*.ipynb"))
+            target = found[0] if found else None
+    if target is None:
+        return "tree"
+    if target.endswith(".ipynb"):
+        return "notebooks/" + quote(target)
+    return ("tree/" if (repo / target).is_dir() else "edit/") + quote(target)
+
+
+def _base_url(base: str) -> str:
+    return "/" + base.strip("/") + "/" if base.strip("/") else "/"
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the server binds it right after)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    except OSError as e:
+        raise LaunchError(f"no free port on 127.0.0.1: {e.strerror}") from None
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise LaunchError(f"port {port} is already in use; choose another") from None
+
+
+def _spawn(
+    argv: list[str], token: str, session_dir: Path, repo: Path, kind: Runtime, report: Report
+) -> tuple[subprocess.Popen[bytes], Path]:
+    env = dict(os.environ)
+    env["JUPYTER_TOKEN"] = token
+    # The session's own Jupyter directories: a user's ~/.jupyter config (a password,
+    # another default kernel) must not change what the launcher promises.
+    env["JUPYTER_CONFIG_DIR"] = str(session_dir / "jupyter-config")
+    env["JUPYTER_RUNTIME_DIR"] = str(session_dir / "runtime")
+    log_file = session_dir / "jupyter.log"
+    log = open(log_file, "wb")  # noqa: SIM115 (handed to the reader thread)
+    try:
+        process = subprocess.Popen(
+            argv, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        log.close()
+        raise JupyterError(f"{argv[0]} not found") from None
+    phase = Phase.BUILDING if kind is Runtime.GUIX else Phase.STARTING
+    threading.Thread(target=_pump, args=(process, log, phase, report), daemon=True).start()
+    return process, log_file
+
+
+def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report: Report) -> None:
+    """Copy the server's output to its log file and, as events, to the reporter."""
+    assert process.stdout is not None
+    with log:
+        for raw in process.stdout:
+            log.write(raw)
+            log.flush()
+            line = raw.decode("utf-8", "replace").rstrip()
+            if "Jupyter" in line or "NotebookApp" in line or "ServerApp" in line:
+                phase = Phase.STARTING
+            if line and "token=" not in line:  # tokens are never passed on
+                report(Event(phase, line))
+
+
+def _wait_ready(
+    origin: str, token: str, process: subprocess.Popen[bytes], log_file: Path, deadline: float
+) -> None:
+    status = f"{origin}api/status"
+    request = urllib.request.Request(status, headers={"Authorization": f"token {token}"})
+    delay = 0.02
+    while True:
+        if process.poll() is not None:
+            raise JupyterError(
+                f"Jupyter exited with status {process.returncode} before it was ready; "
+                f"the end of its log ({log_file}):\n{_tail(log_file)}"
+            )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise JupyterError(
+                f"Jupyter did not answer at {status} in time; the end of its log "
+                f"({log_file}):\n{_tail(log_file)}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if "token=" not in line]
+    return "\n".join(kept[-lines:]) or "(empty log)"
+
+
+def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _reap_strays(session_dir: Path) -> None:
+    """Kill processes still using the session's runtime directory (kernels start in
+    sessions of their own, out of the server's process group)."""
+    marker = os.fsencode(session_dir / "runtime")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _write_open_file(session: Session) -> None:
+    """A page that forwards to the notebook, for browsers opened on a file (0600: it
+    holds the token)."""
+    path = session.open_file()
+    target = html.escape(session.url, quote=True)
+    page = (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f'<meta http-equiv="refresh" content="1;url={target}"><title>Opening notebook</title>'
+        f'</head><body><p>Opening <a href="{target}">the notebook</a>…</p></body></html>\n'
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(page)

@@ -1,0 +1,155 @@
+"""Helpers for tests that launch real Jupyter servers: git repositories (local and
+over HTTP on loopback), HTTP requests and running a cell over a kernel websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import os
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "metadata": {},
+            "outputs": [],
+            "source": ["6 * 7"],
+        }
+    ],  # fmt: skip
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@example.org"}  # fmt: skip
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A git repository with index.ipynb, a README and `files`; one commit on main."""
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "index.ipynb").write_text(json.dumps(NOTEBOOK))
+    (path / "README.md").write_text("# test repository\n")
+    for name, text in (files or {}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@contextmanager
+def served_over_http(repo: Path) -> Iterator[str]:
+    """Serve a bare copy of `repo` with git's "dumb" HTTP protocol on 127.0.0.1."""
+    bare = repo.parent / f"{repo.name}-{uuid.uuid4().hex[:6]}.git"
+    subprocess.run(["git", "clone", "-q", "--bare", repo, bare], check=True)
+    subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
+    handler = functools.partial(_QuietHandler, directory=str(bare.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{bare.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=headers or {})
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def get_json(url: str, token: str) -> object:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def execute(base_url: str, token: str, code: str, headers: dict[str, str] | None = None) -> str:
+    """Start a kernel through the REST API, run `code` over its websocket, return the
+    text/plain result."""
+    request = urllib.request.Request(
+        f"{base_url}api/kernels", data=b"{}", method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json",
+                 **(headers or {})},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        kernel = json.loads(response.read())["id"]
+    ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{kernel}/channels"
+    return asyncio.run(_run_cell(ws_url, token, code, headers or {}))
+
+
+async def _run_cell(ws_url: str, token: str, code: str, headers: dict[str, str]) -> str:
+    request = HTTPRequest(ws_url, headers={"Authorization": f"token {token}", **headers})
+    conn = await asyncio.wait_for(websocket_connect(request), 30)
+    msg_id = uuid.uuid4().hex
+    conn.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                   "session": uuid.uuid4().hex, "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False,
+                    "user_expressions": {}, "allow_stdin": False},
+    }))  # fmt: skip
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), 60)
+            if raw is None:
+                raise RuntimeError("the kernel websocket closed")
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_result":
+                return str(msg["content"]["data"]["text/plain"])
+            if msg["msg_type"] == "error":
+                raise RuntimeError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+    finally:
+        conn.close()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (to prove nothing was left running)."""
+    found = []
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

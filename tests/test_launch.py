@@ -1,0 +1,242 @@
+"""Launching real Jupyter servers from real git repositories (local runtime)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from launchkit import (
+    execute,
+    get_json,
+    git,
+    http_status,
+    make_repo,
+    processes_mentioning,
+    served_over_http,
+)
+
+from binder_lite.errors import JupyterError, LaunchError, SourceError
+from binder_lite.launch import Event, Phase, launch
+from binder_lite.launch import runtime as runtime_module
+from binder_lite.site.model import Runtime
+
+
+def local(source: str, tmp_path: Path, **kwargs: object) -> object:
+    return launch(source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache",
+                  **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"requirements.txt": "numpy\n"})
+
+
+def test_launch_serves_the_notebook_with_its_token_only(repo: Path, tmp_path: Path) -> None:
+    events: list[Event] = []
+    session = launch(f"file://{repo}", runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "c",
+                     on_event=events.append)  # fmt: skip
+    try:
+        assert re.fullmatch(
+            rf"http://127\.0\.0\.1:{session.port}/notebooks/index\.ipynb\?token=[0-9a-f]{{48}}",
+            session.url,
+        )
+        assert http_status(session.url) == 200
+        assert http_status(session.url.split("?")[0]) in (302, 403)  # to the login page
+        assert http_status(f"{session.base_url}api/contents") == 403
+        assert http_status(f"{session.base_url}api/contents?token=wrong") == 403
+        specs = get_json(f"{session.base_url}api/kernelspecs", session.token)
+        assert isinstance(specs, dict) and specs["default"] == "python3"
+        assert execute(session.base_url, session.token, "6 * 7") == "42"
+        phases = [e.phase for e in events]
+        assert phases[0] is Phase.FETCHING and phases[-1] is Phase.READY
+        assert Phase.RESOLVING in phases and Phase.STARTING in phases
+        assert all(session.token not in e.message for e in events[:-1])
+        prov = session.provenance
+        assert prov.commit == git(repo, "rev-parse", "HEAD")
+        assert prov.environment == "requirements" and '"python-numpy"' in prov.manifest
+        assert prov.runtime == "local" and prov.guix_version is None
+        assert session.open_file().stat().st_mode & 0o077 == 0
+        assert session.url in session.open_file().read_text().replace("&amp;", "&")
+    finally:
+        session.stop()
+    assert not session.alive()
+    assert processes_mentioning(str(session.session_dir)) == []
+
+
+def test_kernel_override_and_open_path(repo: Path, tmp_path: Path) -> None:
+    (repo / "sub").mkdir()
+    session = local(str(repo), tmp_path, kernel="my-kernel", open_path="sub")
+    try:
+        assert get_json(f"{session.base_url}api/kernelspecs", session.token)["default"] == (
+            "my-kernel"
+        )
+    finally:
+        session.stop()
+
+
+def test_base_url(repo: Path, tmp_path: Path) -> None:
+    session = local(str(repo), tmp_path, base_url="/s/abc/")
+    try:
+        assert session.base_url.endswith("/s/abc/")
+        assert "/s/abc/notebooks/index.ipynb?token=" in session.url
+        assert http_status(session.url) == 200
+    finally:
+        session.stop()
+
+
+def test_users_tree_is_never_modified(repo: Path, tmp_path: Path) -> None:
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    session = local(str(repo), tmp_path)
+    try:
+        (session.work_dir / "index.ipynb").write_text("changed in the session")
+        (session.work_dir / "new.txt").write_text("new")
+    finally:
+        session.stop()
+    after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    assert after == before
+    assert git(repo, "status", "--porcelain") == ""
+    assert session.work_dir != repo
+
+
+def test_refs_over_http_and_the_cache(repo: Path, tmp_path: Path) -> None:
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "-a", "v1", "-m", "v1")
+    (repo / "second.txt").write_text("2")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "second")
+    git(repo, "checkout", "-q", "-b", "other")
+    with served_over_http(repo) as url:
+        from binder_lite.launch.sources import check_out
+
+        cache = tmp_path / "cache"
+        log: list[str] = []
+        main = check_out(url, "main", cache, tmp_path / "s1", log.append)
+        assert main.commit == git(repo, "rev-parse", "main")
+        assert any(line.startswith("fetching") for line in log)
+        tagged = check_out(url, "v1", cache, tmp_path / "s2", log.append)
+        assert tagged.commit == first and not (tagged.path / "second.txt").exists()
+        by_sha = check_out(url, first[:10], cache, tmp_path / "s3", log.append)
+        assert by_sha.commit == first
+        log.clear()
+        again = check_out(url, "main", cache, tmp_path / "s4", log.append)
+        assert again.commit == main.commit
+        assert not any(line.startswith("fetching") for line in log), log
+        assert git(again.path, "remote", "get-url", "origin") == url
+        with pytest.raises(SourceError, match="unknown ref 'nope'"):
+            check_out(url, "nope", cache, tmp_path / "s5", log.append)
+
+
+def test_warm_relaunch_does_not_fetch(repo: Path, tmp_path: Path) -> None:
+    events: list[Event] = []
+    for _ in range(2):
+        events.clear()
+        session = local(str(repo), tmp_path, on_event=events.append)
+        session.stop()
+    assert any("already in the cache" in e.message for e in events)
+    assert not any(e.message.startswith("fetching file") for e in events)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("/nonexistent/repo", "no such directory"),
+        ("ftp://example.org/x", "unsupported URL scheme 'ftp'"),
+        ("http://127.0.0.1:9/x.git", "cannot reach the repository"),
+    ],
+)
+def test_bad_sources(tmp_path: Path, source: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        local(source, tmp_path)
+
+
+def test_not_a_git_repository(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(SourceError, match="not a git repository"):
+        local(str(tmp_path / "plain"), tmp_path)
+
+
+def test_open_path_outside_the_repository_is_refused(repo: Path, tmp_path: Path) -> None:
+    for bad in ("../etc/passwd", "/etc/passwd", "a/../../b"):
+        with pytest.raises(LaunchError, match="inside the repository"):
+            local(str(repo), tmp_path, open_path=bad)
+
+
+def test_port_in_use(repo: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LaunchError, match=f"port {taken.getsockname()[1]} is already in use"):
+            local(str(repo), tmp_path, port=taken.getsockname()[1])
+
+
+def test_jupyter_failing_shows_its_log(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(spec: runtime_module.ServerSpec) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('config error: no such option');"
+                " sys.exit(3)"]  # fmt: skip
+
+    monkeypatch.setattr(runtime_module, "local_argv", broken)
+    with pytest.raises(JupyterError) as info:
+        local(str(repo), tmp_path)
+    assert "exited with status 3" in str(info.value)
+    assert "config error: no such option" in str(info.value)
+
+
+def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
+    repo: Path, tmp_path: Path
+) -> None:
+    launcher = Path(sys.executable).parent / "guix-notebook-launcher"
+    proc = subprocess.Popen(
+        [launcher, f"file://{repo}", "--runtime", "local", "--no-browser",
+         "--cache-dir", tmp_path / "cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline() for _ in range(5)]
+    assert lines[0] == "To access the notebook, open this file in a browser:\n"
+    assert lines[1].startswith("    file:///") and lines[1].rstrip().endswith("/open.html")
+    assert lines[2] == "Or copy and paste one of these URLs:\n"
+    assert re.fullmatch(r"    http://localhost:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[3])
+    assert re.fullmatch(
+        r" or http://127\.0\.0\.1:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[4]
+    )
+    url = lines[4].split()[-1]
+    assert http_status(url) == 200
+    session_dir = lines[1].strip().removeprefix("file://").removesuffix("/open.html")
+    assert processes_mentioning(session_dir)  # the kernel-less server, at least
+    execute(url.split("notebooks/")[0], url.split("token=")[1], "1")  # start a kernel too
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    deadline = time.monotonic() + 5
+    while processes_mentioning(session_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_mentioning(session_dir) == []
+    with pytest.raises(OSError):  # the server is gone
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_manifest_command(repo: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()}
+    env["BINDER_LITE_GUIX"] = str(tmp_path / "no-guix")
+    binder_lite = Path(sys.executable).parent / "binder-lite"
+    shown = subprocess.run([binder_lite, "manifest", repo], capture_output=True, text=True,
+                           env=env, check=False)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert '"python-numpy"' in shown.stdout and "no guix here" in shown.stderr
+    written = subprocess.run([binder_lite, "manifest", repo, "--write", "--no-check"],
+                             capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    assert written.returncode == 0
+    assert (repo / "manifest.scm").read_text() == shown.stdout
+    again = subprocess.run([binder_lite, "manifest", repo, "--write"], capture_output=True,
+                           text=True, env=env, check=False)  # fmt: skip
+    assert again.returncode == 2 and "exists; nothing to write" in again.stderr
