@@ -73,8 +73,10 @@ def test_manifest_wins_and_is_wrapped(tmp_path: Path) -> None:
 
 
 def test_setup_py_and_pyproject(tmp_path: Path) -> None:
-    setup = files(tmp_path / "s", **{"setup.py": "from setuptools import setup\n"
-                                     "setup(name='x', install_requires=['numpy>=1', 'Scipy'])\n"})  # fmt: skip
+    setup_py = (
+        "from setuptools import setup\nsetup(name='x', install_requires=['numpy>=1', 'Scipy'])\n"
+    )
+    setup = files(tmp_path / "s", **{"setup.py": setup_py})
     assert detect(setup).packages == ("python-numpy", "python-scipy")
     pyproject = files(tmp_path / "p", **{"pyproject.toml": "[project]\nname='x'\n"
                                          "dependencies = ['pandas', 'seaborn<1']\n"})  # fmt: skip
@@ -83,7 +85,8 @@ def test_setup_py_and_pyproject(tmp_path: Path) -> None:
 
 def test_r_and_julia(tmp_path: Path) -> None:
     r = files(tmp_path / "r", **{
-        "DESCRIPTION": "Package: x\nDepends: R (>= 4.0), methods\nImports: dplyr,\n  ggplot2 (>= 3)\n",
+        "DESCRIPTION": "Package: x\nDepends: R (>= 4.0), methods\n"
+        "Imports: dplyr,\n  ggplot2 (>= 3)\n",
         "install.R": 'install.packages(c("data.table", "dplyr"))\n',
     })  # fmt: skip
     env = detect(r)

@@ -226,7 +226,7 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
 
 
 def test_manifest_command(repo: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     env["BINDER_LITE_GUIX"] = str(tmp_path / "no-guix")
     binder_lite = Path(sys.executable).parent / "binder-lite"
     shown = subprocess.run([binder_lite, "manifest", repo], capture_output=True, text=True,
