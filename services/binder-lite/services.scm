@@ -72,6 +72,10 @@
   ;; A file name on the target, read by `binder-lite serve' when it starts: the
   ;; secret itself never enters the store.
   (auth-client-secret-file binder-lite-configuration-auth-client-secret-file
+                    (default #f))
+  ;; "user:token" in a file on the target, for pushing sessions' changes
+  ;; when a login provides no token of its own.
+  (push-credential-file binder-lite-configuration-push-credential-file
                     (default #f)))
 
 (define (binder-lite-accounts config)
@@ -145,7 +149,7 @@
     (site-name slug tagline logo primary-color port max-sessions
      max-sessions-per-user idle-timeout max-age allowed-repos runtime user
      state-directory auth-provider auth-issuer auth-client-id
-     auth-client-secret-file)
+     auth-client-secret-file push-credential-file)
     (define (field name value)
       (string-append (json-string name) ": " (json-value value)))
     (define (object . fields)
@@ -166,6 +170,7 @@
              (field "idle_timeout" idle-timeout) (field "max_age" max-age)
              (field "allowed_repos" allowed-repos) (field "runtime" runtime)
              (field "user" user) (field "state_dir" state-directory)
+             (field "push_credential_file" push-credential-file)
              (string-append
               "\"auth\": "
               (object (field "provider" auth-provider)

@@ -231,6 +231,47 @@ def manifest_command(repo: Path, write: bool, check: bool) -> None:
     run_manifest(repo, write=write, check=check)
 
 
+@cli.command()
+@site_argument
+@click.option("--port", type=click.IntRange(1, 65535), help="[default: the site's binder.port]")
+@click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--runtime", type=click.Choice(RUNTIMES),
+              help="Where sessions run [default: the site's binder.runtime].")  # fmt: skip
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Its sessions, caches, database [default: binder.state_dir].")  # fmt: skip
+@click.option("--allow-local-repos", is_flag=True,
+              help="Development only: admit file:// URLs, loopback and private hosts.")  # fmt: skip
+@click.option("--cull-interval", type=float, default=60.0, show_default=True,
+              help="Seconds between checks for idle sessions.")  # fmt: skip
+@click.option("--secure-cookies/--no-secure-cookies", default=False, show_default=True,
+              help="Mark cookies Secure (when served over HTTPS).")  # fmt: skip
+def serve(
+    site_file: Path, port: int | None, address: str, runtime: str | None,
+    state_dir: Path | None, allow_local_repos: bool, cull_interval: float,
+    secure_cookies: bool,
+) -> None:  # fmt: skip
+    """Run the binder-lite web service for SITE (a site file, or the file the
+    binder-lite service type writes): a page to launch repositories, BinderHub's
+    API, and a proxy to every session."""
+    import asyncio
+
+    from binder_lite.site import load_site
+    from binder_lite.site.model import Runtime
+    from binder_lite.web.app import ServeOptions
+    from binder_lite.web.app import serve as run_service
+
+    logging.getLogger("binder_lite").setLevel(logging.INFO)
+    site = load_site(site_file, for_service=True)
+    options = ServeOptions(
+        port=port or site.binder.port, address=address,
+        runtime=Runtime(runtime) if runtime else site.binder.runtime,
+        state_dir=(state_dir or Path(site.binder.state_dir)).absolute(),
+        allow_local_repos=allow_local_repos, cull_interval=cull_interval,
+        secure_cookies=secure_cookies,
+    )  # fmt: skip
+    asyncio.run(run_service(site, options))
+
+
 def _load(site_file: Path) -> Site:
     from binder_lite.site import load_site
 

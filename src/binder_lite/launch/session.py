@@ -382,10 +382,35 @@ def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
     process.wait()
 
 
+def stop_process_group(pid: int, session_dir: Path, grace: float = 10.0) -> None:
+    """Stop a session server that is not our child (adopted after a restart)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _exists(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    _reap_strays(session_dir)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return False
+
+
 def _reap_strays(session_dir: Path) -> None:
-    """Kill processes still using the session's runtime directory (kernels start in
-    sessions of their own, out of the server's process group)."""
-    marker = os.fsencode(session_dir / "runtime")
+    """Kill processes whose command line names a file of the session: its server after
+    a restart, and kernels, which run in sessions of their own, out of its group."""
+    marker = os.fsencode(session_dir) + b"/"
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue

@@ -153,6 +153,13 @@ def https_url(value: str) -> None:
         raise Invalid(f"{value!r} is not an https:// URL")
 
 
+def issuer_url(value: str) -> None:
+    """https://, or http:// on this machine only (a provider under test or a tunnel)."""
+    if re.fullmatch(r"http://(?:127\.0\.0\.1|localhost|\[::1\])(?::\d+)?(?:/\S*)?", value):
+        return
+    https_url(value)
+
+
 def repo_pattern(value: str) -> None:
     if not re.fullmatch(r"(?:https|git)://\S+", value):
         raise Invalid(

@@ -122,11 +122,13 @@ class Binder:
     max_sessions_per_user: int = 2
     idle_timeout: int = 3600
     max_age: int = 6 * 3600
-    allowed_repos: tuple[str, ...] = ("https://*",)
+    allowed_repos: tuple[str, ...] = ("https://*", "git://*")
     preload: tuple[str, ...] = ()
     runtime: Runtime = Runtime.GUIX
     user: str = "binder"
     state_dir: str = "/var/lib/binder-lite"
+    # "user:token" for pushing sessions' changes when the login gives no token.
+    push_credential_file: str | None = None
     auth: Auth = field(default_factory=Auth)
 
 
@@ -166,6 +168,8 @@ class Site:
     services: tuple[ServiceSpec, ...] = ()
     images: tuple[ImageSpec, ...] = ()  # validation fills in the default (iso9660, qcow2)
     guix: GuixSpec = field(default_factory=GuixSpec)
+    # Only in the files the binder-lite service type writes: its store profile.
+    jupyter_profile: str | None = None
 
     def image(self, type_: ImageType) -> ImageSpec:
         """The site's spec for `type_`, or a default one when the site does not list it."""

@@ -51,29 +51,33 @@ SYSTEM_ACCOUNTS = frozenset({
 })  # fmt: skip
 
 
-def load_site(path: Path) -> Site:
-    """Load and validate the site file at `path`; raise `SiteError` listing every problem."""
+def load_site(path: Path, *, for_service: bool = False) -> Site:
+    """Load and validate the site file at `path`; raise `SiteError` listing every problem.
+
+    `for_service`: the file configures `binder-lite serve` only (the service type
+    writes one), so only `version` and `site` are required.
+    """
     path = path.absolute()
     raw, problems = load_yaml(path)
     if raw is None:
         raise SiteError(problems)
     collector = Problems(str(path))
     root = Section(collector, raw, "", Mark(1, 1))
-    site = _site(root, path)
+    site = _site(root, path, for_service)
     if collector.items:
         raise SiteError(collector.items)
     assert site is not None
     return site
 
 
-def _site(root: Section, path: Path) -> Site | None:
+def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
     version = root.integer("version", REQUIRED, 1, 1000)
     if root.present("version") and version != SITE_VERSION:
         root.fail(root.mark_of("version"), "version", f"this binder-lite reads version "
                   f"{SITE_VERSION} site files, not version {version}")  # fmt: skip
     base = path.parent
-    branding = _branding(root.section("site", REQUIRED), base)
-    host = _host(root.section("host", REQUIRED))
+    branding = _branding(root.section("site", REQUIRED), base, for_service)
+    host = _host(root.section("host", None if for_service else REQUIRED), for_service)
     binder = _binder(root.section("binder"))
     users = _users(root, binder.user)
     network = _network(root.section("network"))
@@ -82,18 +86,22 @@ def _site(root: Section, path: Path) -> Site | None:
     services = _services(root, {"root", binder.user, *(u.name for u in users)})
     images = _images(root)
     guix = _guix(root.section("guix"), base)
+    profile = root.text("jupyter_profile") if for_service else None
+    if for_service:
+        root.text("preload")
     root.finish()
-    _check_login(root, ssh, users)
+    if not for_service:
+        _check_login(root, ssh, users)
     if branding is None or host is None:
         return None
     return Site(
         path=path, version=version, site=branding, host=host, users=users,
         network=network, ssh=ssh, binder=binder, packages=packages,
-        services=services, images=images, guix=guix,
+        services=services, images=images, guix=guix, jupyter_profile=profile,
     )  # fmt: skip
 
 
-def _branding(s: Section, base: Path) -> Branding | None:
+def _branding(s: Section, base: Path, for_service: bool = False) -> Branding | None:
     name = s.text("name", REQUIRED)
     if name is not None and not name.strip():
         s.fail(s.mark_of("name"), "name", "must not be empty")
@@ -101,6 +109,10 @@ def _branding(s: Section, base: Path) -> Branding | None:
     tagline = s.text("tagline", "")
     logo = s.text("logo")
     logo_path = _existing_file(s, "logo", logo, base) if logo is not None else None
+    if for_service and logo is None:
+        # The service type gives the logo's store file name, already absolute.
+        stored = s.text("logo_path", None, checks.absolute_target_path)
+        logo_path = _existing_file(s, "logo_path", stored, base) if stored else None
     color = s.text("primary_color", "#0b6e4f", checks.color)
     issue = s.text("issue")
     motd = s.text("motd")
@@ -119,8 +131,8 @@ def _existing_file(s: Section, key: str, value: str, base: Path) -> Path | None:
     return path
 
 
-def _host(s: Section) -> Host | None:
-    hostname = s.text("hostname", REQUIRED, checks.hostname)
+def _host(s: Section, for_service: bool = False) -> Host | None:
+    hostname = s.text("hostname", "localhost" if for_service else REQUIRED, checks.hostname)
     timezone = s.text("timezone", "Etc/UTC", checks.timezone)
     locale = s.text("locale", "en_US.utf8", checks.locale)
     keyboard = s.text("keyboard", None, checks.keyboard)
@@ -219,6 +231,7 @@ def _binder(s: Section) -> Binder:
         runtime=_choice(s, "runtime", Runtime, d.runtime),
         user=s.text("user", d.user, checks.user_name),
         state_dir=s.text("state_dir", d.state_dir, checks.absolute_target_path),
+        push_credential_file=s.text("push_credential_file", None, checks.absolute_target_path),
         auth=_auth(s.section("auth")),
     )
     s.finish()
@@ -227,7 +240,7 @@ def _binder(s: Section) -> Binder:
 
 def _auth(s: Section) -> Auth:
     provider = _choice(s, "provider", AuthProvider, AuthProvider.NONE)
-    issuer = s.text("issuer", None, checks.https_url)
+    issuer = s.text("issuer", None, checks.issuer_url)
     client_id = s.text("client_id")
     secret_file = s.text("client_secret_file", None, checks.absolute_target_path)
     if provider is not AuthProvider.NONE:

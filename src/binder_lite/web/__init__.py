@@ -1,0 +1,1 @@
+"""The binder-lite web service: launch pages, BinderHub's API, a proxy to sessions."""

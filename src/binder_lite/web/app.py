@@ -1,0 +1,127 @@
+"""`binder-lite serve`: build the tornado application and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from binder_lite.site.model import Runtime, Site
+from binder_lite.web import handlers as h
+from binder_lite.web.auth import OAuthClient
+from binder_lite.web.base import Service
+from binder_lite.web.manager import Limits, SessionManager
+from binder_lite.web.policy import RepoPolicy
+from binder_lite.web.proxy import ProxyHandler
+from binder_lite.web.push import Credential
+from binder_lite.web.store import Store
+
+log = logging.getLogger("binder_lite.web")
+
+SESSION_ID = r"([0-9a-f]{16})"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    port: int
+    address: str
+    runtime: Runtime
+    state_dir: Path
+    allow_local_repos: bool
+    cull_interval: float
+    secure_cookies: bool
+
+
+def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type, dict]]:  # type: ignore[type-arg]
+    static = Path(__file__).parent / "static"
+    return [
+        (r"/", h.LandingHandler),
+        (r"/launch", h.LaunchFormHandler),
+        (r"/v2/(gh|git)/(.+)", h.V2Handler),
+        (r"/build/(gh|git)/(.+)", h.BuildHandler),
+        (r"/sessions", h.SessionsHandler),
+        (rf"/sessions/{SESSION_ID}", h.SessionHandler),
+        (rf"/sessions/{SESSION_ID}/progress", h.ProgressHandler),
+        (rf"/sessions/{SESSION_ID}/events", h.EventsHandler),
+        (rf"/sessions/{SESSION_ID}/stop", h.StopHandler),
+        (rf"/sessions/{SESSION_ID}/push", h.PushHandler),
+        (rf"/s/{SESSION_ID}/(.*)", ProxyHandler),
+        (r"/health", h.HealthHandler),
+        (r"/metrics", h.MetricsHandler),
+        (r"/badge\.svg", h.BadgeHandler),
+        (r"/logo", h.LogoHandler),
+        (r"/theme\.css", h.ThemeHandler),
+        (r"/login", h.LoginHandler),
+        (r"/oauth/callback", h.CallbackHandler),
+        (r"/logout", h.LogoutHandler),
+        (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(static)}),
+    ]
+
+
+def cookie_secret(state_dir: Path) -> str:
+    """A secret kept in the state directory (0600), made on first start."""
+    path = state_dir / "cookie-secret"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    # Query strings can hold Jupyter tokens: the access log shows paths only.
+    request = handler.request
+    log.info("%d %s %s %.1fms", handler.get_status(), request.method, request.path,
+             1000 * request.request_time())  # fmt: skip
+
+
+def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application, Service]:
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    binder = site.binder
+    store = Store(options.state_dir / "sessions.sqlite")
+    limits = Limits(binder.max_sessions, binder.max_sessions_per_user, binder.idle_timeout,
+                    binder.max_age, options.cull_interval)  # fmt: skip
+    manager = SessionManager(store, options.state_dir, options.runtime, limits)
+    auth = binder.auth
+    oauth = (OAuthClient(auth, Path(auth.client_secret_file))
+             if auth.client_secret_file and str(auth.provider) != "none" else None)  # fmt: skip
+    push = (Credential.from_file(Path(binder.push_credential_file))
+            if binder.push_credential_file else None)  # fmt: skip
+    service = Service(
+        site=site, manager=manager,
+        policy=RepoPolicy(binder.allowed_repos, options.allow_local_repos), oauth=oauth,
+        state_dir=options.state_dir, push_credential=push,
+        secure_cookies=options.secure_cookies, tokens={},
+    )  # fmt: skip
+    app = tornado.web.Application(
+        routes(), service=service, cookie_secret=cookie_secret(options.state_dir),
+        xsrf_cookies=True, xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        log_function=_log_request, websocket_max_message_size=512 * 1024 * 1024,
+    )  # fmt: skip
+    return app, service
+
+
+async def serve(site: Site, options: ServeOptions) -> None:
+    """Run until SIGTERM or SIGINT; then stop every session."""
+    app, service = make_app(site, options)
+    await service.manager.start()
+    server = HTTPServer(app, xheaders=True, max_body_size=512 * 1024 * 1024)
+    server.listen(options.port, options.address)
+    log.warning("binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
+                site.site.name, options.address, options.port, options.runtime,
+                options.state_dir)  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    await service.manager.shutdown()
+    service.manager.store.close()

@@ -1,0 +1,377 @@
+"""Pages, BinderHub's launch API, event streams, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from tornado.iostream import StreamClosedError
+from tornado.web import HTTPError
+
+from binder_lite.errors import LaunchError
+from binder_lite.launch.session import Event, Phase
+from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
+from binder_lite.web.manager import CapacityError
+from binder_lite.web.policy import RefusedError
+from binder_lite.web.push import Credential, PushError, push_changes
+from binder_lite.web.store import Record
+
+# BinderHub's phase names, which its clients (and badges' pages) understand.
+BINDERHUB_PHASE = {
+    Phase.FETCHING: "fetching", Phase.RESOLVING: "fetching", Phase.BUILDING: "building",
+    Phase.STARTING: "launching", Phase.READY: "ready", Phase.FAILED: "failed",
+}  # fmt: skip
+
+
+class LandingHandler(BaseMixin):
+    def get(self) -> None:
+        self.page("index.html", repo=self.get_query_argument("repo", ""), ref="", path="",
+                  error=None)  # fmt: skip
+
+
+class LaunchFormHandler(BaseMixin):
+    """POST from the landing page's form (with its XSRF token)."""
+
+    def post(self) -> None:
+        repo = self.get_body_argument("repo", "").strip()
+        ref = self.get_body_argument("ref", "").strip() or "HEAD"
+        path = self.get_body_argument("path", "").strip() or None
+        if not self.may_launch():
+            self.redirect("/login?next=/")
+            return
+        try:
+            session_id = self._request(repo, ref, path)
+        except (RefusedError, LaunchError) as e:
+            self.page("index.html", status=400, repo=repo, ref=ref, path=path or "", error=str(e))
+            return
+        except CapacityError as e:
+            self._full(e)
+            return
+        self.redirect(f"/sessions/{session_id}/progress", status=303)
+
+    def _request(self, repo: str, ref: str, path: str | None) -> str:
+        if not repo:
+            raise RefusedError("enter the URL of a git repository")
+        url = self.service.policy.check(repo)
+        return self.manager.request(self.identity().id, url, ref, path)
+
+    def _full(self, e: CapacityError) -> None:
+        self.set_header("Retry-After", str(e.retry_after))
+        self.page("full.html", status=503, message=str(e), retry_after=e.retry_after)
+
+
+def _repo_from_spec(provider: str, spec: str) -> tuple[str, str]:
+    """BinderHub's provider/spec → (repository URL, ref)."""
+    if provider == "gh":
+        m = re.fullmatch(r"([\w.-]+)/([\w.-]+)/(.+)", spec)
+        if not m:
+            raise RefusedError("GitHub links look like /v2/gh/OWNER/REPO/REF")
+        return f"https://github.com/{m.group(1)}/{m.group(2)}", m.group(3)
+    if provider == "git":
+        escaped, _, ref = spec.partition("/")
+        if not escaped or not ref:
+            raise RefusedError("git links look like /v2/git/<escaped URL>/<ref>")
+        return unquote(escaped), unquote(ref)
+    raise RefusedError(f"unknown repository provider {provider!r}")
+
+
+def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
+    """BinderHub's urlpath (lab/tree/x.ipynb, tree/x, notebooks/x) or filepath."""
+    if filepath:
+        return filepath
+    if not urlpath:
+        return None
+    for prefix in ("lab/tree/", "tree/", "notebooks/", "edit/", "doc/tree/"):
+        if urlpath.lstrip("/").startswith(prefix):
+            return urlpath.lstrip("/")[len(prefix) :] or None
+    return None
+
+
+class V2Handler(BaseMixin):
+    """/v2/<provider>/<spec>: BinderHub's launch link, a page that follows the build."""
+
+    def get(self, provider: str, spec: str) -> None:
+        try:
+            repo, ref = _repo_from_spec(provider, spec)
+            self.service.policy.check(repo)
+        except RefusedError as e:
+            self.page("error.html", status=400, message=str(e))
+            return
+        query = self.request.query
+        events = f"/build/{provider}/{spec}" + (f"?{query}" if query else "")
+        self.page("progress.html", session=None, events_url=events, repo=repo, ref=ref)
+
+
+class SSEMixin(BaseMixin):
+    def start_stream(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+
+    async def send(self, data: dict[str, Any] | None) -> None:
+        """One event, or a heartbeat comment when `data` is None."""
+        text = ": heartbeat\n\n" if data is None else f"data: {json.dumps(data)}\n\n"
+        self.write(text)
+        await self.flush()
+
+    async def stream_session(self, record: Record, with_token: bool) -> None:
+        self.start_stream()
+        try:
+            async for event in self.manager.events(record.id):
+                await self.send(None if event is None else self._event(record.id, event,
+                                                                         with_token))  # fmt: skip
+        except StreamClosedError:
+            return
+        self.finish()
+
+    def _event(self, session_id: str, event: Event, with_token: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {"phase": BINDERHUB_PHASE[event.phase], "stage": str(event.phase),
+                                "message": event.message + "\n"}  # fmt: skip
+        if event.phase is Phase.READY:
+            record = self.manager.store.get(session_id)
+            assert record is not None
+            base = f"{self.request.protocol}://{self.request.host}/s/{session_id}/"
+            data.update(url=base, view=f"{base}{record.view or ''}",
+                        message=f"server running at {base}\n")  # fmt: skip
+            if with_token:
+                data["token"] = record.token
+        return data
+
+
+class BuildHandler(SSEMixin):
+    """/build/<provider>/<spec>: start a launch and stream its events (BinderHub API)."""
+
+    async def get(self, provider: str, spec: str) -> None:
+        if not self.may_launch():
+            raise HTTPError(403)
+        try:
+            repo, ref = _repo_from_spec(provider, spec)
+            url = self.service.policy.check(repo)
+            path = _open_path(self.get_query_argument("urlpath", None),
+                              self.get_query_argument("filepath", None))  # fmt: skip
+            session_id = self.manager.request(self.identity().id, url, ref, path)
+        except (RefusedError, LaunchError) as e:
+            self.start_stream()
+            await self.send({"phase": "failed", "message": f"{e}\n"})
+            self.finish()
+            return
+        except CapacityError as e:
+            self.set_status(503)
+            self.set_header("Retry-After", str(e.retry_after))
+            self.start_stream()
+            await self.send({"phase": "failed", "message": f"{e}\n"})
+            self.finish()
+            return
+        record = self.manager.store.get(session_id)
+        assert record is not None
+        # The token goes to whoever started the launch, as BinderHub does.
+        await self.stream_session(record, with_token=True)
+
+
+class OwnedMixin(BaseMixin):
+    def owned(self, session_id: str) -> Record:
+        record = self.manager.store.get(session_id)
+        if record is None or record.owner != self.identity().id:
+            raise HTTPError(404)  # the same answer for "not there" and "not yours"
+        return record
+
+
+class ProgressHandler(OwnedMixin):
+    def get(self, session_id: str) -> None:
+        record = self.owned(session_id)
+        self.page("progress.html", session=record, events_url=f"/sessions/{record.id}/events",
+                  repo=record.repository, ref=record.ref)  # fmt: skip
+
+
+class EventsHandler(SSEMixin, OwnedMixin):
+    async def get(self, session_id: str) -> None:
+        record = self.owned(session_id)
+        await self.stream_session(record, with_token=False)
+
+
+class SessionsHandler(OwnedMixin):
+    def get(self) -> None:
+        records = self.manager.store.owned_by(self.identity().id)
+        self.page("sessions.html", sessions=records, now=time.time(), message=None)
+
+
+class SessionHandler(OwnedMixin):
+    def get(self, session_id: str) -> None:
+        record = self.owned(session_id)
+        self.page("session.html", session=record, provenance=record.provenance_dict(),
+                  pushed=None, message=None)  # fmt: skip
+
+
+class StopHandler(OwnedMixin):
+    async def post(self, session_id: str) -> None:
+        record = self.owned(session_id)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.manager.stop, record.id)
+        self.redirect("/sessions", status=303)
+
+
+class PushHandler(OwnedMixin):
+    async def post(self, session_id: str) -> None:
+        record = self.owned(session_id)
+        if record.status != "running" or not record.work_dir or not record.commit_sha:
+            raise HTTPError(409)
+        identity = self.identity()
+        token = self.service.tokens.get(identity.id)
+        credential = (Credential.for_provider(identity.provider, token) if token
+                      else self.service.push_credential)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        try:
+            pushed = await loop.run_in_executor(None, lambda: push_changes(
+                Path(record.work_dir or ""), record.id, record.commit_sha or "",
+                (identity.name, identity.email), credential, self.service.state_dir))  # fmt: skip
+        except PushError as e:
+            self.page("session.html", status=409, session=record,
+                      provenance=record.provenance_dict(), pushed=None, message=str(e))  # fmt: skip
+            return
+        self.page("session.html", session=record, provenance=record.provenance_dict(),
+                  pushed=pushed, message=None)  # fmt: skip
+
+
+class HealthHandler(BaseMixin):
+    def get(self) -> None:
+        active = self.manager.store.with_status("pending", "running")
+        self.set_header("Content-Type", "application/json")
+        self.finish({"status": "ok", "sessions": len(active),
+                     "capacity": self.manager.limits.max_sessions})  # fmt: skip
+
+
+class MetricsHandler(BaseMixin):
+    def get(self) -> None:
+        store = self.manager.store
+        counters = store.counters()
+        running = len(store.with_status("running"))
+        pending = len(store.with_status("pending"))
+        lines = [
+            "# HELP binder_lite_sessions Sessions by state.",
+            "# TYPE binder_lite_sessions gauge",
+            f'binder_lite_sessions{{state="running"}} {running}',
+            f'binder_lite_sessions{{state="pending"}} {pending}',
+            "# HELP binder_lite_session_capacity Sessions allowed at once.",
+            "# TYPE binder_lite_session_capacity gauge",
+            f"binder_lite_session_capacity {self.manager.limits.max_sessions}",
+            "# HELP binder_lite_launches_total Launches, by result.",
+            "# TYPE binder_lite_launches_total counter",
+        ]
+        for result in ("requested", "ready", "failed"):
+            value = counters.get(f"launches_{result}", 0)
+            lines.append(f'binder_lite_launches_total{{result="{result}"}} {value:g}')
+        lines += [
+            "# HELP binder_lite_launch_seconds Time from request to ready.",
+            "# TYPE binder_lite_launch_seconds summary",
+            f"binder_lite_launch_seconds_sum {counters.get('launch_seconds_sum', 0):g}",
+            f"binder_lite_launch_seconds_count {counters.get('launches_ready', 0):g}",
+            "# HELP binder_lite_sessions_culled_total Sessions stopped for idleness or age.",
+            "# TYPE binder_lite_sessions_culled_total counter",
+            f"binder_lite_sessions_culled_total {counters.get('sessions_culled', 0):g}",
+        ]
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish("\n".join(lines) + "\n")
+
+
+class BadgeHandler(BaseMixin):
+    """/badge.svg: a "launch | binder" badge in the site's colour."""
+
+    def get(self) -> None:
+        site = self.service.site.site
+        label = escape(self.get_query_argument("label", "launch")[:40])
+        text = escape(site.name[:40])
+        left, right = 7 * len(label) + 12, 7 * len(text) + 12
+        color = site.primary_color
+        svg = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + right}" height="20" '
+            f'role="img" aria-label="{label}: {text}"><title>{label}: {text}</title>'
+            f'<rect width="{left}" height="20" fill="#555"/>'
+            f'<rect x="{left}" width="{right}" height="20" fill="{color}"/>'
+            '<g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11">'
+            f'<text x="6" y="14">{label}</text><text x="{left + 6}" y="14">{text}</text></g></svg>'
+        )
+        self.set_header("Content-Type", "image/svg+xml")
+        self.set_header("Cache-Control", "max-age=3600")
+        self.finish(svg)
+
+
+class ThemeHandler(BaseMixin):
+    """The site's colour, as CSS (the pages allow no inline styles)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/css; charset=utf-8")
+        self.finish(f":root {{ --primary: {self.service.site.site.primary_color}; }}\n")
+
+
+class LogoHandler(BaseMixin):
+    def get(self) -> None:
+        logo = self.service.site.site.logo
+        if logo is None:
+            raise HTTPError(404)
+        types = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg",
+                 ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}  # fmt: skip
+        self.set_header("Content-Type", types.get(logo.suffix.lower(), "application/octet-stream"))
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.finish(logo.read_bytes())
+
+
+class LoginHandler(BaseMixin):
+    async def get(self) -> None:
+        oauth = self.service.oauth
+        if oauth is None:
+            self.redirect("/")
+            return
+        redirect_uri = f"{self.request.protocol}://{self.request.host}/oauth/callback"
+        url, remembered = await oauth.authorize_url(redirect_uri)
+        remembered["next"] = _local_path(self.get_query_argument("next", "/"))
+        self.set_signed_cookie(OAUTH_COOKIE, json.dumps(remembered), expires_days=1 / 96,
+                               httponly=True, samesite="Lax",
+                               secure=self.service.secure_cookies)  # fmt: skip
+        self.redirect(url)
+
+
+class CallbackHandler(BaseMixin):
+    async def get(self) -> None:
+        from binder_lite.web.auth import AuthError
+
+        oauth = self.service.oauth
+        raw = self.get_signed_cookie(OAUTH_COOKIE, max_age_days=1)
+        self.clear_cookie(OAUTH_COOKIE)
+        if oauth is None or raw is None:
+            self.page("error.html", status=400, message="That login has expired; log in again.")
+            return
+        remembered = json.loads(raw)
+        if error := self.get_query_argument("error", None):
+            self.page("error.html", status=400, message=f"The login was refused ({error}).")
+            return
+        redirect_uri = f"{self.request.protocol}://{self.request.host}/oauth/callback"
+        try:
+            identity, token = await oauth.complete(self.get_query_argument("code", ""),
+                                                   self.get_query_argument("state", ""),
+                                                   remembered, redirect_uri)  # fmt: skip
+        except AuthError as e:
+            self.page("error.html", status=400, message=str(e))
+            return
+        self.service.tokens[identity.id] = token
+        self.remember(identity)
+        self.redirect(_local_path(remembered.get("next", "/")))
+
+
+class LogoutHandler(BaseMixin):
+    def post(self) -> None:
+        self.service.tokens.pop(self.identity().id, None)
+        self.clear_cookie("binder-lite-user")
+        self.redirect("/", status=303)
+
+
+def _local_path(target: str) -> str:
+    """Only paths on this site: no open redirects after login."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return quote(target, safe="/?=&-_.~%")
