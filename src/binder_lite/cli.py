@@ -241,19 +241,23 @@ def manifest_command(repo: Path, write: bool, check: bool) -> None:
               help="Its sessions, caches, database [default: binder.state_dir].")  # fmt: skip
 @click.option("--allow-local-repos", is_flag=True,
               help="Development only: admit file:// URLs, loopback and private hosts.")  # fmt: skip
+@click.option("--max-sessions", type=click.IntRange(1), help="[default: binder.max_sessions]")
+@click.option("--idle-timeout", type=click.IntRange(1),
+              help="Idle seconds before stopping [default: binder.idle_timeout].")  # fmt: skip
 @click.option("--cull-interval", type=float, default=60.0, show_default=True,
               help="Seconds between checks for idle sessions.")  # fmt: skip
 @click.option("--secure-cookies/--no-secure-cookies", default=False, show_default=True,
               help="Mark cookies Secure (when served over HTTPS).")  # fmt: skip
 def serve(
     site_file: Path, port: int | None, address: str, runtime: str | None,
-    state_dir: Path | None, allow_local_repos: bool, cull_interval: float,
-    secure_cookies: bool,
+    state_dir: Path | None, allow_local_repos: bool, max_sessions: int | None,
+    idle_timeout: int | None, cull_interval: float, secure_cookies: bool,
 ) -> None:  # fmt: skip
     """Run the binder-lite web service for SITE (a site file, or the file the
     binder-lite service type writes): a page to launch repositories, BinderHub's
     API, and a proxy to every session."""
     import asyncio
+    import dataclasses
 
     from binder_lite.site import load_site
     from binder_lite.site.model import Runtime
@@ -262,6 +266,12 @@ def serve(
 
     logging.getLogger("binder_lite").setLevel(logging.INFO)
     site = load_site(site_file, for_service=True)
+    binder = dataclasses.replace(
+        site.binder,
+        max_sessions=max_sessions or site.binder.max_sessions,
+        idle_timeout=idle_timeout or site.binder.idle_timeout,
+    )
+    site = dataclasses.replace(site, binder=binder)
     options = ServeOptions(
         port=port or site.binder.port, address=address,
         runtime=Runtime(runtime) if runtime else site.binder.runtime,

@@ -81,6 +81,13 @@ def _repo_from_spec(provider: str, spec: str) -> tuple[str, str]:
     raise RefusedError(f"unknown repository provider {provider!r}")
 
 
+def _raw_spec(handler: BaseMixin, provider: str) -> str:
+    """The spec as sent: tornado unescapes path arguments, which would turn an escaped
+    repository URL's %2F into slashes that split it apart."""
+    path = handler.request.path
+    return path[path.index(f"/{provider}/") + len(provider) + 2 :]
+
+
 def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
     """BinderHub's urlpath (lab/tree/x.ipynb, tree/x, notebooks/x) or filepath."""
     if filepath:
@@ -96,7 +103,8 @@ def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
 class V2Handler(BaseMixin):
     """/v2/<provider>/<spec>: BinderHub's launch link, a page that follows the build."""
 
-    def get(self, provider: str, spec: str) -> None:
+    def get(self, provider: str, _spec: str) -> None:
+        spec = _raw_spec(self, provider)
         try:
             repo, ref = _repo_from_spec(provider, spec)
             self.service.policy.check(repo)
@@ -147,9 +155,10 @@ class SSEMixin(BaseMixin):
 class BuildHandler(SSEMixin):
     """/build/<provider>/<spec>: start a launch and stream its events (BinderHub API)."""
 
-    async def get(self, provider: str, spec: str) -> None:
+    async def get(self, provider: str, _spec: str) -> None:
         if not self.may_launch():
             raise HTTPError(403)
+        spec = _raw_spec(self, provider)
         try:
             repo, ref = _repo_from_spec(provider, spec)
             url = self.service.policy.check(repo)
