@@ -242,8 +242,8 @@ def test_restart_adopts_live_sessions_and_stops_dead_ones(tmp_path: Path, repo: 
 
 
 def test_idle_sessions_are_culled(tmp_path: Path, repo: Path) -> None:
-    srv = Server(write_site(tmp_path), tmp_path / "state",
-                 ("--allow-local-repos", "--idle-timeout", "2", "--cull-interval", "0.5")).start()  # fmt: skip
+    flags = ("--allow-local-repos", "--idle-timeout", "2", "--cull-interval", "0.5")
+    srv = Server(write_site(tmp_path), tmp_path / "state", flags).start()
     try:
         client = Client(srv.url)
         sid = session_id(launch(client, repo))
