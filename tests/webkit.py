@@ -104,7 +104,7 @@ class Client:
 
     def xsrf(self) -> str:
         page = self.get("/").text
-        m = re.search(r'name="_xsrf" value="([^"]+)"', page)
+        m = re.search(r'<meta name="xsrf-token" content="([^"]+)"', page)
         assert m, page
         return m.group(1)
 
@@ -222,7 +222,8 @@ class _ProviderHandler(http.server.BaseHTTPRequestHandler):
 def git_http_server(root: Path, user: str, password_ok: object) -> Iterator[str]:
     """Serve bare repositories under `root` through `git http-backend` (smart HTTP).
     Pushes need Basic credentials `user` and a password for which `password_ok(p)` holds."""
-    handler = type("G", (_GitHandler,), {"root": root, "user": user, "check": password_ok})
+    handler = type("G", (_GitHandler,), {"root": root, "user": user,
+                                         "check": staticmethod(password_ok)})  # fmt: skip
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

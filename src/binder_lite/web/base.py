@@ -99,7 +99,8 @@ class BaseMixin(RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(pages().get_template(template).render(
             site=site.site, binder=site.binder, identity=self.identity(),
-            auth_off=self.auth_off, xsrf=self.xsrf_form_html(), provider=self._provider(),
+            auth_off=self.auth_off, xsrf=self.xsrf_form_html(),
+            xsrf_token=self.xsrf_token.decode(), provider=self._provider(),
             **context,
         ))  # fmt: skip
 
