@@ -303,6 +303,7 @@ def _spawn(
     # another default kernel) must not change what the launcher promises.
     env["JUPYTER_CONFIG_DIR"] = str(session_dir / "jupyter-config")
     env["JUPYTER_RUNTIME_DIR"] = str(session_dir / "runtime")
+    env["JUPYTERLAB_SETTINGS_DIR"] = str(_lab_settings(session_dir))
     log_file = session_dir / "jupyter.log"
     log = open(log_file, "wb")  # noqa: SIM115 (handed to the reader thread)
     try:
@@ -316,6 +317,16 @@ def _spawn(
     phase = Phase.BUILDING if kind is Runtime.GUIX else Phase.STARTING
     threading.Thread(target=_pump, args=(process, log, phase, report), daemon=True).start()
     return process, log_file
+
+
+def _lab_settings(session_dir: Path) -> Path:
+    """Settings for Notebook 7 (a JupyterLab): start the preselected kernel instead of
+    asking, for notebooks that do not name one."""
+    settings = session_dir / "lab-settings"
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
+    return settings
 
 
 def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report: Report) -> None:

@@ -1,0 +1,117 @@
+"""A person's path through the web page, in headless Chromium: fill the form, follow
+the progress page to a running notebook, run its cell.  Screenshots are kept in
+artifacts/screenshots/ for people to look at."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from launchkit import make_repo
+from webkit import Server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SHOTS = ROOT / "artifacts" / "screenshots"
+
+SITE = """\
+version: 1
+site:
+  name: "GeneNetwork Binder"
+  slug: genenetwork
+  tagline: "Reproducible notebooks on GNU Guix"
+  logo: logo.svg
+  primary_color: "#0b6e4f"
+"""
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        reason = "chromium and chromedriver are not installed (scripts/setup installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1280,900"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(condition: object, timeout: float = 60.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = condition()  # type: ignore[operator]
+        except Exception:  # the page is still changing under us
+            result = None
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting in the browser")
+
+
+def test_form_to_running_notebook(browser: object, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "logo.svg").write_text((ROOT / "examples/branding/genenetwork.svg").read_text())
+    (tmp_path / "site.yaml").write_text(SITE)
+    repo = make_repo(tmp_path / "repo")
+    server = Server(tmp_path / "site.yaml", tmp_path / "state", ("--allow-local-repos",)).start()
+    try:
+        driver.get(server.url)  # type: ignore[attr-defined]
+        assert "GeneNetwork Binder" in driver.title  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "repo").send_keys(f"file://{repo}")  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "path").send_keys("index.ipynb")  # type: ignore[attr-defined]
+        link = driver.find_element(By.ID, "link").get_attribute("value")  # type: ignore[attr-defined]
+        assert "/v2/git/file%3A%2F%2F" in link
+        driver.save_screenshot(str(SHOTS / "1-landing.png"))  # type: ignore[attr-defined]
+        driver.find_element(By.ID, "launch").click()  # type: ignore[attr-defined]
+        wait_for(lambda: "/progress" in driver.current_url or "/s/" in driver.current_url)  # type: ignore[attr-defined]
+        driver.save_screenshot(str(SHOTS / "2-progress.png"))  # type: ignore[attr-defined]
+        wait_for(lambda: "/notebooks/index.ipynb" in driver.current_url, 90)  # type: ignore[attr-defined]
+
+        def run_cell() -> bool:
+            # The notebook re-renders while it loads: find the cell anew each try.
+            cell = driver.find_element(By.CSS_SELECTOR, ".jp-CodeCell .cm-content")  # type: ignore[attr-defined]
+            cell.click()
+            cell.send_keys(Keys.SHIFT, Keys.ENTER)
+            return True
+
+        def output() -> list[str]:
+            elements = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")  # type: ignore[attr-defined]
+            return [e.text.strip() for e in elements if e.text.strip()]
+
+        # The preselected kernel starts by itself: nobody is asked to pick one.
+        wait_for(lambda: "Python 3" in driver.find_element(By.CSS_SELECTOR, "body").text)  # type: ignore[attr-defined]
+        assert "Select Kernel" not in driver.find_element(By.CSS_SELECTOR, "body").text  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 90
+        while not output() and time.monotonic() < deadline:
+            wait_for(run_cell)
+            time.sleep(2)
+        assert output()[0] == "42"
+        driver.save_screenshot(str(SHOTS / "3-notebook.png"))  # type: ignore[attr-defined]
+        driver.get(f"{server.url}/sessions")  # type: ignore[attr-defined]
+        assert "Push changes" in driver.page_source  # type: ignore[attr-defined]
+        driver.save_screenshot(str(SHOTS / "4-sessions.png"))  # type: ignore[attr-defined]
+    finally:
+        server.stop()
