@@ -114,6 +114,19 @@ def test_binderhub_build_stream_and_proxy(server: Server, repo: Path) -> None:
     details = client.get(f"/sessions/{sid}").text
     assert git(repo, "rev-parse", "HEAD") in details and "python-numpy" in details
     assert token not in details and token not in client.get("/sessions").text
+    assert server.log is not None and token not in server.log.read_text()
+    assert (server.state_dir / "sessions" / sid).stat().st_mode & 0o077 == 0
+
+
+def test_binderhub_launch_links(server: Server, repo: Path) -> None:
+    client = Client(server.url)
+    escaped = urllib.parse.quote(f"file://{repo}", safe="")
+    page = client.get(f"/v2/git/{escaped}/main?urlpath=tree/index.ipynb")
+    assert page.status == 200
+    assert f'data-events="/build/git/{escaped}/main?urlpath=tree/index.ipynb"' in page.text
+    github = client.get("/v2/gh/genenetwork/notebooks/main")
+    assert github.status == 200 and "https://github.com/genenetwork/notebooks" in github.text
+    assert client.get("/v2/gh/only-owner").status == 400
 
 
 def test_form_launch_progress_sessions_stop(server: Server, repo: Path) -> None:

@@ -163,6 +163,8 @@ def _launch(
 ) -> Session:
     url = sources.normalise_source(source)
     target = normalise_open_path(open_path)
+    # The session's files include Jupyter's log, which names the token: owner only.
+    session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     report(Event(Phase.FETCHING, f"repository {url}, ref {ref or 'HEAD'}"))
     checkout = sources.check_out(url, ref, cache, session_dir / "repo",
                                  lambda line: report(Event(Phase.FETCHING, line)))  # fmt: skip

@@ -17,6 +17,7 @@ from binder_lite.site.model import Runtime, Site
 from binder_lite.web import handlers as h
 from binder_lite.web.auth import OAuthClient
 from binder_lite.web.base import Service
+from binder_lite.web.fastpath import Router
 from binder_lite.web.manager import Limits, SessionManager
 from binder_lite.web.policy import RepoPolicy
 from binder_lite.web.proxy import ProxyHandler
@@ -42,6 +43,7 @@ class ServeOptions:
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type, dict]]:  # type: ignore[type-arg]
     static = Path(__file__).parent / "static"
     return [
+        (rf"/s/{SESSION_ID}/(.*)", ProxyHandler),  # first: most requests are proxied
         (r"/", h.LandingHandler),
         (r"/launch", h.LaunchFormHandler),
         (r"/v2/(gh|git)/(.+)", h.V2Handler),
@@ -52,7 +54,6 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, t
         (rf"/sessions/{SESSION_ID}/events", h.EventsHandler),
         (rf"/sessions/{SESSION_ID}/stop", h.StopHandler),
         (rf"/sessions/{SESSION_ID}/push", h.PushHandler),
-        (rf"/s/{SESSION_ID}/(.*)", ProxyHandler),
         (r"/health", h.HealthHandler),
         (r"/metrics", h.MetricsHandler),
         (r"/badge\.svg", h.BadgeHandler),
@@ -76,10 +77,14 @@ def cookie_secret(state_dir: Path) -> str:
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    # Query strings can hold Jupyter tokens: the access log shows paths only.
+    # Query strings can hold Jupyter tokens: the access log shows paths only.  Proxied
+    # requests (a notebook makes many) are logged only when they fail or with --debug.
     request = handler.request
-    log.info("%d %s %s %.1fms", handler.get_status(), request.method, request.path,
-             1000 * request.request_time())  # fmt: skip
+    status = handler.get_status()
+    level = logging.DEBUG if request.path.startswith("/s/") and status < 500 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(level, "%d %s %s %.1fms", status, request.method, request.path,
+                1000 * request.request_time())  # fmt: skip
 
 
 def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application, Service]:
@@ -112,7 +117,7 @@ async def serve(site: Site, options: ServeOptions) -> None:
     """Run until SIGTERM or SIGINT; then stop every session."""
     app, service = make_app(site, options)
     await service.manager.start()
-    server = HTTPServer(app, xheaders=True, max_body_size=512 * 1024 * 1024)
+    server = HTTPServer(Router(app), xheaders=True, max_body_size=512 * 1024 * 1024)
     server.listen(options.port, options.address)
     log.warning("binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
                 site.site.name, options.address, options.port, options.runtime,

@@ -63,8 +63,9 @@ class BaseMixin(RequestHandler):
     def auth_off(self) -> bool:
         return self.service.oauth is None
 
-    def identity(self) -> Identity:
-        """The caller; visitors get an anonymous identity when logins are off."""
+    def identity(self, create: bool = True) -> Identity:
+        """The caller; visitors get an anonymous identity when logins are off (only
+        remembered in a cookie when `create`: the proxy just looks)."""
         cached = getattr(self, "_identity", None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
@@ -72,7 +73,7 @@ class BaseMixin(RequestHandler):
         found = Identity.from_cookie(raw) if raw else None
         if found is None:
             found = Identity.new_anonymous()
-            if self.auth_off:
+            if self.auth_off and create:
                 self.remember(found)
         self._identity = found
         return found

@@ -71,6 +71,8 @@ class SessionManager:
         self.runtime = runtime
         self.limits = limits
         self.live: dict[str, Live] = {}
+        # Running sessions' records, for the proxy: one lookup per proxied request.
+        self.running: dict[str, Record] = {}
         # Launches block (git, Guix, waiting for Jupyter): they run in threads.
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(2, limits.max_sessions), thread_name_prefix="launch"
@@ -101,6 +103,7 @@ class SessionManager:
             if record.status == "running" and self._answers(record):
                 self.live[record.id] = live = Live(record.id)
                 live.done.set()
+                self.running[record.id] = record
                 log.info("adopted session %s", record.id)
             else:
                 self._stop(record, "lost while the service was not running")
@@ -157,6 +160,9 @@ class SessionManager:
             provenance=json.dumps(asdict(session.provenance)), ready=time.time(),
             last_activity=time.time(),
         )  # fmt: skip
+        record = self.store.get(session_id)
+        if record is not None:
+            self.running[session_id] = record
         self.store.add_to("launches_ready")
         self.store.add_to("launch_seconds_sum", time.monotonic() - started)
         # The ready event goes out after the record says "running".
@@ -211,6 +217,7 @@ class SessionManager:
         return True
 
     def _stop(self, record: Record, reason: str) -> None:
+        self.running.pop(record.id, None)
         live = self.live.get(record.id)
         if live is not None and live.session is not None:
             live.session.stop()

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import urllib.parse
 
 from tornado import httpclient, httputil, websocket
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler
 
 from binder_lite.web.base import BaseMixin
+from binder_lite.web.manager import SessionManager
 from binder_lite.web.store import Record
+from binder_lite.web.upstream import Pool, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,11 @@ HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 })  # fmt: skip
 MAX_BODY = 512 * 1024 * 1024
+# Set by the proxy itself.
+REPLACED = frozenset({"authorization", "x-forwarded-proto"})
+
+
+POOL = Pool()
 
 
 class ProxyHandler(BaseMixin, WebSocketHandler):
@@ -37,44 +46,20 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
         # Jupyter checks its own XSRF cookie; binder-lite's does not apply below /s/.
         pass
 
-    def _authorised(self, session_id: str) -> Record | None:
-        record = self.manager.store.get(session_id)
-        if record is None or record.status != "running" or record.port is None:
-            return None
-        if record.owner == self.identity().id:
-            return record
-        # Without logins, BinderHub clients hold the token instead of a cookie.
-        if self.auth_off and record.token and self._token_in_request() == record.token:
-            return record
+    def compute_etag(self) -> None:
+        # Jupyter sends its own ETags; hashing every proxied body again costs time.
         return None
 
-    def _token_in_request(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        if header.lower().startswith("token "):
-            return header[6:].strip()
-        return self.get_query_argument("token", None)
+    def _authorised(self, session_id: str) -> Record | None:
+        return authorise(self.manager, session_id, self.identity(create=False).id,
+                         self.auth_off, token_in(self.request))  # fmt: skip
 
     def _upstream_url(self, scheme: str, session_id: str, path: str) -> str:
         query = f"?{self.request.query}" if self.request.query else ""
         return f"{scheme}://127.0.0.1:{self.record.port}/s/{session_id}/{path}{query}"
 
-    def _upstream_headers(self) -> httputil.HTTPHeaders:
-        headers = httputil.HTTPHeaders()
-        for name, value in self.request.headers.get_all():
-            lowered = name.lower()
-            if lowered in HOP_BY_HOP or lowered.startswith("sec-websocket"):
-                continue
-            if lowered == "cookie":
-                value = _without_our_cookies(value)
-                if not value:
-                    continue
-            headers.add(name, value)
-        headers["Host"] = f"127.0.0.1:{self.record.port}"
-        if "Origin" in headers:
-            headers["Origin"] = f"http://127.0.0.1:{self.record.port}"
-        headers["Authorization"] = f"token {self.record.token}"
-        headers["X-Forwarded-Proto"] = self.request.protocol
-        return headers
+    def _upstream_headers(self) -> list[tuple[str, str]]:
+        return upstream_headers(self.request, self.record)
 
     async def get(self, session_id: str, path: str) -> None:
         record = self._authorised(session_id)
@@ -91,25 +76,23 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
     async def _proxy_http(self, session_id: str, path: str) -> None:
         method = self.request.method or "GET"
         body = self.request.body if method in ("POST", "PUT", "PATCH", "DELETE") else None
-        request = httpclient.HTTPRequest(
-            self._upstream_url("http", session_id, path), method=method,
-            headers=self._upstream_headers(), body=body, follow_redirects=False,
-            allow_nonstandard_methods=True, request_timeout=300, decompress_response=False,
-        )  # fmt: skip
+        query = f"?{self.request.query}" if self.request.query else ""
+        assert self.record.port is not None
         try:
-            response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-        except OSError:
+            response = await POOL.request(
+                self.record.port, method, f"/s/{session_id}/{path}{query}",
+                self._upstream_headers(), body,
+            )  # fmt: skip
+        except (OSError, UpstreamError, TimeoutError):
+            POOL.forget(self.record.port)
             self.send_error(502)
             return
-        if response.code == 599:  # no connection at all
-            self.send_error(502)
-            return
-        self.set_status(response.code, response.reason)
+        self.set_status(response.status, response.reason or None)
         self._headers = httputil.HTTPHeaders()  # nothing of tornado's defaults
-        for name, value in response.headers.get_all():
+        for name, value in response.headers:
             if name.lower() not in HOP_BY_HOP:
                 self.add_header(name, value)
-        if response.body and response.code not in (204, 304):
+        if response.body:
             self.write(response.body)
         self.finish()
 
@@ -130,10 +113,12 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
         return subprotocols[0] if subprotocols else None
 
     async def open(self, session_id: str, path: str) -> None:
+        headers = httputil.HTTPHeaders()
+        for name, value in self._upstream_headers():
+            headers.add(name, value)
         request = httpclient.HTTPRequest(
-            self._upstream_url("ws", session_id, path), headers=self._upstream_headers(),
-            request_timeout=30,
-        )  # fmt: skip
+            self._upstream_url("ws", session_id, path), headers=headers, request_timeout=30
+        )
         protocols = self.request.headers.get("Sec-WebSocket-Protocol")
         subprotocols = [p.strip() for p in protocols.split(",")] if protocols else None
         try:
@@ -167,6 +152,48 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
     def on_ping(self, data: bytes) -> None:
         if self.upstream is not None:
             self.upstream.ping(data)
+
+
+def authorise(
+    manager: SessionManager, session_id: str, identity: str, auth_off: bool, token: str | None
+) -> Record | None:
+    """The running session `session_id` if the caller may use it, else None."""
+    record = manager.running.get(session_id)
+    if record is None or record.port is None:
+        return None
+    if record.owner == identity:
+        return record
+    # Without logins, BinderHub clients hold the token instead of a cookie.
+    if auth_off and record.token and token and hmac.compare_digest(token, record.token):
+        return record
+    return None
+
+
+def token_in(request: httputil.HTTPServerRequest) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("token "):
+        return header[6:].strip()
+    values = urllib.parse.parse_qs(request.query).get("token")
+    return values[0] if values else None
+
+
+def upstream_headers(request: httputil.HTTPServerRequest, record: Record) -> list[tuple[str, str]]:
+    """The request's headers as Jupyter gets them (see the module's docstring)."""
+    local = f"127.0.0.1:{record.port}"
+    headers = [("Host", local), ("Authorization", f"token {record.token}"),
+               ("X-Forwarded-Proto", request.protocol)]  # fmt: skip
+    for name, value in request.headers.get_all():
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in REPLACED or lowered.startswith("sec-websocket"):
+            continue
+        if lowered == "cookie":
+            value = _without_our_cookies(value)
+            if not value:
+                continue
+        elif lowered == "origin":
+            value = f"http://{local}"
+        headers.append((name, value))
+    return headers
 
 
 def _without_our_cookies(header: str) -> str:
