@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -123,3 +124,43 @@ def test_text_reaches_the_store_byte_for_byte(
     user = site.users[0]
     keys = _store_text(guix, store_root, drv, f"{user.name}.pub").decode("utf-8")
     assert keys == "\n".join(user.ssh_keys) + "\n"
+
+
+SERVICE_JSON = """
+(use-modules (gnu) (gnu services) (binder-lite services) (srfi srfi-1))
+(define os (load {system}))
+(define config
+  (service-value (find (lambda (s) (eq? (service-kind s) binder-lite-service-type))
+                       (operating-system-user-services os))))
+(for-each (lambda (piece) (display (if (string? piece) piece "@FILE@")))
+          ((@@ (binder-lite services) binder-lite-config-pieces) config))
+"""
+
+
+@pytest.mark.parametrize("site_file", [SITES / "all-images.yaml", EXAMPLES / "genenetwork.yaml",
+                                       EXAMPLES / "bare-metal.yaml"], ids=lambda p: p.stem)  # fmt: skip
+def test_service_configuration_round_trip(
+    guix: str, cli: Cli, tmp_path: Path, site_file: Path
+) -> None:
+    """site file → rendered system → Guix's binder-lite-configuration → the JSON file the
+    service gives `binder-lite serve` → the same settings, read back by binder-lite."""
+    from binder_lite.scheme import scm_str
+
+    assert cli("render", site_file, "-o", tmp_path).code == 0
+    script = tmp_path / "pieces.scm"
+    script.write_text(SERVICE_JSON.format(system=scm_str(str(tmp_path / "system.scm"))))
+    proc = guix_run(guix, "repl", "-L", ROOT / "services", "--", script)
+    assert proc.returncode == 0, proc.stderr
+    stand_in = tmp_path / "store-file"
+    stand_in.write_text("<svg/>")
+    service_file = tmp_path / "binder-lite.json"
+    service_file.write_text(proc.stdout.replace("@FILE@", str(stand_in)))
+    site = load_site(site_file)
+    served = load_site(service_file, for_service=True)
+    # The preloaded packages reach the service as store items, not names.
+    assert served.binder == dataclasses.replace(site.binder, preload=())
+    assert (served.site.name, served.site.slug, served.site.tagline) == (
+        site.site.name, site.site.slug, site.site.tagline)  # fmt: skip
+    assert served.site.primary_color == site.site.primary_color
+    assert (served.site.logo is None) == (site.site.logo is None)
+    assert served.jupyter_profile == str(stand_in)

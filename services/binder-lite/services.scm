@@ -142,9 +142,11 @@
         (iota (length (binder-lite-configuration-preload config)))
         (binder-lite-configuration-preload config))))
 
-(define (binder-lite-config-file config)
+(define (binder-lite-config-pieces config)
   ;; The service's own settings, in the shape of a site file's `site:' and
-  ;; `binder:' sections; `binder-lite serve' reads it like a site file.
+  ;; `binder:' sections, as JSON (which YAML reads) that `binder-lite serve'
+  ;; loads like a site file.  A list of strings and file-like objects, which
+  ;; become their store file names.
   (match-record config <binder-lite-configuration>
     (site-name slug tagline logo primary-color port max-sessions
      max-sessions-per-user idle-timeout max-age allowed-repos runtime user
@@ -154,17 +156,17 @@
       (string-append (json-string name) ": " (json-value value)))
     (define (object . fields)
       (string-append "{" (string-join fields ", ") "}"))
-    (mixed-text-file
-     "binder-lite.json"
-     "{\"version\": 1, \"site\": "
-     (object (field "name" site-name) (field "slug" slug)
-             (field "tagline" tagline) (field "primary_color" primary-color))
-     ;; Spliced apart from the rest: the logo is a file-like object, which
-     ;; becomes its store file name here.
+    (list
+     "{\"version\": 1, \"site\": {"
+     (string-join (list (field "name" site-name) (field "slug" slug)
+                        (field "tagline" tagline)
+                        (field "primary_color" primary-color))
+                  ", ")
+     ;; The logo, a file-like object, is spliced in as its own piece.
      (if logo ", \"logo_path\": \"" "")
      (or logo "")
      (if logo "\"" "")
-     ", \"binder\": "
+     "}, \"binder\": "
      (object (field "port" port) (field "max_sessions" max-sessions)
              (field "max_sessions_per_user" max-sessions-per-user)
              (field "idle_timeout" idle-timeout) (field "max_age" max-age)
@@ -179,6 +181,9 @@
                       (field "client_secret_file" auth-client-secret-file))))
      ", \"jupyter_profile\": \"" (binder-lite-kernel-profile config) "\""
      ", \"preload\": \"" (binder-lite-preload config) "\"}\n")))
+
+(define (binder-lite-config-file config)
+  (apply mixed-text-file "binder-lite.json" (binder-lite-config-pieces config)))
 
 (define (binder-lite-shepherd-service config)
   (match-record config <binder-lite-configuration>
