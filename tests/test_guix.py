@@ -137,8 +137,14 @@ SERVICE_JSON = """
 """
 
 
-@pytest.mark.parametrize("site_file", [SITES / "all-images.yaml", EXAMPLES / "genenetwork.yaml",
-                                       EXAMPLES / "bare-metal.yaml"], ids=lambda p: p.stem)  # fmt: skip
+ROUND_TRIP = [
+    SITES / "all-images.yaml",
+    EXAMPLES / "genenetwork.yaml",
+    EXAMPLES / "bare-metal.yaml",
+]
+
+
+@pytest.mark.parametrize("site_file", ROUND_TRIP, ids=lambda p: p.stem)
 def test_service_configuration_round_trip(
     guix: str, cli: Cli, tmp_path: Path, site_file: Path
 ) -> None:
