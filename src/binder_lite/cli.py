@@ -145,6 +145,10 @@ def image() -> None:
     "-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path),
     default=Path("build"), show_default=True, help="Where rendered files go.",
 )  # fmt: skip
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path("images"), show_default=True, help="Where images are copied to.",
+)  # fmt: skip
 def image_build(
     site_file: Path,
     types: tuple[str, ...],
@@ -152,8 +156,10 @@ def image_build(
     dry_run: bool,
     grafts: bool,
     work_dir: Path,
+    output_dir: Path,
 ) -> None:
-    """Build the images SITE describes (for now: --dry-run lowers them with Guix)."""
+    """Build the images SITE describes with `guix system image`, copy each out of the
+    store to OUTPUT_DIR/<slug>-<type>.<ext> with .sha256 and .json files beside it."""
     from binder_lite.site.checks import Invalid, image_size
     from binder_lite.site.model import ImageType
 
@@ -164,20 +170,64 @@ def image_build(
         except Invalid as e:
             raise UsageError(f"--size: {e.message}") from None
     wanted = [ImageType(t) for t in types] or [i.type for i in site.images]
-    if not dry_run:
-        raise UsageError(
-            "building images needs Guix substitutes or hours of compiling; this version "
-            "only checks them: pass --dry-run"
-        )
     for image_type in wanted:
-        command = _image_command(site, image_type, work_dir, size=size, grafts=grafts)
-        click.echo(f"{image_type}: would run:\n  {command.shell()}")
-        sys.stdout.flush()  # before Guix writes to stderr
-        started = time.monotonic()
-        from binder_lite import guix
+        if dry_run:
+            _dry_run(site, image_type, work_dir, size=size, grafts=grafts)
+        else:
+            _build(site, image_type, work_dir, output_dir, size=size, grafts=grafts)
 
-        drv = guix.derivation(command)
-        click.echo(f"  derivation: {drv} ({time.monotonic() - started:.1f} s)")
+
+def _dry_run(
+    site: Site, image_type: ImageType, work_dir: Path, *, size: str | None, grafts: bool
+) -> None:
+    from binder_lite import guix
+
+    command = _image_command(site, image_type, work_dir, size=size, grafts=grafts)
+    click.echo(f"{image_type}: would run:\n  {command.shell()}")
+    sys.stdout.flush()  # before Guix writes to stderr
+    started = time.monotonic()
+    drv = guix.derivation(command)
+    click.echo(f"  derivation: {drv} ({time.monotonic() - started:.1f} s)")
+
+
+def _build(
+    site: Site, image_type: ImageType, work_dir: Path, output_dir: Path, *,
+    size: str | None, grafts: bool,
+) -> None:  # fmt: skip
+    from binder_lite import build
+
+    def progress(line: str) -> None:
+        click.echo(line, err=True)
+
+    built = build.build(site, image_type, output_dir, work_dir, size=size, grafts=grafts,
+                        progress=progress)  # fmt: skip
+    if built.up_to_date:
+        click.echo(f"{built.image}: up to date (derivation {built.derivation} unchanged)")
+    else:
+        click.echo(f"{built.image}: built in {built.seconds:.0f} s")
+
+
+@image.command("list")
+@click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path("images"), show_default=True, help="Where images were copied to.",
+)  # fmt: skip
+def image_list(output_dir: Path) -> None:
+    """Show the images built into OUTPUT_DIR."""
+    import datetime
+
+    from binder_lite import build
+
+    found = build.list_images(output_dir)
+    if not found:
+        click.echo(f"no images in {output_dir}")
+        return
+    for meta in found:
+        when = datetime.datetime.fromtimestamp(float(meta.get("built_at") or 0))  # type: ignore[arg-type]
+        size = int(meta.get("bytes") or 0) / 2**20  # type: ignore[call-overload]
+        state = "" if meta["present"] else "  (missing)"
+        click.echo(f"{meta['path']}  {meta['type']}  {size:,.0f} MiB  "
+                   f"{when:%Y-%m-%d %H:%M}  {meta['derivation']}{state}")  # fmt: skip
 
 
 RUNTIMES = ("guix", "local")
@@ -280,6 +330,16 @@ def serve(
         secure_cookies=secure_cookies,
     )  # fmt: skip
     asyncio.run(run_service(site, options))
+
+
+def _register_stage_commands() -> None:
+    from binder_lite.vm.commands import smoke, vm
+
+    cli.add_command(vm)
+    cli.add_command(smoke)
+
+
+_register_stage_commands()
 
 
 def _load(site_file: Path) -> Site:

@@ -99,3 +99,16 @@ class EnvironmentSpecError(LaunchError):
 
 class JupyterError(LaunchError):
     """Jupyter did not start or did not answer in time."""
+
+
+class BootError(BinderLiteError):
+    """A virtual machine did not start or did not become reachable; the message
+    carries the evidence (the end of its serial console)."""
+
+
+class SmokeError(BinderLiteError):
+    """The smoke tests found the target broken (or could not reach it)."""
+
+
+class BuildError(BinderLiteError):
+    """An image could not be built or copied out of the store."""

@@ -43,6 +43,7 @@ RESERVED_SERVICES = frozenset({
     "host-name", "sysctl", "log-rotation", "log-cleanup", "timer", "transient",
     "virtual-terminal", "console-font", "term-console", "term-ttyS0", "pam",
     "user-homes", "special-files", "mcron", "ntpd", "ntp", "openntpd",
+    "host-keys-on-console",
 })  # fmt: skip
 
 # Accounts the system itself creates; a site user of the same name would clash.

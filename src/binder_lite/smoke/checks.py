@@ -1,0 +1,163 @@
+"""What `binder-lite smoke` checks on a binder-lite machine (pytest runs this file;
+fixtures come from binder_lite.smoke.runner.SmokePlugin)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shlex
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from binder_lite.render import _issue
+from binder_lite.smoke.runner import SmokeContext
+from binder_lite.smoke.shepherd import ShepherdService
+from binder_lite.vm import ssh
+
+
+def test_sshd_answers_and_refuses_passwords(smoke: SmokeContext, host: Any) -> None:
+    assert host.run("true").rc == 0
+    methods = ssh.allowed_auth_methods(smoke.target, smoke.host_keys)
+    assert "publickey" in methods
+    if not smoke.site.ssh.password_authentication:
+        assert "password" not in methods, f"sshd offers {methods}"
+
+
+def test_binder_lite_service_is_running(host: Any) -> None:
+    status = ShepherdService(host, "binder-lite").status()
+    assert status.running, f"herd status binder-lite:\n{status.output}"
+
+
+def test_page_shows_the_sites_branding(smoke: SmokeContext, web: str) -> None:
+    with urllib.request.urlopen(f"{web}/", timeout=30) as response:
+        page = response.read().decode("utf-8")
+    assert html.escape(smoke.site.site.name, quote=False) in page
+    if smoke.site.site.tagline:
+        assert html.escape(smoke.site.site.tagline, quote=False) in page
+    with urllib.request.urlopen(f"{web}/theme.css", timeout=30) as response:
+        assert smoke.site.site.primary_color in response.read().decode()
+
+
+def test_issue_hostname_and_time_zone(smoke: SmokeContext, host: Any) -> None:
+    assert host.file("/etc/issue").content_string == _issue(smoke.site)
+    assert host.check_output("hostname") == smoke.site.host.hostname
+    zone = host.run("readlink -f /etc/localtime").stdout.strip()
+    named = host.run("cat /etc/timezone").stdout.strip()
+    assert zone.endswith("/" + smoke.site.host.timezone) or named == smoke.site.host.timezone
+
+
+def test_a_notebook_runs_a_cell(smoke: SmokeContext, host: Any, web: str) -> None:
+    repo = smoke.repo or _make_repository(host)
+    path = f"/build/git/{urllib.parse.quote(repo, safe='')}/HEAD"
+    with urllib.request.urlopen(f"{web}{path}", timeout=900) as response:
+        events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
+                  if line.startswith("data: ")]  # fmt: skip
+    assert events and events[-1]["phase"] == "ready", events[-1:]
+    session = str(events[-1]["url"]).split("/s/", 1)[1].strip("/")
+    result = _execute(f"{web}/s/{session}/", str(events[-1]["token"]), "6 * 7")
+    assert result == "42"
+
+
+def test_no_secret_is_in_the_store(smoke: SmokeContext, host: Any) -> None:
+    secret_files = [f for f in (smoke.site.binder.auth.client_secret_file,
+                                smoke.site.binder.push_credential_file) if f]  # fmt: skip
+    if not secret_files:
+        pytest.skip("the site names no secret files")
+    if not host.file("/gnu/store").is_directory:
+        pytest.skip("no /gnu/store on this target")
+    checked = 0
+    for path in secret_files:
+        read = host.run("sudo -n cat %s", path)
+        if read.rc != 0 or not read.stdout.strip():
+            continue
+        secret = read.stdout.strip()
+        found = host.run("sudo -n grep -rlF -e %s /gnu/store", secret)
+        assert found.stdout.strip() == "", f"{path}'s content is in {found.stdout.split()[:3]}"
+        checked += 1
+    if checked == 0:
+        pytest.skip(f"none of {secret_files} exists on the target yet")
+
+
+def test_service_comes_back_after_kill_9(smoke: SmokeContext, host: Any, web: str) -> None:
+    service = ShepherdService(host, "binder-lite")
+    before = service.status()
+    assert before.running and before.pid, f"herd status binder-lite:\n{before.output}"
+    assert host.run("sudo -n kill -9 %s", str(before.pid)).rc == 0
+    deadline = time.monotonic() + smoke.respawn_within
+    while time.monotonic() < deadline:
+        now = service.status()
+        if now.running and now.pid not in (None, before.pid) and _answers(web):
+            return
+        time.sleep(0.25)
+    pytest.fail(f"binder-lite was not back within {smoke.respawn_within:.0f} s; "
+                f"herd status:\n{service.status().output}")  # fmt: skip
+
+
+def _answers(web: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{web}/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _make_repository(host: Any) -> str:
+    """A one-notebook repository on the target (the service must admit file://)."""
+    notebook = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    directory = host.check_output("mktemp -d /tmp/binder-lite-smoke-XXXXXX")
+    script = " && ".join([
+        f"cd {shlex.quote(directory)}", "git init -q",
+        f"printf %s {shlex.quote(notebook)} > index.ipynb",
+        "git add index.ipynb",
+        "git -c user.name=smoke -c user.email=smoke@localhost commit -q -m smoke",
+        f"chmod -R a+rX {shlex.quote(directory)}",
+    ])  # fmt: skip
+    assert host.run(script).rc == 0
+    return f"file://{directory}"
+
+
+def _execute(base: str, token: str, code: str) -> str:
+    import asyncio
+    import uuid
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    request = urllib.request.Request(f"{base}api/kernels", data=b"{}", method="POST",
+                                     headers={"Authorization": f"token {token}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=120) as response:
+        kernel = json.loads(response.read())["id"]
+
+    async def run() -> str:
+        url = re.sub(r"^http", "ws", base) + f"api/kernels/{kernel}/channels"
+        conn = await websocket_connect(HTTPRequest(url, headers={
+            "Authorization": f"token {token}", "Origin": re.sub(r"/s/.*", "", base)}))  # fmt: skip
+        msg_id = uuid.uuid4().hex
+        conn.write_message(json.dumps({
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "smoke",
+                       "session": uuid.uuid4().hex, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False},
+        }))  # fmt: skip
+        try:
+            while True:
+                raw = await asyncio.wait_for(conn.read_message(), 120)
+                if raw is None:
+                    raise AssertionError("the kernel connection closed")
+                msg = json.loads(raw)
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "execute_result":
+                    return str(msg["content"]["data"]["text/plain"])
+                if msg["msg_type"] == "error":
+                    raise AssertionError(msg["content"]["evalue"])
+        finally:
+            conn.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,1 @@
+"""Stage 4: booting images in QEMU and reaching them over SSH."""

@@ -1,0 +1,232 @@
+"""The `binder-lite vm …` and `binder-lite smoke` commands (arguments only; the work is
+in vm.machine, vm.ssh and smoke.runner, imported when a command runs)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from binder_lite.errors import SmokeError, UsageError
+
+if TYPE_CHECKING:
+    from binder_lite.vm.qemu import RunningVM
+
+identity_option = click.option(
+    "-i", "--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key to log in with [default: the usual ~/.ssh keys and agent].",
+)  # fmt: skip
+
+
+@click.group()
+def vm() -> None:
+    """Boot images in QEMU, reach them, stop them."""
+
+
+@vm.command("run")
+@click.argument("source", metavar="IMAGE|SITE", type=click.Path(exists=True, dir_okay=False,
+                                                                path_type=Path))  # fmt: skip
+@click.option("-t", "--type", "image_type", help="With a SITE: which of its images.")
+@click.option("--name", help="Name of the VM [default: from the image].")
+@click.option("--memory", type=click.IntRange(256), default=2048, show_default=True,
+              help="MiB of memory.")  # fmt: skip
+@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto: KVM if a test boot works, else TCG.")  # fmt: skip
+@click.option("--persistent", is_flag=True, help="Write to the image (default: a snapshot).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until SSH answers and the host keys are known.")  # fmt: skip
+@click.option("--timeout", type=float, default=600, show_default=True,
+              help="Seconds to wait for SSH.")  # fmt: skip
+def vm_run(
+    source: Path, image_type: str | None, name: str | None, memory: int, cpus: int,
+    accel: str, persistent: bool, wait: bool, timeout: float,
+) -> None:  # fmt: skip
+    """Boot IMAGE (or SITE's built image) in QEMU, in the background: SSH and the
+    binder-lite port are forwarded to free local ports, the serial console goes to a
+    log file."""
+    from binder_lite.vm import machine
+
+    image = _image_of(source, image_type)
+    running = machine.run(image, name=name, memory=memory, cpus=cpus, accel=accel,
+                          snapshot=not persistent)  # fmt: skip
+    if running.warning:
+        click.echo(f"warning: {running.warning}", err=True)
+    spec = running.spec
+    click.echo(f"VM {spec.name}: QEMU pid {running.pid}, accelerator {spec.accel}")
+    click.echo(f"  ssh:         127.0.0.1:{spec.ssh_port}  (binder-lite vm ssh {spec.name})")
+    click.echo(f"  binder-lite: http://127.0.0.1:{spec.http_port}/")
+    click.echo(f"  serial log:  {spec.serial_log}")
+    if wait:
+        try:
+            keys = machine.wait_for_ssh(running, timeout)
+        except BaseException:
+            running.stop()
+            raise
+        click.echo(f"  SSH is up; host keys from the serial console: {len(keys)}")
+    click.echo(f"stop it with: binder-lite vm stop {spec.name}")
+
+
+def _image_of(source: Path, image_type: str | None) -> Path:
+    """An image file, or the built image of a site file."""
+    if source.suffix not in (".yaml", ".yml", ".json"):
+        return source
+    from binder_lite.build import image_path
+    from binder_lite.site import load_site
+    from binder_lite.site.model import ImageType
+
+    site = load_site(source)
+    disks = [i.type for i in site.images]
+    chosen = ImageType(image_type) if image_type else (disks[0] if disks else None)
+    if chosen is None:
+        raise UsageError(f"{source} lists no images")
+    image = image_path(site, chosen, Path("images"))
+    if not image.is_file():
+        raise UsageError(f"{image} is not built yet: binder-lite image build {source} "
+                         f"--type {chosen}")  # fmt: skip
+    return image
+
+
+@vm.command("ssh")
+@click.argument("name")
+@identity_option
+@click.option("-l", "--user", help="User to log in as [default: the site's first with a key].")
+@click.argument("command", nargs=-1)
+def vm_ssh(name: str, identity: Path | None, user: str | None, command: tuple[str, ...]) -> None:
+    """Log into the running VM NAME (or run COMMAND there), checking its host key."""
+    from binder_lite.vm import machine
+
+    running = machine.running(name)
+    known = running.spec.run_dir / "known_hosts"
+    keys_file = running.spec.run_dir / "host-keys"
+    if not keys_file.is_file():
+        raise UsageError(f"the host keys of {name} are not known yet (still booting?)")
+    known.write_text("".join(f"[127.0.0.1]:{running.spec.ssh_port} {k}\n"
+                             for k in keys_file.read_text().split("\n") if k))  # fmt: skip
+    login = user or machine.ssh_user(running)
+    if not login:
+        raise UsageError("which user? give --user")
+    argv = ["ssh", "-p", str(running.spec.ssh_port),
+            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "GlobalKnownHostsFile=/dev/null"]  # fmt: skip
+    if identity:
+        argv += ["-i", str(identity)]
+    argv += [f"{login}@127.0.0.1", *command]
+    sys.stdout.flush()
+    os.execvp("ssh", argv)
+
+
+@vm.command("stop")
+@click.argument("name")
+def vm_stop(name: str) -> None:
+    """Stop the running VM NAME."""
+    from binder_lite.vm import machine
+
+    machine.running(name).stop()
+    click.echo(f"stopped {name}")
+
+
+@vm.command("list")
+def vm_list() -> None:
+    """Show the running VMs."""
+    from binder_lite.vm import machine
+
+    found = machine.all_running()
+    if not found:
+        click.echo("no VMs are running")
+    for running in found:
+        s = running.spec
+        click.echo(f"{s.name}  pid {running.pid}  ssh 127.0.0.1:{s.ssh_port}  "
+                   f"http 127.0.0.1:{s.http_port}  {s.accel}  {s.image}")  # fmt: skip
+
+
+smoke_options: list[Decorator] = [
+    click.option("--site", "site_file", type=click.Path(exists=True, dir_okay=False,
+                 path_type=Path), help="The site file the target was built from."),
+    identity_option,
+    click.option("--host-key", "host_keys", multiple=True,
+                 help="The target's public host key ('ssh-ed25519 AAAA…'); repeatable."),
+    click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
+                 help="A known_hosts file [default: ~/.ssh/known_hosts]."),
+    click.option("--repo", help="A repository the target may launch [default: one made "
+                                "on the target, which needs file:// allowed there]."),
+    click.option("--junit-xml", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Write the results as JUnit XML here."),
+    click.option("-v", "--verbose", is_flag=True, help="Show pytest's own report too."),
+]  # fmt: skip
+
+
+Decorator = Callable[[Callable[..., None]], Callable[..., None]]
+
+
+def _with(options: list[Decorator]) -> Decorator:
+    """Apply shared click options (`smoke` and `vm smoke` take the same)."""
+
+    def decorate(f: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+@click.command("smoke")
+@click.argument("target", metavar="TARGET")
+@_with(smoke_options)
+def smoke(
+    target: str, site_file: Path | None, identity: Path | None, host_keys: tuple[str, ...],
+    known_hosts: Path | None, repo: str | None, junit_xml: Path | None, verbose: bool,
+) -> None:  # fmt: skip
+    """Check over SSH that TARGET (ssh://user@host:port, or the name of a running VM)
+    is a working binder-lite machine for SITE.  Host keys are checked, never trusted."""
+    from binder_lite.vm import machine
+    from binder_lite.vm import ssh as vmssh
+
+    running = None
+    if "://" not in target and "@" not in target:
+        running = machine.running(target)
+    if site_file is None:
+        raise UsageError("give --site: the site file the target was built from")
+    if running is not None:
+        keys = list(host_keys) or _serial_keys(running)
+        user = machine.ssh_user(running)
+        spec = vmssh.Target("127.0.0.1", running.spec.ssh_port, user or "")
+        if not spec.user:
+            raise UsageError("the VM's image does not say which user logs in")
+    else:
+        spec = vmssh.parse_target(target)
+        keys = list(host_keys)
+    _run_smoke(spec, site_file, identity, keys, known_hosts, repo, junit_xml, verbose)
+
+
+def _serial_keys(running: RunningVM) -> list[str]:
+    keys_file = running.spec.run_dir / "host-keys"
+    if not keys_file.is_file():
+        raise UsageError("the VM's host keys are not known yet (binder-lite vm run waits)")
+    return [k for k in keys_file.read_text().splitlines() if k]
+
+
+def _run_smoke(
+    target: object, site_file: Path, identity: Path | None, keys: list[str],
+    known_hosts: Path | None, repo: str | None, junit_xml: Path | None, verbose: bool,
+) -> None:  # fmt: skip
+    from binder_lite.site import load_site
+    from binder_lite.smoke.runner import SmokeContext, run, summary
+    from binder_lite.vm import ssh as vmssh
+
+    assert isinstance(target, vmssh.Target)
+    files = [known_hosts] if known_hosts else [Path.home() / ".ssh" / "known_hosts"]
+    host_keys = vmssh.host_keys_for(target, files, keys)
+    if host_keys.lookup(target.key_name) is None:
+        raise SmokeError(f"{target}: no known host key; give --host-key or --known-hosts "
+                         "(binder-lite never accepts an unknown key)")  # fmt: skip
+    context = SmokeContext(target, host_keys, identity, load_site(site_file), repo=repo)
+    status = run(context, junit_xml, verbose)
+    click.echo(summary(context))
+    if status != 0:
+        raise SmokeError(f"smoke tests failed against {target}"
+                         + (f"; details in {junit_xml}" if junit_xml else ""))  # fmt: skip
