@@ -20,16 +20,16 @@ from binder_lite.smoke.shepherd import ShepherdService
 from binder_lite.vm import ssh
 
 
-def test_sshd_answers_and_refuses_passwords(smoke: SmokeContext, host: Any) -> None:
-    assert host.run("true").rc == 0
+def test_sshd_answers_and_refuses_passwords(smoke: SmokeContext, machine: Any) -> None:
+    assert machine.run("true").rc == 0
     methods = ssh.allowed_auth_methods(smoke.target, smoke.host_keys)
     assert "publickey" in methods
     if not smoke.site.ssh.password_authentication:
         assert "password" not in methods, f"sshd offers {methods}"
 
 
-def test_binder_lite_service_is_running(host: Any) -> None:
-    status = ShepherdService(host, "binder-lite").status()
+def test_binder_lite_service_is_running(machine: Any) -> None:
+    status = ShepherdService(machine, "binder-lite").status()
     assert status.running, f"herd status binder-lite:\n{status.output}"
 
 
@@ -43,16 +43,16 @@ def test_page_shows_the_sites_branding(smoke: SmokeContext, web: str) -> None:
         assert smoke.site.site.primary_color in response.read().decode()
 
 
-def test_issue_hostname_and_time_zone(smoke: SmokeContext, host: Any) -> None:
-    assert host.file("/etc/issue").content_string == _issue(smoke.site)
-    assert host.check_output("hostname") == smoke.site.host.hostname
-    zone = host.run("readlink -f /etc/localtime").stdout.strip()
-    named = host.run("cat /etc/timezone").stdout.strip()
+def test_issue_hostname_and_time_zone(smoke: SmokeContext, machine: Any) -> None:
+    assert machine.file("/etc/issue").content_string == _issue(smoke.site)
+    assert machine.check_output("hostname") == smoke.site.host.hostname
+    zone = machine.run("readlink -f /etc/localtime").stdout.strip()
+    named = machine.run("cat /etc/timezone").stdout.strip()
     assert zone.endswith("/" + smoke.site.host.timezone) or named == smoke.site.host.timezone
 
 
-def test_a_notebook_runs_a_cell(smoke: SmokeContext, host: Any, web: str) -> None:
-    repo = smoke.repo or _make_repository(host)
+def test_a_notebook_runs_a_cell(smoke: SmokeContext, machine: Any, web: str) -> None:
+    repo = smoke.repo or _make_repository(machine)
     path = f"/build/git/{urllib.parse.quote(repo, safe='')}/HEAD"
     with urllib.request.urlopen(f"{web}{path}", timeout=900) as response:
         events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
@@ -63,31 +63,31 @@ def test_a_notebook_runs_a_cell(smoke: SmokeContext, host: Any, web: str) -> Non
     assert result == "42"
 
 
-def test_no_secret_is_in_the_store(smoke: SmokeContext, host: Any) -> None:
+def test_no_secret_is_in_the_store(smoke: SmokeContext, machine: Any) -> None:
     secret_files = [f for f in (smoke.site.binder.auth.client_secret_file,
                                 smoke.site.binder.push_credential_file) if f]  # fmt: skip
     if not secret_files:
         pytest.skip("the site names no secret files")
-    if not host.file("/gnu/store").is_directory:
+    if not machine.file("/gnu/store").is_directory:
         pytest.skip("no /gnu/store on this target")
     checked = 0
     for path in secret_files:
-        read = host.run("sudo -n cat %s", path)
+        read = machine.run("sudo -n cat %s", path)
         if read.rc != 0 or not read.stdout.strip():
             continue
         secret = read.stdout.strip()
-        found = host.run("sudo -n grep -rlF -e %s /gnu/store", secret)
+        found = machine.run("sudo -n grep -rlF -e %s /gnu/store", secret)
         assert found.stdout.strip() == "", f"{path}'s content is in {found.stdout.split()[:3]}"
         checked += 1
     if checked == 0:
         pytest.skip(f"none of {secret_files} exists on the target yet")
 
 
-def test_service_comes_back_after_kill_9(smoke: SmokeContext, host: Any, web: str) -> None:
-    service = ShepherdService(host, "binder-lite")
+def test_service_comes_back_after_kill_9(smoke: SmokeContext, machine: Any, web: str) -> None:
+    service = ShepherdService(machine, "binder-lite")
     before = service.status()
     assert before.running and before.pid, f"herd status binder-lite:\n{before.output}"
-    assert host.run("sudo -n kill -9 %s", str(before.pid)).rc == 0
+    assert machine.run("sudo -n kill -9 %s", str(before.pid)).rc == 0
     deadline = time.monotonic() + smoke.respawn_within
     while time.monotonic() < deadline:
         now = service.status()
@@ -106,10 +106,10 @@ def _answers(web: str) -> bool:
         return False
 
 
-def _make_repository(host: Any) -> str:
+def _make_repository(machine: Any) -> str:
     """A one-notebook repository on the target (the service must admit file://)."""
     notebook = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
-    directory = host.check_output("mktemp -d /tmp/binder-lite-smoke-XXXXXX")
+    directory = machine.check_output("mktemp -d /tmp/binder-lite-smoke-XXXXXX")
     script = " && ".join([
         f"cd {shlex.quote(directory)}", "git init -q",
         f"printf %s {shlex.quote(notebook)} > index.ipynb",
@@ -117,7 +117,7 @@ def _make_repository(host: Any) -> str:
         "git -c user.name=smoke -c user.email=smoke@localhost commit -q -m smoke",
         f"chmod -R a+rX {shlex.quote(directory)}",
     ])  # fmt: skip
-    assert host.run(script).rc == 0
+    assert machine.run(script).rc == 0
     return f"file://{directory}"
 
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 import paramiko
 import pytest
 
 from binder_lite.site.model import Site
-from binder_lite.smoke.forward import forward
 from binder_lite.vm import ssh
 
 CHECKS = Path(__file__).with_name("checks.py")
@@ -29,52 +25,31 @@ class SmokeContext:
     results: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+CONTEXT = pytest.StashKey[SmokeContext]()
+
+
 class SmokePlugin:
-    """Gives the checks their fixtures and keeps their results for the summary."""
+    """Hands the checks their context (see fixtures.py) and keeps their results."""
 
     def __init__(self, context: SmokeContext) -> None:
         self.context = context
-        self._client: paramiko.SSHClient | None = None
 
-    @pytest.fixture(scope="session")
-    def smoke(self) -> SmokeContext:
-        return self.context
-
-    @pytest.fixture(scope="session")
-    def ssh_client(self) -> Iterator[paramiko.SSHClient]:
-        c = self.context
-        client = ssh.connect(c.target, c.host_keys, c.identity)
-        yield client
-        client.close()
-
-    @pytest.fixture(scope="session")
-    def host(self, ssh_client: paramiko.SSHClient) -> Any:
-        import testinfra
-        from testinfra.backend.paramiko import ParamikoBackend
-
-        target = self.context.target
-        backend = ParamikoBackend(f"paramiko://{target.user}@{target.host}:{target.port}")
-        # testinfra's own client takes unknown host keys (WarningPolicy): use ours.
-        backend.__dict__["client"] = ssh_client
-        return testinfra.host.Host(backend)
-
-    @pytest.fixture(scope="session")
-    def web(self, ssh_client: paramiko.SSHClient) -> Iterator[str]:
-        """binder-lite's address, reached through the SSH connection."""
-        transport = ssh_client.get_transport()
-        assert transport is not None
-        with forward(transport, self.context.site.binder.port) as port:
-            yield f"http://127.0.0.1:{port}"
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.stash[CONTEXT] = self.context
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            message = ""
-            if report.failed:
-                message = str(report.longrepr.reprcrash.message) if hasattr(  # type: ignore[union-attr]
-                    report.longrepr, "reprcrash") else str(report.longrepr)  # fmt: skip
-            elif report.skipped and isinstance(report.longrepr, tuple):
-                message = str(report.longrepr[2])
-            self.context.results.append((report.nodeid.split("::")[-1], report.outcome, message))
+            self.context.results.append((report.nodeid.split("::")[-1], report.outcome,
+                                         _message(report)))  # fmt: skip
+
+
+def _message(report: pytest.TestReport) -> str:
+    if report.failed:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        return str(crash.message) if crash is not None else str(report.longrepr)
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    return ""
 
 
 def run(context: SmokeContext, junit_xml: Path | None, verbose: bool = False) -> int:
@@ -82,7 +57,10 @@ def run(context: SmokeContext, junit_xml: Path | None, verbose: bool = False) ->
     with tempfile.TemporaryDirectory(prefix="binder-lite-smoke-") as tmp:
         ini = Path(tmp) / "pytest.ini"
         ini.write_text("[pytest]\n")  # keep any project's pytest settings out
+        # testinfra's own pytest plugin would add a `host` fixture for this machine:
+        # ours (fixtures.py) reaches the target, with its host key checked.
         args = [str(CHECKS), "-c", str(ini), "--rootdir", tmp, "-p", "no:cacheprovider",
+                "-p", "no:testinfra", "-p", "binder_lite.smoke.fixtures",
                 "-o", "junit_family=xunit2", "-v" if verbose else "-q", "--tb=short"]  # fmt: skip
         if junit_xml is not None:
             args += ["--junitxml", str(junit_xml)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -71,9 +72,30 @@ def run(
     )  # fmt: skip
     ovmf = qemu.find_ovmf() if info.boot.firmware == "efi" else None
     vm = qemu.start(spec, binary, ovmf)
+    if chosen == "kvm" and accel == "auto" and not _shows_life(vm, LIFE_SIGN_SECONDS):
+        # KVM ran the probe's boot sector, yet this guest printed nothing: on some
+        # hosts KVM hangs once a guest leaves real mode.  Boot again with TCG.
+        vm.stop()
+        spec = dataclasses.replace(spec, accel="tcg")
+        vm = qemu.start(spec, binary, ovmf)
+        warning = (f"KVM started but the guest printed nothing in {LIFE_SIGN_SECONDS:.0f} s; "
+                   "booted again with TCG, which is slower")  # fmt: skip
     vm.warning = warning
     (run_dir / "ssh-user").write_text(info.ssh_user or "")
     return vm
+
+
+LIFE_SIGN_SECONDS = 20.0
+
+
+def _shows_life(vm: qemu.RunningVM, seconds: float) -> bool:
+    """Did the guest write anything to its serial console within `seconds`?"""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and vm.alive():
+        if vm.spec.serial_log.exists() and vm.spec.serial_log.stat().st_size > 0:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def running(name: str) -> qemu.RunningVM:

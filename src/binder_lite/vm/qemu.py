@@ -152,7 +152,8 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
         "-monitor", "none",
     ]  # fmt: skip
     if spec.accel == "kvm":
-        argv += ["-cpu", "host"]
+        # QEMU's default CPU model: "-cpu host" aborts on hosts that hide MSRs.
+        argv += ["-cpu", "max"]
     if spec.boot.firmware == "efi":
         if ovmf is None:
             raise BootError("an EFI image needs OVMF firmware")

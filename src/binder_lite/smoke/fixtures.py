@@ -1,0 +1,47 @@
+"""The smoke checks' fixtures (a pytest plugin loaded by the runner)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import paramiko
+import pytest
+
+from binder_lite.smoke.forward import forward
+from binder_lite.smoke.runner import CONTEXT, SmokeContext
+from binder_lite.vm import ssh
+
+
+@pytest.fixture(scope="session")
+def smoke(request: pytest.FixtureRequest) -> SmokeContext:
+    return request.config.stash[CONTEXT]
+
+
+@pytest.fixture(scope="session")
+def ssh_client(smoke: SmokeContext) -> Iterator[paramiko.SSHClient]:
+    client = ssh.connect(smoke.target, smoke.host_keys, smoke.identity)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def machine(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Any:
+    """testinfra's Host for the target, over our connection (testinfra's own would
+    accept an unknown host key)."""
+    import testinfra
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    t = smoke.target
+    backend = ParamikoBackend(f"paramiko://{t.user}@{t.host}:{t.port}")
+    backend.__dict__["client"] = ssh_client
+    return testinfra.host.Host(backend)
+
+
+@pytest.fixture(scope="session")
+def web(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]:
+    """binder-lite's address, reached through the SSH connection."""
+    transport = ssh_client.get_transport()
+    assert transport is not None
+    with forward(transport, smoke.site.binder.port) as port:
+        yield f"http://127.0.0.1:{port}"
