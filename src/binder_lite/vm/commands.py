@@ -224,9 +224,60 @@ def _run_smoke(
     if host_keys.lookup(target.key_name) is None:
         raise SmokeError(f"{target}: no known host key; give --host-key or --known-hosts "
                          "(binder-lite never accepts an unknown key)")  # fmt: skip
+    # One connection first: a refused host key or login is one clear error, not seven.
+    vmssh.connect(target, host_keys, identity).close()
     context = SmokeContext(target, host_keys, identity, load_site(site_file), repo=repo)
     status = run(context, junit_xml, verbose)
     click.echo(summary(context))
     if status != 0:
         raise SmokeError(f"smoke tests failed against {target}"
                          + (f"; details in {junit_xml}" if junit_xml else ""))  # fmt: skip
+
+
+@vm.command("smoke")
+@click.argument("site_file", metavar="SITE", type=click.Path(exists=True, dir_okay=False,
+                                                             path_type=Path))  # fmt: skip
+@click.option("-t", "--type", "image_type", help="Which of the site's images [default: the "
+              "first disk image].")  # fmt: skip
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this built image instead of building one.")  # fmt: skip
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True)  # fmt: skip
+@click.option("--timeout", type=float, default=900, show_default=True,
+              help="Seconds to wait for SSH.")  # fmt: skip
+@click.option("--keep", is_flag=True, help="Leave the VM running afterwards.")
+@identity_option
+@click.option("--repo", help="A repository the machine may launch.")
+@click.option("--junit-xml", type=click.Path(dir_okay=False, path_type=Path))
+def vm_smoke(
+    site_file: Path, image_type: str | None, image: Path | None, accel: str, timeout: float,
+    keep: bool, identity: Path | None, repo: str | None, junit_xml: Path | None,
+) -> None:  # fmt: skip
+    """Build SITE's image, boot it, wait for SSH, run the smoke tests, shut it down."""
+    from binder_lite.site import load_site
+    from binder_lite.site.model import Firmware, ImageType
+    from binder_lite.vm import machine
+    from binder_lite.vm import ssh as vmssh
+
+    if image is None:
+        from binder_lite import build
+
+        site = load_site(site_file)
+        disks = [i.type for i in site.images if i.type.firmware is not Firmware.HYBRID]
+        chosen = ImageType(image_type) if image_type else (disks or [site.images[0].type])[0]
+        built = build.build(site, chosen, Path("images"), Path("build"), size=None, grafts=True,
+                            progress=lambda line: click.echo(line, err=True))  # fmt: skip
+        image = built.image
+    running = machine.run(image, accel=accel)
+    if running.warning:
+        click.echo(f"warning: {running.warning}", err=True)
+    click.echo(f"booting {image} as {running.spec.name} ({running.spec.accel})…", err=True)
+    try:
+        keys = machine.wait_for_ssh(running, timeout)
+        user = machine.ssh_user(running) or ""
+        target = vmssh.Target("127.0.0.1", running.spec.ssh_port, user)
+        _run_smoke(target, site_file, identity, keys, None, repo, junit_xml, False)
+    finally:
+        if not keep:
+            running.stop()
+            click.echo(f"stopped {running.spec.name}", err=True)

@@ -1,0 +1,211 @@
+"""Booting and smoke-testing a machine for real: the stand-in image (tests/standin.py,
+since no Guix image can be built here) booted by `binder-lite vm` under QEMU and
+checked over SSH by `binder-lite smoke`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import SSH_KEY
+
+pytestmark = pytest.mark.vm
+
+BIN = Path(sys.executable).parent
+SITE = """\
+version: 1
+site:
+  name: "Stand-in Binder"
+  slug: standin
+  tagline: "Debian, the Shepherd and binder-lite"
+  primary_color: "#224466"
+host:
+  hostname: standin
+  timezone: Europe/Amsterdam
+users:
+  - name: tester
+    admin: true
+    ssh_keys: ["{key}"]
+binder:
+  port: 8080
+  push_credential_file: /etc/binder-lite/push-credential
+"""
+
+
+def _missing_tools() -> list[str]:
+    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "ssh-keygen", "ssh"]
+    missing = [t for t in tools if shutil.which(t) is None]
+    if os.geteuid() != 0:
+        missing.append("root (to build the stand-in image)")
+    return missing
+
+
+@dataclass
+class Machine:
+    name: str
+    site: Path
+    key: Path
+    image: Path
+    ssh_port: int
+    output: str
+
+
+def binder_lite(
+    *args: str | os.PathLike[str], timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BIN / "binder-lite", *map(os.fspath, args)], capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def qemu_running(name: str) -> bool:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"\0-name\0{name}\0".encode() in (entry / "cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+@pytest.fixture(scope="session")
+def vms_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the tests' VMs apart from the user's (binder-lite keeps them in the cache)."""
+    home = tmp_path_factory.mktemp("xdg-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME")
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(image, site file, private key): the stand-in built for a fresh key."""
+    missing = _missing_tools()
+    if missing:
+        reason = f"cannot build or boot the stand-in VM: missing {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    import standin as builder
+
+    from binder_lite.site import load_site
+
+    work = tmp_path_factory.mktemp("standin")
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    site = work / "site.yaml"
+    site.write_text(SITE.format(key=key.with_suffix(".pub").read_text().strip()))
+    image = builder.build(load_site(site), work / "image", "push-secret-" + uuid.uuid4().hex)
+    return image, site, key
+
+
+@pytest.fixture(scope="session")
+def machine(standin: tuple[Path, Path, Path], vms_home: Path) -> Iterator[Machine]:
+    image, site, key = standin
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    result = binder_lite("vm", "run", image, "--name", name, "--timeout", "600")
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        port = int(re.search(r"ssh:\s+127\.0\.0\.1:(\d+)", result.stdout).group(1))  # type: ignore[union-attr]
+        yield Machine(name, site, key, image, port, result.stdout + result.stderr)
+    finally:
+        binder_lite("vm", "stop", name)
+    assert not qemu_running(name)
+
+
+def test_vm_run_proves_its_accelerator(machine: Machine) -> None:
+    chosen = re.search(r"accelerator (kvm|tcg)", machine.output)
+    assert chosen, machine.output
+    if chosen.group(1) == "tcg":  # on this kind of machine KVM exists but does not work
+        assert "warning:" in machine.output and "TCG" in machine.output
+    assert "SSH is up; host keys from the serial console:" in machine.output
+
+
+def test_smoke_passes_with_junit_and_summary(machine: Machine, tmp_path: Path) -> None:
+    junit = tmp_path / "smoke.xml"
+    result = binder_lite("smoke", machine.name, "--site", machine.site, "-i", machine.key,
+                         "--junit-xml", junit)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "7 passed, 0 failed, 0 skipped" in result.stdout
+    for check in ("sshd_answers_and_refuses_passwords", "binder_lite_service_is_running",
+                  "page_shows_the_sites_branding", "issue_hostname_and_time_zone",
+                  "a_notebook_runs_a_cell", "no_secret_is_in_the_store",
+                  "service_comes_back_after_kill_9"):  # fmt: skip
+        assert re.search(rf"ok\s+test_{check}", result.stdout), result.stdout
+    suite = ET.parse(junit).getroot()
+    cases = suite.findall(".//testcase")
+    assert len(cases) == 7
+    assert not suite.findall(".//failure") and not suite.findall(".//error")
+
+
+def test_vm_ssh_checks_the_host_key(machine: Machine) -> None:
+    result = binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--", "hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "standin"
+
+
+def test_a_wrong_or_unknown_host_key_is_refused(machine: Machine, tmp_path: Path) -> None:
+    target = f"ssh://tester@127.0.0.1:{machine.ssh_port}"
+    wrong = binder_lite("smoke", target, "--site", machine.site, "-i", machine.key,
+                        "--host-key", SSH_KEY)  # fmt: skip
+    assert wrong.returncode == 1
+    assert "host key does not match" in wrong.stderr and "refusing to connect" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    unknown = binder_lite("smoke", target, "--site", machine.site, "-i", machine.key,
+                          "--known-hosts", empty)  # fmt: skip
+    assert unknown.returncode == 1 and "no known host key" in unknown.stderr
+
+
+def test_a_stopped_service_fails_with_its_status(machine: Machine) -> None:
+    stop = binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--",
+                       "sudo", "-n", "herd", "stop", "binder-lite")  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    try:
+        result = binder_lite("smoke", machine.name, "--site", machine.site, "-i", machine.key)
+        assert result.returncode == 1
+        assert re.search(r"FAIL test_binder_lite_service_is_running\s+AssertionError: herd "
+                         r"status binder-lite:", result.stdout), result.stdout  # fmt: skip
+        assert "smoke tests failed" in result.stderr
+    finally:
+        binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--",
+                    "sudo", "-n", "herd", "start", "binder-lite")  # fmt: skip
+
+
+def test_a_vm_that_never_reaches_ssh(standin: tuple[Path, Path, Path], vms_home: Path,
+                                     tmp_path: Path) -> None:  # fmt: skip
+    image, _, _ = standin
+    broken = tmp_path / "broken.img"
+    broken.symlink_to(image)
+    meta = json.loads(image.with_name(image.name + ".json").read_text())
+    meta["boot"]["append"] = meta["boot"]["append"].replace("init=/sbin/standin-init",
+                                                            "init=/nonexistent")  # fmt: skip
+    for name in ("kernel", "initrd"):
+        meta["boot"][name] = str(image.parent / meta["boot"][name])
+    broken.with_name("broken.img.json").write_text(json.dumps(meta))
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    result = binder_lite("vm", "run", broken, "--name", name, "--accel", "tcg",
+                         "--timeout", "45")  # fmt: skip
+    assert result.returncode == 1
+    assert "no SSH server answered" in result.stderr
+    assert "the end of the serial console" in result.stderr
+    assert re.search(r"Kernel panic|init", result.stderr), result.stderr[-2000:]
+    assert time.monotonic() - started < 150
+    assert not qemu_running(name)
