@@ -124,7 +124,9 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
     _configure(root, site, secret)
     image = out_dir / f"{site.site.slug}-standin.img"
     image.unlink(missing_ok=True)
-    _run("mkfs.ext4", "-q", "-F", "-L", "standin", "-d", root, image, "3G")
+    _run(
+        "mkfs.ext4", "-q", "-F", "-L", "standin", "-d", root, image, "3G", stdout=subprocess.DEVNULL
+    )
     boot = root / "boot"
     kernel = next(boot.glob("vmlinuz-*"))
     initrd = next(boot.glob("initrd.img-*"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,3 +173,61 @@ def test_service_configuration_round_trip(
     assert served.site.primary_color == site.site.primary_color
     assert (served.site.logo is None) == (site.site.logo is None)
     assert served.jupyter_profile == str(stand_in)
+
+
+FAKE_BUILD = """#!/bin/sh
+# Guix for everything but the image build itself, which needs substitutes or hours:
+# that step prints what Guix prints and names a file standing in for the image.
+for arg in "$@"; do
+  case "$arg" in --derivation|--version|-d) exec {real} "$@" ;; esac
+done
+echo "building /gnu/store/fake-image.drv..."
+echo "/gnu/store/00000000000000000000000000000000-image.qcow2"
+"""
+
+
+def test_image_build_copies_describes_and_skips_unchanged(
+    guix: str, store_root: Path, tmp_path: Path
+) -> None:
+    """The build pipeline around Guix: the real derivation, a stand-in for the build."""
+    fake_dir = tmp_path / "fake-guix"
+    fake_store = tmp_path / "fake-root" / "gnu" / "store"
+    fake_store.mkdir(parents=True)
+    (fake_store / "00000000000000000000000000000000-image.qcow2").write_bytes(b"QFI\xfb" * 1000)
+    fake_dir.mkdir()
+    program = fake_dir / "guix"
+    program.write_text(FAKE_BUILD.format(real=guix))
+    program.chmod(0o755)
+    (fake_dir / "store-root").write_text(str(tmp_path / "fake-root"))
+    env = {**os.environ, "BINDER_LITE_GUIX": str(program)}
+    site = EXAMPLES / "demo.yaml"
+
+    def build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "binder_lite", "image", "build", str(site), "--no-grafts",
+             "-o", str(tmp_path / "images"), "-w", str(tmp_path / "build")],
+            capture_output=True, text=True, env=env, check=False, timeout=600,
+        )  # fmt: skip
+
+    first = build()
+    assert first.returncode == 0, first.stderr
+    image = tmp_path / "images" / "demo-qcow2.qcow2"
+    assert f"{image}: built in" in first.stdout
+    assert "guix system image --image-type=qcow2" in first.stderr
+    assert image.read_bytes() == b"QFI\xfb" * 1000 and image.stat().st_mode & 0o200
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert (tmp_path / "images/demo-qcow2.qcow2.sha256").read_text() == (
+        f"{digest}  demo-qcow2.qcow2\n"
+    )
+    meta = json.loads((tmp_path / "images/demo-qcow2.qcow2.json").read_text())
+    assert meta["derivation"].endswith("-image.qcow2.drv") and meta["type"] == "qcow2"
+    assert meta["site_sha256"] == hashlib.sha256(site.read_bytes()).hexdigest()
+    assert meta["guix_version"].startswith("guix (GNU Guix) 1.5")
+    assert meta["size"] == "8GiB" and meta["ssh_user"] == "demo"
+    again = build()
+    assert again.returncode == 0
+    assert f"{image}: up to date (derivation {meta['derivation']} unchanged)" in again.stdout
+    listed = subprocess.run([sys.executable, "-m", "binder_lite", "image", "list", "-o",
+                             str(tmp_path / "images")], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    assert str(image) in listed and meta["derivation"] in listed
