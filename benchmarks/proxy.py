@@ -20,7 +20,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
 from tornado.httpclient import HTTPRequest
@@ -28,9 +27,12 @@ from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
 
 from launchkit import make_repo, processes_mentioning  # noqa: E402
 from webkit import Client, Server  # noqa: E402
+
+from binder_lite.kernel import execute_request  # noqa: E402
 
 
 def api_latency(url: str, headers: dict[str, str], n: int) -> float:
@@ -52,17 +54,10 @@ def api_latency(url: str, headers: dict[str, str], n: int) -> float:
 async def execute_latency(ws_url: str, headers: dict[str, str], n: int) -> float:
     conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
     times = []
-    session = uuid.uuid4().hex
     for _ in range(n):
-        msg_id = uuid.uuid4().hex
+        msg_id, message = execute_request("1 + 1")
         started = time.perf_counter()
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "b",
-                       "session": session, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": "1 + 1", "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False},
-        }))  # fmt: skip
+        conn.write_message(json.dumps(message))
         while True:
             msg = json.loads(await conn.read_message())  # type: ignore[arg-type]
             if (msg.get("parent_header", {}).get("msg_id") == msg_id

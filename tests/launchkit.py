@@ -3,7 +3,6 @@ over HTTP on loopback), HTTP requests and running a cell over a kernel websocket
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.server
 import json
@@ -17,8 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from binder_lite.kernel import run_cell
 
 NOTEBOOK = {
     "cells": [
@@ -103,42 +101,7 @@ def get_json(url: str, token: str) -> object:
 def execute(base_url: str, token: str, code: str, headers: dict[str, str] | None = None) -> str:
     """Start a kernel through the REST API, run `code` over its websocket, return the
     text/plain result."""
-    request = urllib.request.Request(
-        f"{base_url}api/kernels", data=b"{}", method="POST",
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json",
-                 **(headers or {})},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        kernel = json.loads(response.read())["id"]
-    ws_url = base_url.replace("http://", "ws://", 1) + f"api/kernels/{kernel}/channels"
-    return asyncio.run(_run_cell(ws_url, token, code, headers or {}))
-
-
-async def _run_cell(ws_url: str, token: str, code: str, headers: dict[str, str]) -> str:
-    request = HTTPRequest(ws_url, headers={"Authorization": f"token {token}", **headers})
-    conn = await asyncio.wait_for(websocket_connect(request), 30)
-    msg_id = uuid.uuid4().hex
-    conn.write_message(json.dumps({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                   "session": uuid.uuid4().hex, "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False},
-    }))  # fmt: skip
-    try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 60)
-            if raw is None:
-                raise RuntimeError("the kernel websocket closed")
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                return str(msg["content"]["data"]["text/plain"])
-            if msg["msg_type"] == "error":
-                raise RuntimeError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-    finally:
-        conn.close()
+    return run_cell(base_url, token, code, headers)
 
 
 def processes_mentioning(text: str) -> list[int]:

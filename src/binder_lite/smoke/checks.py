@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import shlex
 import time
 import urllib.parse
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from binder_lite.kernel import run_cell
 from binder_lite.render import _issue
 from binder_lite.smoke.runner import SmokeContext
 from binder_lite.smoke.shepherd import ShepherdService
@@ -59,7 +59,7 @@ def test_a_notebook_runs_a_cell(smoke: SmokeContext, machine: Any, web: str) -> 
                   if line.startswith("data: ")]  # fmt: skip
     assert events and events[-1]["phase"] == "ready", events[-1:]
     session = str(events[-1]["url"]).split("/s/", 1)[1].strip("/")
-    result = _execute(f"{web}/s/{session}/", str(events[-1]["token"]), "6 * 7")
+    result = run_cell(f"{web}/s/{session}/", str(events[-1]["token"]), "6 * 7")
     assert result == "42"
 
 
@@ -119,45 +119,3 @@ def _make_repository(machine: Any) -> str:
     ])  # fmt: skip
     assert machine.run(script).rc == 0
     return f"file://{directory}"
-
-
-def _execute(base: str, token: str, code: str) -> str:
-    import asyncio
-    import uuid
-
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    request = urllib.request.Request(f"{base}api/kernels", data=b"{}", method="POST",
-                                     headers={"Authorization": f"token {token}"})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=120) as response:
-        kernel = json.loads(response.read())["id"]
-
-    async def run() -> str:
-        url = re.sub(r"^http", "ws", base) + f"api/kernels/{kernel}/channels"
-        conn = await websocket_connect(HTTPRequest(url, headers={
-            "Authorization": f"token {token}", "Origin": re.sub(r"/s/.*", "", base)}))  # fmt: skip
-        msg_id = uuid.uuid4().hex
-        conn.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "smoke",
-                       "session": uuid.uuid4().hex, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False,
-                        "user_expressions": {}, "allow_stdin": False},
-        }))  # fmt: skip
-        try:
-            while True:
-                raw = await asyncio.wait_for(conn.read_message(), 120)
-                if raw is None:
-                    raise AssertionError("the kernel connection closed")
-                msg = json.loads(raw)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "execute_result":
-                    return str(msg["content"]["data"]["text/plain"])
-                if msg["msg_type"] == "error":
-                    raise AssertionError(msg["content"]["evalue"])
-        finally:
-            conn.close()
-
-    return asyncio.run(run())

@@ -61,13 +61,19 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
     def _upstream_headers(self) -> list[tuple[str, str]]:
         return upstream_headers(self.request, self.record)
 
-    async def get(self, session_id: str, path: str) -> None:
+    def _begin(self, session_id: str) -> bool:
+        """Find the caller's session, or answer 404 (the same for "not yours")."""
         record = self._authorised(session_id)
         if record is None:
             self.send_error(404)
-            return
+            return False
         self.record = record
         self.manager.touch(session_id)
+        return True
+
+    async def get(self, session_id: str, path: str) -> None:
+        if not self._begin(session_id):
+            return
         if self.request.headers.get("Upgrade", "").lower() == "websocket":
             await WebSocketHandler.get(self, session_id, path)
             return
@@ -97,13 +103,10 @@ class ProxyHandler(BaseMixin, WebSocketHandler):
         self.finish()
 
     async def post(self, session_id: str, path: str) -> None:
-        record = self._authorised(session_id)
-        if record is None:
-            self.send_error(404)
-            return
-        self.record = record
-        self.manager.touch(session_id)
-        await self._proxy_http(session_id, path)
+        # Plain HTTP normally takes the fast path (fastpath.py); this serves an
+        # application run without it.
+        if self._begin(session_id):
+            await self._proxy_http(session_id, path)
 
     put = patch = delete = head = options = post
 
