@@ -209,3 +209,17 @@ def test_a_vm_that_never_reaches_ssh(standin: tuple[Path, Path, Path], vms_home:
     assert re.search(r"Kernel panic|init", result.stderr), result.stderr[-2000:]
     assert time.monotonic() - started < 150
     assert not qemu_running(name)
+
+
+def test_vm_smoke_boots_checks_and_stops(standin: tuple[Path, Path, Path], vms_home: Path,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """The one-command path (with the stand-in instead of a Guix build)."""
+    image, site, key = standin
+    junit = tmp_path / "smoke.xml"
+    result = binder_lite("vm", "smoke", site, "--image", image, "--accel", "tcg", "-i", key,
+                         "--junit-xml", junit)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "7 passed, 0 failed, 0 skipped" in result.stdout
+    stopped = re.search(r"stopped (\S+)", result.stderr)
+    assert stopped and not qemu_running(stopped.group(1))
+    assert len(ET.parse(junit).getroot().findall(".//testcase")) == 7
