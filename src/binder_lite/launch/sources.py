@@ -167,7 +167,7 @@ def resolve(url: str, ref: str | None, cache: Path, log: Log) -> tuple[Path, str
 def check_out(url: str, ref: str | None, cache: Path, dest: Path, log: Log) -> Checkout:
     """Clone the resolved commit of `url` into `dest` (which must not exist)."""
     mirror, commit = resolve(url, ref, cache, log)
-    log(f"checking out {commit[:12]} into {dest}")
+    log(f"checking out {commit[:12]}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     # --shared borrows the mirror's objects: a checkout costs its files, not its history.
     git("clone", "--quiet", "--shared", "--no-checkout", mirror, dest)
