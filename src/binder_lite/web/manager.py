@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import logging
 import secrets
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -272,11 +270,6 @@ class SessionManager:
             elif now - last > self.limits.idle_timeout:
                 self._stop(record, f"idle for more than {self.limits.idle_timeout:.0f} s")
                 self.store.add_to("sessions_culled")
-
-    def remove_files(self, record: Record) -> None:
-        if record.session_dir:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(record.session_dir)
 
 
 def _timestamp(value: object) -> float:
