@@ -82,7 +82,7 @@ class Session:
         """SIGTERM the server's process group (Jupyter shuts its kernels down), then
         SIGKILL whatever is left, including kernels in sessions of their own."""
         _terminate_group(self.process, grace)
-        _reap_strays(self.session_dir)
+        reap_strays(self.session_dir)
 
     def open_file(self) -> Path:
         return self.session_dir / "open.html"
@@ -210,7 +210,7 @@ def _launch(
         _wait_ready(origin, token, process, log_file, deadline)
     except BaseException:
         _terminate_group(process, grace=5.0)
-        _reap_strays(session_dir)
+        reap_strays(session_dir)
         raise
     view = _view_path(checkout.path, target)
     session = Session(
@@ -400,14 +400,14 @@ def stop_process_group(pid: int, session_dir: Path, grace: float = 10.0) -> None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _exists(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    _reap_strays(session_dir)
+    reap_strays(session_dir)
 
 
-def _exists(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -420,7 +420,7 @@ def _exists(pid: int) -> bool:
         return False
 
 
-def _reap_strays(session_dir: Path) -> None:
+def reap_strays(session_dir: Path) -> None:
     """Kill processes whose command line names a file of the session: its server after
     a restart, and kernels, which run in sessions of their own, out of its group."""
     marker = os.fsencode(session_dir) + b"/"

@@ -19,10 +19,10 @@ from binder_lite.launch.session import (
     Event,
     Phase,
     Session,
-    _exists,
-    _reap_strays,
     launch,
     normalise_open_path,
+    process_alive,
+    reap_strays,
     stop_process_group,
 )
 from binder_lite.site.model import Runtime
@@ -222,12 +222,12 @@ class SessionManager:
         elif record.pid:
             stop_process_group(record.pid, Path(record.session_dir or "/nonexistent"))
         elif record.session_dir or (self.state_dir / "sessions" / record.id).exists():
-            _reap_strays(Path(record.session_dir or self.state_dir / "sessions" / record.id))
+            reap_strays(Path(record.session_dir or self.state_dir / "sessions" / record.id))
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
         log.info("session %s: %s", record.id, reason)
 
     def _answers(self, record: Record) -> bool:
-        if not record.pid or not _exists(record.pid):
+        if not record.pid or not process_alive(record.pid):
             return False
         return self._jupyter_status(record) is not None
 
@@ -257,7 +257,7 @@ class SessionManager:
         for record in self.store.with_status("running"):
             status = self._jupyter_status(record)
             if status is None:
-                if not record.pid or not _exists(record.pid):
+                if not record.pid or not process_alive(record.pid):
                     self._stop(record, "the notebook server exited")
                 continue
             last = max(_timestamp(status.get("last_activity")), record.ready or 0.0,
