@@ -15,6 +15,7 @@ import pytest
 
 from binder_lite.kernel import run_cell
 from binder_lite.render import _issue
+from binder_lite.smoke.fixtures import answers
 from binder_lite.smoke.runner import SmokeContext
 from binder_lite.smoke.shepherd import ShepherdService
 from binder_lite.vm import ssh
@@ -91,19 +92,11 @@ def test_service_comes_back_after_kill_9(smoke: SmokeContext, machine: Any, web:
     deadline = time.monotonic() + smoke.respawn_within
     while time.monotonic() < deadline:
         now = service.status()
-        if now.running and now.pid not in (None, before.pid) and _answers(web):
+        if now.running and now.pid not in (None, before.pid) and answers(web):
             return
         time.sleep(0.25)
     pytest.fail(f"binder-lite was not back within {smoke.respawn_within:.0f} s; "
                 f"herd status:\n{service.status().output}")  # fmt: skip
-
-
-def _answers(web: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{web}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 def _make_repository(machine: Any) -> str:

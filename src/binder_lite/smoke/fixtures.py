@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,4 +46,21 @@ def web(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]:
     transport = ssh_client.get_transport()
     assert transport is not None
     with forward(transport, smoke.site.binder.port) as port:
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        # A machine that just booted may still be starting the service: give it time
+        # (bounded), so that the checks judge the service, not the boot's timing.
+        deadline = time.monotonic() + smoke.service_timeout
+        while not answers(url):
+            if time.monotonic() > deadline:
+                pytest.fail(f"binder-lite did not answer on port {smoke.site.binder.port} "
+                            f"within {smoke.service_timeout:.0f} s", pytrace=False)  # fmt: skip
+            time.sleep(0.5)
+        yield url
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

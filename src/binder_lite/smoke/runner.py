@@ -23,6 +23,7 @@ class SmokeContext:
     site: Site
     repo: str | None = None  # a repository the target may launch; else one made there
     respawn_within: float = 10.0
+    service_timeout: float = 180.0  # for the service to answer at all, after a boot
     results: list[tuple[str, str, str]] = field(default_factory=list)
 
 
