@@ -44,9 +44,11 @@ class Pool:
         for attempt in (0, 1):
             reused, (reader, writer) = await self._connection(port, fresh=attempt == 1)
             try:
-                response, keep = await asyncio.wait_for(
-                    self._exchange(reader, writer, method, target, headers, body), timeout
-                )
+                # asyncio.timeout, not wait_for: no extra task per request.
+                async with asyncio.timeout(timeout):
+                    response, keep = await self._exchange(
+                        reader, writer, method, target, headers, body
+                    )
             except (ConnectionError, asyncio.IncompleteReadError, UpstreamError) as e:
                 writer.close()
                 if reused and attempt == 0:
