@@ -62,11 +62,16 @@ def served_over_http(repo: Path) -> Iterator[str]:
     subprocess.run(["git", "clone", "-q", "--bare", repo, bare], check=True)
     subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
     handler = functools.partial(_QuietHandler, directory=str(bare.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        yield f"http://127.0.0.1:{port}/{bare.name}"
+
+
+@contextmanager
+def serving(server: http.server.HTTPServer) -> Iterator[int]:
+    """Run `server` in a thread; yield its port; shut it down afterwards."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{bare.name}"
+        yield int(server.server_address[1])
     finally:
         server.shutdown()
         server.server_close()

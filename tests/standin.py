@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from binder_lite.render import _issue, _motd
+from binder_lite.render import issue_text, motd_text
 from binder_lite.site.model import Site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,8 +159,8 @@ def _configure(root: Path, site: Site, secret: str) -> None:
     localtime = root / "etc/localtime"
     localtime.unlink(missing_ok=True)
     localtime.symlink_to(f"/usr/share/zoneinfo/{site.host.timezone}")
-    _write(root, "/etc/issue", _issue(site))
-    _write(root, "/etc/motd", _motd(site))
+    _write(root, "/etc/issue", issue_text(site))
+    _write(root, "/etc/motd", motd_text(site))
     for user in site.users:
         _chroot(root, "useradd", "-m", "-s", "/bin/sh", "-G", "sudo" if user.admin else
              "users", user.name)  # fmt: skip

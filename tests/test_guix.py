@@ -16,7 +16,7 @@ import pytest
 from conftest import EXAMPLES, MINIMAL_SITE, ROOT, SITES, CliResult
 
 from binder_lite.guix import ImageCommand
-from binder_lite.render import _issue, _motd, render_image_config, write_files
+from binder_lite.render import issue_text, motd_text, render_image_config, write_files
 from binder_lite.site import load_site
 from binder_lite.site.model import ImageType
 
@@ -117,13 +117,13 @@ def test_text_reaches_the_store_byte_for_byte(
     match = DRV.search(result.out)
     assert match, result.out
     drv = match.group(1)
-    assert _store_text(guix, store_root, drv, "issue") == _issue(site).encode("utf-8")
-    assert _store_text(guix, store_root, drv, "motd") == _motd(site).encode("utf-8")
+    assert _store_text(guix, store_root, drv, "issue") == issue_text(site).encode("utf-8")
+    assert _store_text(guix, store_root, drv, "motd") == motd_text(site).encode("utf-8")
     if site.site.issue is not None:
-        assert _issue(site) == site.site.issue  # exactly what the site file says
-        assert _motd(site) == site.site.motd
+        assert issue_text(site) == site.site.issue  # exactly what the site file says
+        assert motd_text(site) == site.site.motd
     else:
-        assert _issue(site).startswith(site.site.name + "\n")
+        assert issue_text(site).startswith(site.site.name + "\n")
     user = site.users[0]
     keys = _store_text(guix, store_root, drv, f"{user.name}.pub").decode("utf-8")
     assert keys == "\n".join(user.ssh_keys) + "\n"

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,11 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launchkit import serving
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from binder_lite.net import free_port
 
 
 @dataclass
@@ -224,13 +221,8 @@ def git_http_server(root: Path, user: str, password_ok: object) -> Iterator[str]
     Pushes need Basic credentials `user` and a password for which `password_ok(p)` holds."""
     handler = type("G", (_GitHandler,), {"root": root, "user": user,
                                          "check": staticmethod(password_ok)})  # fmt: skip
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 class _GitHandler(http.server.BaseHTTPRequestHandler):

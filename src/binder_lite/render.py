@@ -59,8 +59,8 @@ def _render(site: Site, firmware: Firmware, image_type: str) -> str:
         image_type=image_type,
         firmware=str(firmware),
         menu_label=_menu_label(site),
-        issue=_issue(site),
-        motd=_motd(site),
+        issue=issue_text(site),
+        motd=motd_text(site),
         any_admin=any(u.admin for u in site.users),
         logo_store_name=_logo_store_name(site),
         svc_requirements=_requirements,
@@ -75,14 +75,14 @@ def _menu_label(site: Site) -> str:
     return " ".join(site.site.name.split())
 
 
-def _issue(site: Site) -> str:
+def issue_text(site: Site) -> str:
     if site.site.issue is not None:
         return site.site.issue
     lines = [site.site.name, site.site.tagline] if site.site.tagline else [site.site.name]
     return "\n".join(lines) + "\n\n"
 
 
-def _motd(site: Site) -> str:
+def motd_text(site: Site) -> str:
     if site.site.motd is not None:
         return site.site.motd
     return (

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import quote
 
-from binder_lite import guix
+from binder_lite import guix, net
 from binder_lite.errors import EnvironmentSpecError, GuixError, JupyterError, LaunchError
 from binder_lite.launch import detect, runtime, sources
 from binder_lite.site.model import Runtime
@@ -281,9 +281,7 @@ def _base_url(base: str) -> str:
 def free_port() -> int:
     """A port nothing listens on now (the server binds it right after)."""
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        return net.free_port()
     except OSError as e:
         raise LaunchError(f"no free port on 127.0.0.1: {e.strerror}") from None
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from binder_lite.kernel import run_cell
-from binder_lite.render import _issue
+from binder_lite.render import issue_text
 from binder_lite.smoke.fixtures import answers
 from binder_lite.smoke.runner import SmokeContext
 from binder_lite.smoke.shepherd import ShepherdService
@@ -45,7 +45,7 @@ def test_page_shows_the_sites_branding(smoke: SmokeContext, web: str) -> None:
 
 
 def test_issue_hostname_and_time_zone(smoke: SmokeContext, machine: Any) -> None:
-    assert machine.file("/etc/issue").content_string == _issue(smoke.site)
+    assert machine.file("/etc/issue").content_string == issue_text(smoke.site)
     assert machine.check_output("hostname") == smoke.site.host.hostname
     zone = machine.run("readlink -f /etc/localtime").stdout.strip()
     named = machine.run("cat /etc/timezone").stdout.strip()

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from binder_lite import net
 from binder_lite.errors import BootError, UsageError
 from binder_lite.vm import qemu, ssh
 
@@ -66,8 +67,8 @@ def run(
     chosen, warning = qemu.choose_accel(accel, binary)
     spec = qemu.VMSpec(
         name=name, image=info.path, image_format=info.format, boot=info.boot,
-        run_dir=run_dir, ssh_port=ssh_port or qemu.free_port(),
-        http_port=http_port or qemu.free_port(), guest_http_port=info.guest_http_port,
+        run_dir=run_dir, ssh_port=ssh_port or net.free_port(),
+        http_port=http_port or net.free_port(), guest_http_port=info.guest_http_port,
         memory_mib=memory, cpus=cpus, accel=chosen, snapshot=snapshot,
     )  # fmt: skip
     ovmf = qemu.find_ovmf() if info.boot.firmware == "efi" else None

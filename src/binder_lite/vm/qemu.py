@@ -166,12 +166,6 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
     return argv
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RunningVM:
     spec: VMSpec
