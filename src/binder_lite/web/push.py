@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 from dataclasses import dataclass
@@ -106,23 +107,28 @@ def _askpass(state_dir: Path) -> Path:
 
 def _explain(output: str, credential: Credential | None) -> str:
     lowered = output.lower()
-    if (
-        "authentication failed" in lowered
-        or "could not read username" in lowered
-        or ("403" in lowered or "401" in lowered)
-    ):
-        if credential is None:
-            return "the repository refused the push: log in, or ask for a push credential"
-        return "the repository refused your credentials for this push"
+    # Rejections first: their lines name the remote, whose port or path may hold "403".
     if "[rejected]" in lowered or "non-fast-forward" in lowered or "fetch first" in lowered:
         return "the branch already exists with other changes; nothing was overwritten"
     if "[remote rejected]" in lowered:
         reason = output.split("[remote rejected]", 1)[1].strip().splitlines()[0]
         return f"the repository rejected the push: {reason}"
+    if (
+        "authentication failed" in lowered
+        or "could not read username" in lowered
+        or _HTTP_DENIED.search(lowered)
+    ):
+        if credential is None:
+            return "the repository refused the push: log in, or ask for a push credential"
+        return "the repository refused your credentials for this push"
     if "could not resolve" in lowered or "unable to access" in lowered:
         return "cannot reach the repository to push"
     tail = [line for line in output.strip().splitlines() if line.strip()][-3:]
     return "the push failed: " + " / ".join(tail)
+
+
+# How git reports an HTTP refusal ("The requested URL returned error: 403").
+_HTTP_DENIED = re.compile(r"returned error: 40[13]\b")
 
 
 def _web_url(remote: str, branch: str) -> str | None:
