@@ -12,17 +12,18 @@ from pathlib import Path
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from binder_lite.site.model import Runtime, Site
 from binder_lite.web import handlers as h
 from binder_lite.web.auth import OAuthClient
 from binder_lite.web.base import Service
-from binder_lite.web.fastpath import Router
+from binder_lite.web.front import Front
 from binder_lite.web.manager import Limits, SessionManager
 from binder_lite.web.policy import RepoPolicy
-from binder_lite.web.proxy import ProxyHandler
 from binder_lite.web.push import Credential
 from binder_lite.web.store import Store
+from binder_lite.web.upstream import MAX_BODY
 
 log = logging.getLogger("binder_lite.web")
 
@@ -43,7 +44,6 @@ class ServeOptions:
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type, dict]]:  # type: ignore[type-arg]
     static = Path(__file__).parent / "static"
     return [
-        (rf"/s/{SESSION_ID}/(.*)", ProxyHandler),  # first: most requests are proxied
         (r"/", h.LandingHandler),
         (r"/launch", h.LaunchFormHandler),
         (r"/v2/(gh|git)/(.+)", h.V2Handler),
@@ -78,13 +78,10 @@ def cookie_secret(state_dir: Path) -> str:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     # Query strings can hold Jupyter tokens: the access log shows paths only.  Proxied
-    # requests (a notebook makes many) are logged only when they fail or with --debug.
+    # requests never get here (front.py): a notebook makes too many to log.
     request = handler.request
-    status = handler.get_status()
-    level = logging.DEBUG if request.path.startswith("/s/") and status < 500 else logging.INFO
-    if log.isEnabledFor(level):
-        log.log(level, "%d %s %s %.1fms", status, request.method, request.path,
-                1000 * request.request_time())  # fmt: skip
+    log.info("%d %s %s %.1fms", handler.get_status(), request.method, request.path,
+             1000 * request.request_time())  # fmt: skip
 
 
 def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application, Service]:
@@ -108,7 +105,7 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
     app = tornado.web.Application(
         routes(), service=service, cookie_secret=cookie_secret(options.state_dir),
         xsrf_cookies=True, xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
-        log_function=_log_request, websocket_max_message_size=512 * 1024 * 1024,
+        log_function=_log_request,
     )  # fmt: skip
     return app, service
 
@@ -117,8 +114,12 @@ async def serve(site: Site, options: ServeOptions) -> None:
     """Run until SIGTERM or SIGINT; then stop every session."""
     app, service = make_app(site, options)
     await service.manager.start()
-    server = HTTPServer(Router(app), xheaders=True, max_body_size=512 * 1024 * 1024)
-    server.listen(options.port, options.address)
+    # The application answers the front only (front.py), on a loopback port of its own.
+    inner = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY)
+    sockets = bind_sockets(0, "127.0.0.1")
+    inner.add_sockets(sockets)
+    front = Front(service, app.settings["cookie_secret"], sockets[0].getsockname()[1])
+    server = await front.listen(options.address, options.port)
     log.warning("binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
                 site.site.name, options.address, options.port, options.runtime,
                 options.state_dir)  # fmt: skip
@@ -127,6 +128,8 @@ async def serve(site: Site, options: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.stop()
+    server.close()
+    front.close_clients()
+    inner.stop()
     await service.manager.shutdown()
     service.manager.store.close()

@@ -20,6 +20,7 @@ from binder_lite.web.push import Credential
 log = logging.getLogger(__name__)
 
 USER_COOKIE = "binder-lite-user"
+COOKIE_DAYS = 30
 OAUTH_COOKIE = "binder-lite-oauth"
 
 
@@ -69,7 +70,7 @@ class BaseMixin(RequestHandler):
         cached = getattr(self, "_identity", None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        raw = self.get_signed_cookie(USER_COOKIE, max_age_days=30)
+        raw = self.get_signed_cookie(USER_COOKIE, max_age_days=COOKIE_DAYS)
         found = Identity.from_cookie(raw) if raw else None
         if found is None:
             found = Identity.new_anonymous()
@@ -85,7 +86,7 @@ class BaseMixin(RequestHandler):
         return self.auth_off or self.logged_in()
 
     def remember(self, identity: Identity) -> None:
-        self.set_signed_cookie(USER_COOKIE, identity.to_cookie(), expires_days=30,
+        self.set_signed_cookie(USER_COOKIE, identity.to_cookie(), expires_days=COOKIE_DAYS,
                                httponly=True, samesite="Lax",
                                secure=self.service.secure_cookies)  # fmt: skip
         self._identity = identity
