@@ -93,6 +93,23 @@ Report = Callable[[Event], None]
 DEFAULT_TIMEOUT = {Runtime.LOCAL: 120.0, Runtime.GUIX: 3600.0}
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What one launch() call asked for, and where its files go."""
+
+    source: str
+    ref: str | None
+    kind: Runtime
+    open_path: str | None
+    kernel: str | None
+    port: int | None
+    base_url: str
+    timeout: float | None
+    cache: Path
+    session_dir: Path
+    session_id: str
+
+
 def launch(
     source: str,
     ref: str | None = None,
@@ -112,10 +129,10 @@ def launch(
     report = _Reporter(on_event or (lambda event: None))
     session_id = secrets.token_hex(8)
     cache = cache_dir or default_cache_dir()
-    where = session_dir or cache / "sessions" / session_id
+    plan = _Plan(source, ref, runtime_kind, open_path, kernel, port, base_url, timeout, cache,
+                 session_dir or cache / "sessions" / session_id, session_id)  # fmt: skip
     try:
-        return _launch(source, ref, runtime_kind, open_path, kernel, port, base_url, cache,
-                       where, session_id, timeout, report)  # fmt: skip
+        return _launch(plan, report)
     except LaunchError as e:
         report.last(Event(Phase.FAILED, str(e)))
         raise
@@ -147,81 +164,79 @@ def default_cache_dir() -> Path:
     return Path(base) / "binder-lite"
 
 
-def _launch(
-    source: str,
-    ref: str | None,
-    kind: Runtime,
-    open_path: str | None,
-    kernel: str | None,
-    port: int | None,
-    base_url: str,
-    cache: Path,
-    session_dir: Path,
-    session_id: str,
-    timeout: float | None,
-    report: Report,
-) -> Session:
-    url = sources.normalise_source(source)
-    target = normalise_open_path(open_path)
+def _launch(plan: _Plan, report: _Reporter) -> Session:
+    target = normalise_open_path(plan.open_path)
     # The session's files include Jupyter's log, which names the token: owner only.
-    session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    report(Event(Phase.FETCHING, f"repository {url}, ref {ref or 'HEAD'}"))
-    checkout = sources.check_out(url, ref, cache, session_dir / "repo",
+    plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    checkout, env, provenance = _prepare(plan, report)
+    spec = runtime.ServerSpec(
+        port=plan.port or free_port(),
+        base_url=_base_url(plan.base_url),
+        kernel=plan.kernel or ("guix" if plan.kind is Runtime.GUIX else "python3"),
+        root_dir=(runtime.CONTAINER_WORK_DIR if plan.kind is Runtime.GUIX
+                  else str(checkout.path)),
+    )  # fmt: skip
+    if plan.port is not None:
+        _check_port_free(plan.port)
+    token = secrets.token_hex(24)
+    process, log_file = _start(plan, spec, checkout.path, env, token, report)
+    origin = f"http://127.0.0.1:{spec.port}{spec.base_url}"
+    session = Session(
+        id=plan.session_id, url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
+        base_url=origin, token=token, port=spec.port, pid=process.pid,
+        work_dir=checkout.path, session_dir=plan.session_dir, provenance=provenance,
+        process=process, log_file=log_file,
+    )  # fmt: skip
+    _write_open_file(session)
+    report.last(Event(Phase.READY, session.url))
+    return session
+
+
+def _prepare(
+    plan: _Plan, report: Report
+) -> tuple[sources.Checkout, detect.Environment, Provenance]:
+    """Check the repository out, find its environment, and write down its provenance."""
+    url = sources.normalise_source(plan.source)
+    report(Event(Phase.FETCHING, f"repository {url}, ref {plan.ref or 'HEAD'}"))
+    checkout = sources.check_out(url, plan.ref, plan.cache, plan.session_dir / "repo",
                                  lambda line: report(Event(Phase.FETCHING, line)))  # fmt: skip
     report(Event(Phase.RESOLVING, f"resolved {checkout.ref} to {checkout.commit}"))
-    env = _environment(checkout.path, kind, report)
-    manifest = session_dir / "manifest.scm"
-    manifest.write_text(env.manifest, encoding="utf-8")
-    guix_version = guix.version() if kind is Runtime.GUIX else None
+    env = _environment(checkout.path, plan.kind, report)
+    (plan.session_dir / "manifest.scm").write_text(env.manifest, encoding="utf-8")
     provenance = Provenance(
         repository=url, ref=checkout.ref, commit=checkout.commit, environment=env.kind,
         manifest=env.manifest,
         channels=env.channels.read_text(encoding="utf-8") if env.channels else None,
-        guix_version=guix_version, runtime=str(kind), launched_at=time.time(),
+        guix_version=guix.version() if plan.kind is Runtime.GUIX else None,
+        runtime=str(plan.kind), launched_at=time.time(),
     )  # fmt: skip
-    (session_dir / "provenance.json").write_text(json.dumps(asdict(provenance), indent=2))
-    base = _base_url(base_url)
-    spec = runtime.ServerSpec(
-        port=port or free_port(),
-        base_url=base,
-        kernel=kernel or ("guix" if kind is Runtime.GUIX else "python3"),
-        root_dir=runtime.CONTAINER_WORK_DIR if kind is Runtime.GUIX else str(checkout.path),
-    )
-    if port is not None:
-        _check_port_free(port)
-    argv = (
-        runtime.guix_argv(spec, checkout.path, manifest, env.channels)
-        if kind is Runtime.GUIX
-        else runtime.local_argv(spec)
-    )
-    if kind is Runtime.GUIX:
+    (plan.session_dir / "provenance.json").write_text(json.dumps(asdict(provenance), indent=2))
+    return checkout, env, provenance
+
+
+def _start(
+    plan: _Plan, spec: runtime.ServerSpec, repo: Path, env: detect.Environment, token: str,
+    report: Report,
+) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+    """Start Jupyter (in a Guix container, for that runtime) and wait until it answers."""
+    guix_runtime = plan.kind is Runtime.GUIX
+    manifest = plan.session_dir / "manifest.scm"
+    argv = (runtime.guix_argv(spec, repo, manifest, env.channels) if guix_runtime
+            else runtime.local_argv(spec))  # fmt: skip
+    if guix_runtime:
         _check_with_guix(argv, report)
-    token = secrets.token_hex(24)
-    report(
-        Event(
-            Phase.BUILDING if kind is Runtime.GUIX else Phase.STARTING,
-            "starting Jupyter" + (" in a Guix container" if kind is Runtime.GUIX else ""),
-        )
-    )
-    process, log_file = _spawn(argv, token, session_dir, checkout.path, kind, report)
-    origin = f"http://127.0.0.1:{spec.port}{base}"
-    deadline = time.monotonic() + (timeout or DEFAULT_TIMEOUT[kind])
+    where = " in a Guix container" if guix_runtime else ""
+    report(Event(Phase.BUILDING if guix_runtime else Phase.STARTING, f"starting Jupyter{where}"))
+    process, log_file = _spawn(argv, token, plan.session_dir, repo, plan.kind, report)
+    origin = f"http://127.0.0.1:{spec.port}{spec.base_url}"
+    deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     try:
         _wait_ready(origin, token, process, log_file, deadline)
     except BaseException:
         _terminate_group(process, grace=5.0)
-        reap_strays(session_dir)
+        reap_strays(plan.session_dir)
         raise
-    view = _view_path(checkout.path, target)
-    session = Session(
-        id=session_id, url=f"{origin}{view}?token={token}", base_url=origin, token=token,
-        port=spec.port, pid=process.pid, work_dir=checkout.path, session_dir=session_dir,
-        provenance=provenance, process=process, log_file=log_file,
-    )  # fmt: skip
-    _write_open_file(session)
-    assert isinstance(report, _Reporter)
-    report.last(Event(Phase.READY, session.url))
-    return session
+    return process, log_file
 
 
 def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environment:
