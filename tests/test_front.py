@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
+import sqlite3
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ class Session:
     server: Server
     id: str
     token: str
+    build_path: str  # where BinderHub's API launches the same repository again
 
     @property
     def repo(self) -> Path:
@@ -37,10 +42,11 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     server = Server(tmp / "site.yaml", tmp / "state", ("--allow-local-repos",)).start()
     try:
         quoted = urllib.parse.quote(f"file://{repo}", safe="")
-        ready = Client(server.url).events(f"/build/git/{quoted}/HEAD")[-1]
+        build_path = f"/build/git/{quoted}/HEAD"
+        ready = Client(server.url).events(build_path)[-1]
         assert ready["phase"] == "ready", ready
         sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
-        yield Session(server, sid, str(ready["token"]))
+        yield Session(server, sid, str(ready["token"]), build_path)
     finally:
         server.stop()
 
@@ -110,7 +116,7 @@ def test_one_connection_carries_service_and_session_requests(session: Session, r
     assert status == 200 and int(headers["content-length"]) > 0
     raw.send(request("GET", "/metrics", {}))
     status, _, body = raw.response()
-    assert status == 200 and b'binder_lite_sessions{state="running"} 1' in body
+    assert status == 200 and re.search(rb'binder_lite_sessions\{state="running"\} [1-9]', body)
     # Without the token, and without a cookie, the session is nobody's business.
     raw.send(request("GET", status_path, {}))
     assert raw.response()[:1] == (404,)
@@ -196,3 +202,24 @@ def test_a_refused_websocket_upgrade_is_answered_plainly(session: Session, raw: 
     status, _, _ = raw.response()
     assert status == 404  # Jupyter's own answer: no such kernel, and no tunnel
     assert raw.closed()
+
+
+def test_a_session_whose_jupyter_died_answers_502(session: Session, raw: Raw) -> None:
+    server = session.server
+    ready = Client(server.url).events(session.build_path)[-1]
+    assert ready["phase"] == "ready", ready
+    sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
+    db = sqlite3.connect(server.state_dir / "sessions.sqlite")
+    (pid,) = db.execute("SELECT pid FROM sessions WHERE id = ?", (sid,)).fetchone()
+    db.close()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}/status").exists():
+        if "zombie" in Path(f"/proc/{pid}/status").read_text():
+            break
+        time.sleep(0.05)
+    raw.send(request("GET", f"/s/{sid}/api/status", {"Authorization": f"token {ready['token']}"}))
+    status, _, body = raw.response()
+    assert (status, body) == (502, b"the notebook server is not answering\n")
+    raw.send(request("GET", "/health", {}))  # the connection is still good
+    assert raw.response()[0] == 200

@@ -43,6 +43,10 @@ KEEPALIVE_IDLE = 300.0  # seconds a client connection may wait between requests
 UPSTREAM_TIMEOUT = 300.0  # seconds to wait for a response's head
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
+# Where a request goes: a port on 127.0.0.1, the headers it is sent with, and what to
+# call on activity (for sessions, which are culled when idle).
+Route = tuple[int, list[tuple[str, str]], Callable[[], None] | None]
+
 
 class Front:
     def __init__(self, service: Service, cookie_secret: str, app_port: int) -> None:
@@ -95,20 +99,12 @@ class Front:
         upgrade = head.get("Upgrade") is not None and head.has_token("Connection", "upgrade")
         if upgrade and framing:
             raise MessageError(400, "an upgrade request has no body")
-        touch: Callable[[], None] | None = None
-        if m := SESSION_PATH.match(target):
-            manager = self.service.manager
-            record = authorise(manager, m.group(1), identity_in(head, self.cookie_secret),
-                               self.service.oauth is None, token_in(head))  # fmt: skip
-            if record is None or record.port is None:
-                # The same answer for "not yours" as for "no such session".
-                _reply(writer, 404, "not found\n", close=bool(framing))
-                return keep and not framing
-            manager.touch(record.id)
-            port, headers = record.port, session_headers(head, record, upgrade)
-            touch = _toucher(manager, record.id)
-        else:
-            port, headers = self.app_port, _app_headers(head, peer_ip, upgrade)
+        route = self._route(head, peer_ip, upgrade)
+        if route is None:
+            # The same answer for "not yours" as for "no such session".
+            _reply(writer, 404, "not found\n", close=bool(framing))
+            return keep and not framing
+        port, headers, touch = route
         if framing and head.has_token("Expect", "100-continue"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = _encode_head(f"{method} {target} {version}", headers, framing, method)
@@ -116,6 +112,20 @@ class Front:
             await self._tunnel(reader, writer, out, port, touch)
             return False
         return await self._exchange(reader, writer, method, out, framing, port) and keep
+
+    def _route(self, head: Head, peer_ip: str, upgrade: bool) -> Route | None:
+        """Where the request goes (a session's Jupyter, or the application), with which
+        headers; None for a session the caller may not use."""
+        m = SESSION_PATH.match(head.start[1])
+        if not m:
+            return self.app_port, _app_headers(head, peer_ip, upgrade), None
+        manager = self.service.manager
+        record = authorise(manager, m.group(1), identity_in(head, self.cookie_secret),
+                           self.service.oauth is None, token_in(head))  # fmt: skip
+        if record is None or record.port is None:
+            return None
+        manager.touch(record.id)
+        return record.port, session_headers(head, record, upgrade), _toucher(manager, record.id)
 
     async def _exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
@@ -161,6 +171,10 @@ class Front:
         framing = response_framing(method, response)
         try:
             await copy_body(upstream[0], writer, framing, prefix=response.raw)
+        except MessageError as e:
+            upstream[1].close()
+            # The answer has begun: a broken body can only end the connection.
+            raise ConnectionAbortedError(f"upstream on port {port}: {e}") from e
         except BaseException:
             upstream[1].close()
             raise
