@@ -95,7 +95,7 @@ def main() -> None:
             sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
             proxied = f"{server.url}/s/{sid}/"
             auth = {"Authorization": f"token {token}"}
-            port = _session_port(work / "state", sid)
+            port = int(server.session_field(sid, "port"))
             direct = f"http://127.0.0.1:{port}/s/{sid}/"
             api_proxy = api_latency(f"{proxied}api/kernelspecs", auth, n)
             api_direct = api_latency(f"{direct}api/kernelspecs", auth, n)
@@ -122,15 +122,6 @@ def main() -> None:
           f"   ratio {exec_proxy / exec_direct:5.2f}x (goal <= 1.5x)")  # fmt: skip
     print(f"idle session (server + kernel): {session_kib / 1024:7.1f} MiB resident")
     print(f"binder-lite service:            {service_kib / 1024:7.1f} MiB resident")
-
-
-def _session_port(state: Path, sid: str) -> int:
-    import sqlite3
-
-    db = sqlite3.connect(state / "sessions.sqlite")
-    (port,) = db.execute("SELECT port FROM sessions WHERE id = ?", (sid,)).fetchone()
-    db.close()
-    return int(port)
 
 
 if __name__ == "__main__":

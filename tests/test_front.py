@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -209,9 +208,7 @@ def test_a_session_whose_jupyter_died_answers_502(session: Session, raw: Raw) ->
     ready = Client(server.url).events(session.build_path)[-1]
     assert ready["phase"] == "ready", ready
     sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
-    db = sqlite3.connect(server.state_dir / "sessions.sqlite")
-    (pid,) = db.execute("SELECT pid FROM sessions WHERE id = ?", (sid,)).fetchone()
-    db.close()
+    pid = int(server.session_field(sid, "pid"))
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and Path(f"/proc/{pid}/status").exists():

@@ -4,7 +4,6 @@ session's changes over HTTP to a git server that checks the credential."""
 from __future__ import annotations
 
 import re
-import sqlite3
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -101,9 +100,7 @@ def test_users_reach_only_their_own_sessions(server: Server, tmp_path: Path) -> 
     anonymous = Client(server.url)
     assert anonymous.get(f"/sessions/{sid}").status == 404
     assert anonymous.get(f"/s/{sid}/api/status").status == 404
-    db = sqlite3.connect(server.state_dir / "sessions.sqlite")
-    (token,) = db.execute("SELECT token FROM sessions WHERE id = ?", (sid,)).fetchone()
-    db.close()
+    token = server.session_field(sid, "token")
     # With logins on, even the token is not enough without the owner's cookie.
     assert anonymous.get(f"/s/{sid}/api/status?token={token}").status == 404
     assert alice.get(f"/s/{sid}/api/status").status == 200

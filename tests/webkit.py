@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from launchkit import serving
 
@@ -63,6 +65,16 @@ class Server:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"serve did not answer: {self.log.read_text()}")
+
+    def session_field(self, session_id: str, column: str) -> Any:
+        """One column of a session's row in the service's store (its pid, port, token)."""
+        db = sqlite3.connect(self.state_dir / "sessions.sqlite")
+        try:
+            (value,) = db.execute(f"SELECT {column} FROM sessions WHERE id = ?",
+                                  (session_id,)).fetchone()  # fmt: skip
+        finally:
+            db.close()
+        return value
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

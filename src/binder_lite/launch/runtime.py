@@ -27,6 +27,11 @@ class ServerSpec:
     kernel: str
     root_dir: str  # as the server sees it
 
+    @property
+    def origin(self) -> str:
+        """Where the server answers, on the host."""
+        return f"http://127.0.0.1:{self.port}{self.base_url}"
+
 
 def jupyter_options(spec: ServerSpec, flavour: str) -> list[str]:
     """Command-line options for Notebook 6 ("classic") or Jupyter Server 2 ("server").

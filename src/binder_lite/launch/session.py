@@ -180,7 +180,7 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
         _check_port_free(plan.port)
     token = secrets.token_hex(24)
     process, log_file = _start(plan, spec, checkout.path, env, token, report)
-    origin = f"http://127.0.0.1:{spec.port}{spec.base_url}"
+    origin = spec.origin
     session = Session(
         id=plan.session_id, url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
         base_url=origin, token=token, port=spec.port, pid=process.pid,
@@ -228,10 +228,9 @@ def _start(
     where = " in a Guix container" if guix_runtime else ""
     report(Event(Phase.BUILDING if guix_runtime else Phase.STARTING, f"starting Jupyter{where}"))
     process, log_file = _spawn(argv, token, plan.session_dir, repo, plan.kind, report)
-    origin = f"http://127.0.0.1:{spec.port}{spec.base_url}"
     deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     try:
-        _wait_ready(origin, token, process, log_file, deadline)
+        _wait_ready(spec.origin, token, process, log_file, deadline)
     except BaseException:
         _terminate_group(process, grace=5.0)
         reap_strays(plan.session_dir)

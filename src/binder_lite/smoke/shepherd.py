@@ -29,10 +29,6 @@ class ShepherdService:
         return ShepherdStatus(self.name, result.rc == 0 and _is_running(output),
                               _main_pid(output), output)  # fmt: skip
 
-    @property
-    def is_running(self) -> bool:
-        return self.status().running
-
 
 def _is_running(output: str) -> bool:
     # Shepherd 1.0: "● Status of binder-lite:\n  It is running since …"; older ones

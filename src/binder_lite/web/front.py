@@ -17,9 +17,9 @@ import http
 import logging
 import re
 from collections.abc import Callable
+from functools import partial
 
 from binder_lite.web.base import Service
-from binder_lite.web.manager import SessionManager
 from binder_lite.web.proxy import HOP_BY_HOP, authorise, identity_in, session_headers, token_in
 from binder_lite.web.upstream import (
     CHUNK,
@@ -125,7 +125,11 @@ class Front:
         if record is None or record.port is None:
             return None
         manager.touch(record.id)
-        return record.port, session_headers(head, record, upgrade), _toucher(manager, record.id)
+        return (
+            record.port,
+            session_headers(head, record, upgrade),
+            partial(manager.touch, record.id),
+        )
 
     async def _exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
@@ -218,10 +222,6 @@ class Front:
         else:
             _reply(writer, 502, "the notebook server is not answering\n", close=not keep)
         return keep
-
-
-def _toucher(manager: SessionManager, session_id: str) -> Callable[[], None]:
-    return lambda: manager.touch(session_id)
 
 
 def _app_headers(head: Head, peer_ip: str, upgrade: bool) -> list[tuple[str, str]]:

@@ -70,7 +70,8 @@ def token_in(head: Head) -> str | None:
 def scheme_of(head: Head) -> str:
     """The scheme the browser used, as a TLS-terminating proxy in front reports it."""
     proto = (head.get("X-Forwarded-Proto") or head.get("X-Scheme") or "").split(",")[0]
-    return proto.strip().lower() if proto.strip().lower() in ("http", "https") else "http"
+    proto = proto.strip().lower()
+    return proto if proto in ("http", "https") else "http"
 
 
 def session_headers(head: Head, record: Record, upgrade: bool) -> list[tuple[str, str]]:

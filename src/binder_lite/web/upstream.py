@@ -39,11 +39,9 @@ class Head:
     raw: bytes
 
     def get(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
+        """The first value of header `name`, or None."""
+        values = self.all(name)
+        return values[0] if values else None
 
     def all(self, name: str) -> list[str]:
         lowered = name.lower()
