@@ -7,12 +7,14 @@
   #:use-module (guix utils)
   #:use-module (guix build-system pyproject)
   #:use-module ((guix licenses) #:prefix license:)
+  #:use-module (gnu packages containers)
   #:use-module (gnu packages jupyter)
   #:use-module (gnu packages python-build)
   #:use-module (gnu packages python-crypto)
   #:use-module (gnu packages python-web)
   #:use-module (gnu packages python-xyz)
   #:use-module (gnu packages version-control)
+  #:use-module (gnu packages virtualization)
   #:export (binder-lite
             %binder-lite-source-directory))
 
@@ -49,7 +51,13 @@
            python-paramiko
            python-tornado-6
            python-jupyter-server
-           git-minimal))
+           python-h11
+           python-pyjwt
+           python-cryptography
+           git-minimal
+           ;; The local runtime's session sandbox and its outbound network.
+           bubblewrap
+           slirp4netns))
     (home-page "https://github.com/genenetwork/binder-lite")
     (synopsis "Reproducible notebooks on GNU Guix")
     (description

@@ -76,6 +76,25 @@
   ;; "user:token" in a file on the target, for pushing sessions' changes
   ;; when a login provides no token of its own.
   (push-credential-file binder-lite-configuration-push-credential-file
+                    (default #f))
+  ;; Where people reach the service; OAuth redirects are built from it.
+  (public-url       binder-lite-configuration-public-url       ;string | #f
+                    (default #f))
+  ;; Proxies in front whose X-Forwarded-* headers are believed.
+  (trusted-proxies  binder-lite-configuration-trusted-proxies  ;list of strings
+                    (default '()))
+  (session-network  binder-lite-configuration-session-network  ;'none | 'outbound
+                    (default 'outbound))
+  ;; Per-session limits, enforced by the session sandbox.
+  (session-memory   binder-lite-configuration-session-memory   ;bytes
+                    (default (* 2 1024 1024 1024)))
+  (session-processes binder-lite-configuration-session-processes ;integer
+                    (default 256))
+  (session-disk     binder-lite-configuration-session-disk     ;bytes
+                    (default (* 2 1024 1024 1024)))
+  (max-repo-size    binder-lite-configuration-max-repo-size    ;bytes
+                    (default (* 512 1024 1024)))
+  (session-domain   binder-lite-configuration-session-domain   ;string | #f
                     (default #f)))
 
 (define (binder-lite-accounts config)
@@ -99,8 +118,9 @@
       #~(begin
           (use-modules (gnu build activation))
           (let ((account (getpwnam #$user)))
-            (mkdir-p/perms #$state account #o750)
-            (mkdir-p/perms (string-append #$state "/sessions") account #o750))))))
+            ;; Sessions' tokens, the cookie secret and checkouts: the service only.
+            (mkdir-p/perms #$state account #o700)
+            (mkdir-p/perms (string-append #$state "/sessions") account #o700))))))
 
 (define (json-string str)
   ;; A JSON string literal; the file below is read as YAML, which accepts JSON.
@@ -151,7 +171,9 @@
     (site-name slug tagline logo primary-color port max-sessions
      max-sessions-per-user idle-timeout max-age allowed-repos runtime user
      state-directory auth-provider auth-issuer auth-client-id
-     auth-client-secret-file push-credential-file)
+     auth-client-secret-file push-credential-file public-url trusted-proxies
+     session-network session-memory session-processes session-disk max-repo-size
+     session-domain)
     (define (field name value)
       (string-append (json-string name) ": " (json-value value)))
     (define (object . fields)
@@ -173,6 +195,16 @@
              (field "allowed_repos" allowed-repos) (field "runtime" runtime)
              (field "user" user) (field "state_dir" state-directory)
              (field "push_credential_file" push-credential-file)
+             (field "public_url" public-url)
+             (field "trusted_proxies" trusted-proxies)
+             (field "session_network" session-network)
+             (string-append
+              "\"session_limits\": "
+              (object (field "memory" session-memory)
+                      (field "processes" session-processes)
+                      (field "disk" session-disk)))
+             (field "max_repo_size" max-repo-size)
+             (field "session_domain" session-domain)
              (string-append
               "\"auth\": "
               (object (field "provider" auth-provider)

@@ -180,6 +180,39 @@ _UNITS = {
 MIN_IMAGE_BYTES = 1024**3
 
 
+def byte_size(value: str) -> int:
+    """A size in bytes, from `512MiB`, `2G`, `1000000`..."""
+    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", value.strip())
+    if not m or m.group(2).upper() not in _UNITS:
+        raise Invalid(f"{value!r} is not a size", "write it like 2GiB, 512MiB or 1000000")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def ip_network(value: str) -> None:
+    """An address or a CIDR network (trusted proxies)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise Invalid(f"{value!r} is not an IP address or network",
+                      "e.g. 10.0.0.5 or 10.0.0.0/24") from None  # fmt: skip
+
+
+def public_url(value: str) -> None:
+    """Where people reach the service: https://, or http:// on this machine."""
+    if re.fullmatch(r"http://(?:127\.0\.0\.1|localhost|\[::1\])(?::\d+)?(?:/\S*)?", value):
+        return
+    https_url(value)
+
+
+def domain(value: str) -> None:
+    labels = value.split(".")
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise Invalid(f"{value!r} is not a domain name", "e.g. sessions.binder.example.org")
+
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
 def image_size(value: str) -> str:
     """Normalise a size to what `--image-size` takes; refuse what cannot hold a system."""
     m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", value.strip())

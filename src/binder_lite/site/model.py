@@ -58,6 +58,14 @@ class Runtime(_KebabEnum):
     LOCAL = enum.auto()
 
 
+class SessionNetwork(_KebabEnum):
+    """What a session's code may reach: nothing, or the internet through a user-mode
+    network stack that cannot reach this machine's loopback or private ranges."""
+
+    NONE = enum.auto()
+    OUTBOUND = enum.auto()
+
+
 @dataclass(frozen=True)
 class Branding:
     name: str
@@ -116,6 +124,15 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class SessionLimits:
+    """What one session may use; enforced by the sandbox (sandbox.py)."""
+
+    memory: int = 2 * 1024**3  # bytes, for all its processes together
+    processes: int = 256  # tasks (processes and threads) at once
+    disk: int = 2 * 1024**3  # bytes in its files (the checkout and /tmp)
+
+
+@dataclass(frozen=True)
 class Binder:
     port: int = 8080
     max_sessions: int = 8
@@ -130,6 +147,16 @@ class Binder:
     # "user:token" for pushing sessions' changes when the login gives no token.
     push_credential_file: str | None = None
     auth: Auth = field(default_factory=Auth)
+    # Where people reach the service (OAuth redirects are built from it, never from
+    # a request's Host header), e.g. https://binder.example.org/.
+    public_url: str | None = None
+    # Proxies in front (IPs or CIDRs) whose X-Forwarded-* headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
+    session_network: SessionNetwork = SessionNetwork.OUTBOUND
+    session_limits: SessionLimits = field(default_factory=SessionLimits)
+    max_repo_size: int = 512 * 1024**2  # bytes a repository may take in the cache
+    # Serve each session from <id>.<domain> (its own origin) instead of /s/<id>/.
+    session_domain: str | None = None
 
 
 @dataclass(frozen=True)

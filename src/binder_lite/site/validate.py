@@ -21,6 +21,8 @@ from binder_lite.site.model import (
     Network,
     Runtime,
     ServiceSpec,
+    SessionLimits,
+    SessionNetwork,
     Site,
     Ssh,
     StaticNetwork,
@@ -31,7 +33,7 @@ from binder_lite.site.reader import REQUIRED, Problems, Section
 SITE_VERSION = 1
 DEFAULT_IMAGES = (ImageSpec(ImageType.ISO9660), ImageSpec(ImageType.QCOW2))
 
-E = TypeVar("E", Runtime, AuthProvider, ImageType)
+E = TypeVar("E", Runtime, AuthProvider, ImageType, SessionNetwork)
 
 # Shepherd services a binder-lite system already provides (Guix's %base-services,
 # openssh, dhcpcd/static networking and ours).  A site service with one of these
@@ -234,9 +236,37 @@ def _binder(s: Section) -> Binder:
         state_dir=s.text("state_dir", d.state_dir, checks.absolute_target_path),
         push_credential_file=s.text("push_credential_file", None, checks.absolute_target_path),
         auth=_auth(s.section("auth")),
+        public_url=s.text("public_url", None, checks.public_url),
+        trusted_proxies=s.texts("trusted_proxies", check=checks.ip_network),
+        session_network=_choice(s, "session_network", SessionNetwork, d.session_network),
+        session_limits=_limits(s.section("session_limits")),
+        max_repo_size=_size(s, "max_repo_size", d.max_repo_size),
+        session_domain=s.text("session_domain", None, checks.domain),
     )
     s.finish()
     return binder
+
+
+def _limits(s: Section) -> SessionLimits:
+    d = SessionLimits()
+    limits = SessionLimits(
+        memory=_size(s, "memory", d.memory, low=64 * 1024**2),
+        processes=s.integer("processes", d.processes, 8, 100_000),
+        disk=_size(s, "disk", d.disk, low=16 * 1024**2),
+    )
+    s.finish()
+    return limits
+
+
+def _size(s: Section, key: str, default: int, low: int = 1024**2) -> int:
+    """A size in bytes, written as a number or with a unit (512MiB, 2GiB)."""
+    value = s.text(key, None, checks.byte_size)
+    if not isinstance(value, int):
+        return default
+    if value < low:
+        s.fail(s.mark_of(key), key, f"{value} bytes is too small", f"give at least {low} bytes")
+        return default
+    return value
 
 
 def _auth(s: Section) -> Auth:

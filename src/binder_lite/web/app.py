@@ -85,7 +85,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application, Service]:
-    options.state_dir.mkdir(parents=True, exist_ok=True)
+    # Sessions' tokens, the cookie secret and credentials live here: the service only.
+    options.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    options.state_dir.chmod(0o700)
     binder = site.binder
     store = Store(options.state_dir / "sessions.sqlite")
     limits = Limits(binder.max_sessions, binder.max_sessions_per_user, binder.idle_timeout,

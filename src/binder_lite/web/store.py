@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     message TEXT NOT NULL DEFAULT '',
     commit_sha TEXT,
     port INTEGER,
+    socket TEXT,                   -- the Unix socket Jupyter listens on, when sandboxed
     pid INTEGER,
     token TEXT,
     view TEXT,                     -- URL path of the page to show, under the session
@@ -48,6 +50,7 @@ class Record:
     message: str = ""
     commit_sha: str | None = None
     port: int | None = None
+    socket: str | None = None
     pid: int | None = None
     token: str | None = None
     view: str | None = None
@@ -70,10 +73,20 @@ class Store:
     """A small, thread-safe wrapper: launches finish in worker threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Every session's token is in here: the service's user only, the WAL files too.
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):
+            fd = os.open(path.with_name(name), os.O_RDWR | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        # A database made before a column existed gets it (no migrations framework yet).
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        for column, kind in (("socket", "TEXT"),):
+            if column not in have:
+                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
         self._lock = threading.Lock()
 
     def add(self, record: Record) -> None:
