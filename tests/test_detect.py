@@ -48,7 +48,12 @@ def test_requirements_txt(tmp_path: Path) -> None:
     assert env.packages == ("python-numpy", "python-pandas", "python-requests",
                             "python-matplotlib")  # fmt: skip
     assert "==1.26.4 asked; Guix provides one version per channel" in env.manifest
-    assert [r.source for r in env.unavailable] == ["git+https://example.org/x.git", "jupyterlab"]
+    assert [r.source for r in env.unavailable] == ["jupyterlab"]
+    # A URL is reported by its place, not repeated: it could carry a token.
+    assert [(s.where, s.reason) for s in env.skipped] == [
+        ("requirements.txt:6", "a URL or path, not a package name: skipped")
+    ]
+    assert "example.org" not in env.manifest and "requirements.txt:6: skipped" in env.manifest
     assert "JupyterLab is not packaged" in env.manifest
     for package in (*env.packages, *JUPYTER):
         assert f'"{package}"' in env.manifest
@@ -68,6 +73,7 @@ def test_manifest_wins_and_is_wrapped(tmp_path: Path) -> None:
                               "channels.scm": "(list)", "requirements.txt": "numpy\n"})  # fmt: skip
     env = detect(repo)
     assert env.kind == "manifest" and env.channels == repo / "channels.scm"
+    assert env.channels_text == "(list)"
     assert f'(load "{repo / "manifest.scm"}")' in env.manifest
     assert '"jupyter" "python-ipykernel" "guix-jupyter"' in env.manifest
 
@@ -114,7 +120,104 @@ def test_checked_names_drop_what_guix_lacks(tmp_path: Path) -> None:
 def test_bad_files_are_located_errors(tmp_path: Path) -> None:
     from binder_lite.errors import EnvironmentSpecError
 
-    with pytest.raises(EnvironmentSpecError, match=r"setup.py:1: cannot parse setup.py"):
+    with pytest.raises(EnvironmentSpecError, match=r"^setup.py:1: cannot parse setup.py"):
         detect(files(tmp_path / "a", **{"setup.py": "setup(\n"}))
     with pytest.raises(EnvironmentSpecError, match="cannot parse pyproject.toml"):
         detect(files(tmp_path / "b", **{"pyproject.toml": "[project\n"}))
+
+
+def test_pip_options_are_options_not_packages(tmp_path: Path) -> None:
+    lines = ["-e .", "--pre", "-i https://user:pw@example.org/simple",
+             "--index-url=https://example.org/simple", "--extra-index-url https://example.org/",
+             "-f ./wheels", "--find-links=wheels", "numpy==1.26 --hash=sha256:abc",
+             "--no-binary :all:", "--frobnicate", "not a requirement!!", "${SECRET}",
+             "scipy ; python_version < '3.9'", "pandas \\", "  >=2", "Foo[bar, baz] (>=1,<2)",
+             "attrs @ https://example.org/attrs.whl"]  # fmt: skip
+    env = detect(files(tmp_path, **{"requirements.txt": "\n".join(lines) + "\n"}))
+    assert env.packages == ("python-numpy", "python-scipy", "python-pandas", "python-foo",
+                            "python-attrs")  # fmt: skip
+    assert env.unavailable == ()  # nothing above is "not in Guix"
+    skipped = {s.where: s.reason for s in env.skipped}
+    assert skipped == {
+        "requirements.txt:1": "option -e ignored (Guix packages are used)",
+        "requirements.txt:2": "option --pre ignored (Guix packages are used)",
+        "requirements.txt:3": "option -i ignored (Guix packages are used)",
+        "requirements.txt:4": "option --index-url ignored (Guix packages are used)",
+        "requirements.txt:5": "option --extra-index-url ignored (Guix packages are used)",
+        "requirements.txt:6": "option -f ignored (Guix packages are used)",
+        "requirements.txt:7": "option --find-links ignored (Guix packages are used)",
+        "requirements.txt:9": "option --no-binary ignored (Guix packages are used)",
+        "requirements.txt:10": "not understood",
+        "requirements.txt:11": "not understood",
+        "requirements.txt:12": "not understood",
+    }
+    sources = [r.source for r in env.requirements]
+    assert sources == ["numpy==1.26", "scipy", "pandas>=2", "Foo[bar,baz]>=1,<2", "attrs"]
+    for secret in ("user:pw", "frobnicate", "requirement!!", "SECRET", "python_version", ":all:"):
+        assert secret not in env.manifest
+
+
+def test_includes_relative_to_the_including_file(tmp_path: Path) -> None:
+    repo = files(tmp_path, **{
+        "binder__requirements.txt": "-r ../reqs/base.txt\n--constraint=../reqs/pins.txt\nscipy\n",
+        "reqs__base.txt": "--requirement base2.txt\n",
+        "reqs__base2.txt": "numpy\n",
+        "reqs__pins.txt": "numpy==1.26\npandas<2\nbad line here\n",
+    })  # fmt: skip
+    env = detect(repo)
+    assert env.packages == ("python-numpy", "python-scipy")  # constraints add nothing
+    assert [(s.where, s.reason) for s in env.skipped] == [
+        ("binder/requirements.txt:2",
+         "constraints in reqs/pins.txt not applied (Guix has one version per channel)"),
+        ("reqs/pins.txt:3", "not understood"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("contents", "message"),
+    [
+        ({"requirements.txt": "-r requirements.txt\n"},
+         r"^requirements.txt:1: -r: requirements.txt includes itself \(a cycle\)$"),
+        ({"requirements.txt": "numpy\n-r a.txt\n", "a.txt": "-c requirements.txt\n"},
+         r"^a.txt:1: -c: requirements.txt includes itself \(a cycle\)$"),
+        ({"requirements.txt": "-r 0.txt\n", **{f"{i}.txt": f"-r {i + 1}.txt\n" for i in range(9)}},
+         r"^4.txt:1: -r: includes nested more than 5 deep$"),
+        ({"requirements.txt": "".join(f"-r {i}.txt\n" for i in range(30)),
+          **{f"{i}.txt": "numpy\n" for i in range(30)}},
+         r"^requirements.txt:20: -r: more than 20 requirements files$"),
+        ({"requirements.txt": "\n\n-r missing.txt\n"},
+         r"^requirements.txt:3: -r: no such file in the repository$"),
+        ({"requirements.txt": "-r https://example.org/r.txt\n"},
+         r"^requirements.txt:1: -r: a URL is not fetched"),
+        ({"requirements.txt": "numpy\n" * 1001}, r"more than 1000 entries"),
+    ],
+)  # fmt: skip
+def test_includes_are_bounded(tmp_path: Path, contents: dict[str, str], message: str) -> None:
+    from binder_lite.errors import EnvironmentSpecError
+
+    with pytest.raises(EnvironmentSpecError, match=message):
+        detect(files(tmp_path, **contents))
+
+
+def test_r_and_julia_names_are_checked(tmp_path: Path) -> None:
+    r = files(tmp_path / "r", **{"DESCRIPTION": "Package: x\nImports: dplyr (>=\n  1.0),\n"
+                                 "  no such thing!,\n  ggplot2\n"})  # fmt: skip
+    env = detect(r)
+    assert env.packages == ("r", "r-irkernel", "r-dplyr", "r-ggplot2")
+    assert [(s.where, s.reason) for s in env.skipped] == [("DESCRIPTION:4", "not understood")]
+    julia = files(tmp_path / "j", **{"Project.toml": '[deps]\nJSON = "1"\n"a b/c" = "2"\n'})
+    env = detect(julia)
+    assert env.packages == ("julia", "julia-json")
+    assert [s.where for s in env.skipped] == ["Project.toml: [deps] entry 2"]
+    assert "a b/c" not in env.manifest
+
+
+def test_setup_py_entries_located(tmp_path: Path) -> None:
+    setup = files(tmp_path, **{"setup.py": "from setuptools import setup\nsetup(\n"
+                               "  install_requires=['numpy',\n    f'{x}', 'git+https://h/x'])\n"})
+    env = detect(setup)
+    assert env.packages == ("python-numpy",)
+    assert [(s.where, s.reason) for s in env.skipped] == [
+        ("setup.py:4", "not understood"),
+        ("setup.py:4", "a URL or path, not a package name: skipped"),
+    ]

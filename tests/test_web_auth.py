@@ -1,17 +1,31 @@
-"""Logging in through a real OAuth2/OIDC authorization-code flow, and pushing a
-session's changes over HTTP to a git server that checks the credential."""
+"""Logging in through a real OAuth2/OIDC authorization-code flow with signed ID tokens,
+and pushing a session's changes over HTTP to a git server that checks the credential.
+Attacks on logins are in test_attacks_auth.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import subprocess
+import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from launchkit import git, make_repo
-from webkit import Client, Provider, Server, git_http_server
+from oidckit import Provider, b64url, jws
+from webkit import Client, Server, git_http_server
+
+from binder_lite.errors import BinderLiteError
+from binder_lite.net import free_port
+from binder_lite.site.model import Auth, AuthProvider, Binder
+from binder_lite.web.auth import AuthError, Identity, OAuthClient, check_id_token, public_url_for
 
 SITE = """\
 version: 1
@@ -67,6 +81,8 @@ def test_login_flow_with_pkce_and_state(server: Server, provider: Provider) -> N
     authorize = follow_login(client, server)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(authorize).query))
     assert query["code_challenge_method"] == "S256" and len(query["state"]) >= 32
+    assert len(query["nonce"]) >= 32
+    # No binder.public_url, listening on 127.0.0.1: the service's own loopback URL.
     assert query["redirect_uri"] == f"{server.url}/oauth/callback"
     assert provider.token_requests[-1]["client_secret"] == "s3cret-from-a-file"
     assert provider.token_requests[-1]["code_verifier"]
@@ -173,3 +189,82 @@ def test_push_without_a_credential_is_refused_plainly(tmp_path: Path) -> None:
             assert "refused the push: log in, or ask for a push credential" in refused.text
     finally:
         srv.stop()
+
+
+def test_serve_refuses_logins_without_a_public_url_beyond_loopback(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """Listening on every address, a redirect_uri could come from nowhere but the
+    Host header; serve stops before it listens and says what to set."""
+    secret = tmp_path / "oauth-secret"
+    secret.write_text("s3cret-from-a-file\n")
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.format(issuer=provider.url, secret_file=secret))
+    binder_lite = Path(sys.executable).parent / "binder-lite"
+    done = subprocess.run(
+        [binder_lite, "serve", site, "--address", "0.0.0.0", "--port", str(free_port()),
+         "--runtime", "local", "--state-dir", tmp_path / "state"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "logins need binder.public_url" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_public_url_for_logins() -> None:
+    on = Binder(auth=Auth(AuthProvider.OIDC, "https://id.example.org", "c", "/etc/secret"))
+    assert public_url_for(on, "127.0.0.1", 8080) == "http://127.0.0.1:8080/"
+    assert public_url_for(on, "::1", 8080) == "http://[::1]:8080/"
+    for address in ("0.0.0.0", "::", "192.0.2.7", "binder.example.org"):
+        with pytest.raises(BinderLiteError, match="logins need binder.public_url"):
+            public_url_for(on, address, 8080)
+    given = dataclasses.replace(on, public_url="https://binder.example.org/")
+    assert public_url_for(given, "0.0.0.0", 8080) == "https://binder.example.org/"
+    assert public_url_for(Binder(), "0.0.0.0", 8080) is None  # no logins, nothing to build
+
+
+def test_cookies_of_the_first_format_are_not_read() -> None:
+    """They named people by a user name anyone could take after them."""
+    person = Identity("oidc:0123abcd", "Alice", "alice@example.org", "oidc")
+    assert Identity.from_cookie(person.to_cookie()) == person
+    assert Identity.from_cookie('["oidc:alice", "Alice", "", "oidc"]') is None
+    assert Identity.from_cookie("not json") is None
+
+
+def test_github_people_are_their_numeric_id(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    client = OAuthClient(Auth(AuthProvider.GITHUB, None, "c", str(secret)), secret)
+    carol = client._github_identity({"id": 1001, "login": "carol"})
+    renamed = client._github_identity({"id": 1001, "login": "carol2", "name": "Carol"})
+    newcomer = client._github_identity({"id": 2002, "login": "carol"})
+    assert carol.id == renamed.id != newcomer.id
+    assert carol.id.startswith("github:") and "carol" not in carol.id
+    assert renamed.name == "Carol"
+    for info in ({"login": "carol"}, {"id": "1001", "login": "carol"}, {"id": True}):
+        with pytest.raises(AuthError, match="did not say who you are"):
+            client._github_identity(info)
+
+
+def test_an_es256_id_token_verifies_and_nothing_else_does() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+    x, y = (b64url(n.to_bytes(32, "big")) for n in (numbers.x, numbers.y))
+    jwk = {"kty": "EC", "crv": "P-256", "kid": "k", "use": "sig", "x": x, "y": y}
+
+    def sign(data: bytes) -> bytes:  # JWS wants r and s side by side, not DER
+        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    issuer, now = "https://id.example.org", int(time.time())
+    claims = {"iss": issuer, "sub": "7", "aud": "c", "iat": now, "exp": now + 60, "nonce": "n"}
+    header = {"alg": "ES256", "kid": "k"}
+    token = jws(header, claims, sign)
+    assert check_id_token(token, header, jwk, issuer, "c", "n")["sub"] == "7"
+    with pytest.raises(AuthError, match="another login"):
+        check_id_token(token, header, jwk, issuer, "c", "other")
+    with pytest.raises(AuthError, match="algorithm 'RS256' is not accepted"):
+        check_id_token(token, {"alg": "RS256"}, jwk, issuer, "c", "n")
+    several = jws(header, {**claims, "aud": ["c", "d"], "azp": "d"}, sign)
+    with pytest.raises(AuthError, match="another party"):
+        check_id_token(several, header, jwk, issuer, "c", "n")

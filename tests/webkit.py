@@ -1,21 +1,19 @@
 """Helpers for web service tests: a running `binder-lite serve`, a cookie-keeping
-client, a small OpenID Connect provider and a git server that checks credentials."""
+client and a git server that checks credentials (the OpenID Connect provider is in
+oidckit.py)."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.cookiejar
 import http.server
 import json
 import os
 import re
-import secrets
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -136,92 +134,6 @@ class Response:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
-
-
-# -- an OpenID Connect provider --------------------------------------------------------
-
-
-class Provider:
-    """Authorization code flow with PKCE, checking what a real provider checks."""
-
-    def __init__(self, client_id: str, client_secret: str, user: str = "alice") -> None:
-        self.client_id, self.client_secret, self.user = client_id, client_secret, user
-        self.codes: dict[str, dict[str, str]] = {}
-        self.tokens: set[str] = set()
-        self.token_requests: list[dict[str, str]] = []
-        handler = type("H", (_ProviderHandler,), {"provider": self})
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _ProviderHandler(http.server.BaseHTTPRequestHandler):
-    provider: Provider
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _json(self, status: int, data: object) -> None:
-        body = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        p = self.provider
-        url = urllib.parse.urlparse(self.path)
-        query = dict(urllib.parse.parse_qsl(url.query))
-        if url.path == "/.well-known/openid-configuration":
-            self._json(200, {"issuer": p.url, "authorization_endpoint": f"{p.url}/authorize",
-                             "token_endpoint": f"{p.url}/token",
-                             "userinfo_endpoint": f"{p.url}/userinfo"})  # fmt: skip
-        elif url.path == "/authorize":
-            ok = (query.get("client_id") == p.client_id and query.get("response_type") == "code"
-                  and query.get("code_challenge_method") == "S256"
-                  and query.get("code_challenge") and query.get("state"))  # fmt: skip
-            if not ok:
-                self._json(400, {"error": "invalid_request"})
-                return
-            code = secrets.token_urlsafe(16)
-            p.codes[code] = query
-            target = f"{query['redirect_uri']}?" + urllib.parse.urlencode(
-                {"code": code, "state": query["state"]}
-            )
-            self.send_response(302)
-            self.send_header("Location", target)
-            self.end_headers()
-        elif url.path == "/userinfo":
-            token = self.headers.get("Authorization", "").removeprefix("Bearer ")
-            if token not in p.tokens:
-                self._json(401, {"error": "invalid_token"})
-                return
-            self._json(200, {"sub": "42", "preferred_username": p.user, "name": p.user.title(),
-                             "email": f"{p.user}@example.org"})  # fmt: skip
-        else:
-            self._json(404, {"error": "not_found"})
-
-    def do_POST(self) -> None:
-        p = self.provider
-        length = int(self.headers.get("Content-Length", "0"))
-        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
-        p.token_requests.append(form)
-        asked = p.codes.pop(form.get("code", ""), None)
-        verifier = form.get("code_verifier", "").encode()
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).decode().rstrip("=")
-        if (asked is None or form.get("client_secret") != p.client_secret
-                or form.get("redirect_uri") != asked["redirect_uri"]
-                or challenge != asked["code_challenge"]):  # fmt: skip
-            self._json(400, {"error": "invalid_grant"})
-            return
-        token = secrets.token_hex(16)
-        p.tokens.add(token)
-        self._json(200, {"access_token": token, "token_type": "Bearer"})
 
 
 # -- a git server: anyone fetches, pushing needs the right credential ------------------

@@ -298,10 +298,13 @@ def manifest_command(repo: Path, write: bool, check: bool) -> None:
               help="Seconds between checks for idle sessions.")  # fmt: skip
 @click.option("--secure-cookies/--no-secure-cookies", default=False, show_default=True,
               help="Mark cookies Secure (when served over HTTPS).")  # fmt: skip
+@click.option("--no-sandbox", "unsandboxed", is_flag=True,
+              help="Development only: sessions run unconfined, as this user, on the "
+                   "host's network (refused with logins or more than one session).")  # fmt: skip
 def serve(
     site_file: Path, port: int | None, address: str, runtime: str | None,
     state_dir: Path | None, allow_local_repos: bool, max_sessions: int | None,
-    idle_timeout: int | None, cull_interval: float, secure_cookies: bool,
+    idle_timeout: int | None, cull_interval: float, secure_cookies: bool, unsandboxed: bool,
 ) -> None:  # fmt: skip
     """Run the binder-lite web service for SITE (a site file, or the file the
     binder-lite service type writes): a page to launch repositories, BinderHub's
@@ -313,6 +316,7 @@ def serve(
     from binder_lite.site.model import Runtime
     from binder_lite.web.app import ServeOptions
     from binder_lite.web.app import serve as run_service
+    from binder_lite.web.auth import public_url_for
 
     logging.getLogger("binder_lite").setLevel(logging.INFO)
     site = load_site(site_file, for_service=True)
@@ -327,9 +331,26 @@ def serve(
         runtime=Runtime(runtime) if runtime else site.binder.runtime,
         state_dir=(state_dir or Path(site.binder.state_dir)).absolute(),
         allow_local_repos=allow_local_repos, cull_interval=cull_interval,
-        secure_cookies=secure_cookies,
+        secure_cookies=secure_cookies, sandboxed=not unsandboxed,
     )  # fmt: skip
+    if unsandboxed:
+        _check_unsandboxed(site)
+    # OAuth redirects come from binder.public_url, never from a request's Host header;
+    # without it, logins work only on a loopback-only service (or serve refuses).
+    public_url = public_url_for(site.binder, options.address, options.port)
+    site = dataclasses.replace(site, binder=dataclasses.replace(site.binder, public_url=public_url))
     asyncio.run(run_service(site, options))
+
+
+def _check_unsandboxed(site: Site) -> None:
+    """An unconfined session can read the service's secrets and every other session:
+    acceptable for one developer on their own machine, never for other people."""
+    if site.binder.auth.provider.value != "none":
+        raise UsageError("--no-sandbox cannot be used with logins (binder.auth): "
+                         "sessions would reach everyone's sessions and the secrets")  # fmt: skip
+    if site.binder.max_sessions > 1:
+        raise UsageError("--no-sandbox runs one session at most: add --max-sessions 1 "
+                         "(unconfined sessions can reach each other)")  # fmt: skip
 
 
 def _register_stage_commands() -> None:

@@ -5,6 +5,10 @@ the only place looked at; otherwise the repository's root.  In that folder the
 first of these wins: manifest.scm (with channels.scm), requirements.txt,
 setup.py / pyproject.toml dependencies, R's DESCRIPTION / install.R, Julia's
 Project.toml; without any, a default scientific Python environment.
+
+Every file is read through `repofiles` (inside the checkout, regular, bounded, UTF-8),
+and what is repeated back (events, provenance, manifest comments) is either a name
+that passed a strict grammar or a file and line number with binder-lite's own words.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import ast
 import re
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 
 from binder_lite.errors import EnvironmentSpecError
 from binder_lite.launch.names import (
@@ -24,7 +28,12 @@ from binder_lite.launch.names import (
     pypi_to_guix,
     r_to_guix,
 )
+from binder_lite.launch.repofiles import RepoFile, RepoTree
+from binder_lite.launch.requirements import PyPI, Skipped, parse_requirement, read_requirements
 from binder_lite.scheme import scm_comment, scm_str
+
+__all__ = ["Environment", "Requirement", "Skipped", "detect", "render_manifest",
+           "with_checked_names", "wrap_manifest"]  # fmt: skip
 
 # What every session needs besides the repository's own packages.
 JUPYTER = ("jupyter", "python-ipykernel", "guix-jupyter")
@@ -32,11 +41,17 @@ DEFAULT_PACKAGES = ("python", "python-numpy", "python-pandas", "python-matplotli
                     "python-scipy")  # fmt: skip
 R_KERNEL = ("r", "r-irkernel")
 JULIA = ("julia",)
+# Entries (packages and skipped lines) in one environment: each becomes an event.
+MAX_ENTRIES = 1000
+
+_R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*")
+_JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DESCRIPTION_FIELD = re.compile(r"^(?:Depends|Imports):(.*(?:\n[ \t].*)*)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Requirement:
-    source: str  # as written, e.g. "numpy==1.26"
+    source: str  # as understood, rebuilt from checked parts (e.g. "numpy==1.26"), never raw
     guix: str | None  # the Guix package, or None
     note: str = ""  # a pin, or why there is no package
 
@@ -46,8 +61,11 @@ class Environment:
     kind: str  # manifest | requirements | setup.py | pyproject.toml | R | Julia | default
     config_dir: Path  # where the configuration was found
     manifest: str  # Scheme text of the manifest a session runs with
-    channels: Path | None = None  # channels.scm next to a manifest.scm
-    requirements: tuple[Requirement, ...] = field(default_factory=tuple)
+    channels: Path | None = None  # channels.scm next to a manifest.scm (inside the checkout)
+    requirements: tuple[Requirement, ...] = ()
+    skipped: tuple[Skipped, ...] = ()  # lines and entries that gave no package
+    channels_text: str | None = None  # channels.scm's text, as read through repofiles
+    origin: str = ""  # what a generated manifest was made from
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -58,34 +76,43 @@ class Environment:
         return tuple(r for r in self.requirements if r.guix is None)
 
 
-def config_dir(repo: Path) -> Path:
+def find_config_dir(tree: RepoTree) -> PurePosixPath:
+    """`binder/` or `.binder/` when one is a directory inside the checkout, else the root.
+    A `binder` symlink leading out of the checkout is refused, not skipped."""
     for name in ("binder", ".binder"):
-        if (repo / name).is_dir():
-            return repo / name
-    return repo
+        real = tree.directory(name)
+        if real is not None:
+            return real
+    return PurePosixPath(".")
+
+
+def config_dir(repo: Path) -> Path:
+    return repo / find_config_dir(RepoTree(repo))
 
 
 def detect(repo: Path) -> Environment:
     """The environment `repo` asks for (its files are read, never changed)."""
-    where = config_dir(repo)
+    tree = RepoTree(repo)
+    where = find_config_dir(tree)
     for _kind, probe in DETECTORS:
-        env = probe(where)
+        env = probe(tree, where)
         if env is not None:
             return env
     reqs = tuple(Requirement(p, p, "default environment") for p in DEFAULT_PACKAGES)
-    return _generated("default", where, reqs, "no environment file found")
+    return _generated("default", tree, where, reqs, (), "no environment file found")
 
 
-def _user_manifest(where: Path) -> Environment | None:
-    manifest = where / "manifest.scm"
-    if not manifest.is_file():
+def _user_manifest(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    manifest = tree.read(where / "manifest.scm")
+    if manifest is None:
         return None
-    channels = where / "channels.scm"
+    channels = tree.read(where / "channels.scm")
     return Environment(
         kind="manifest",
-        config_dir=where,
-        manifest=wrap_manifest(manifest),
-        channels=channels if channels.is_file() else None,
+        config_dir=tree.root / where,
+        manifest=wrap_manifest(manifest.path),
+        channels=channels.path if channels else None,
+        channels_text=channels.text if channels else None,
     )
 
 
@@ -106,124 +133,146 @@ def wrap_manifest(manifest: Path) -> str:
 """
 
 
-def _requirements_txt(where: Path) -> Environment | None:
-    path = where / "requirements.txt"
-    if not path.is_file():
+def _requirements_txt(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    parsed = read_requirements(tree, str(where / "requirements.txt"))
+    if parsed is None:
         return None
-    reqs = tuple(_pypi_requirement(line) for line in _requirement_lines(path, depth=0))
-    return _generated("requirements", where, reqs, "requirements.txt")
+    reqs = tuple(_pypi(p) for p in parsed.packages)
+    return _generated("requirements", tree, where, reqs, parsed.skipped, "requirements.txt")
 
 
-def _requirement_lines(path: Path, depth: int) -> Iterable[str]:
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = raw.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        included = re.match(r"-r\s*(\S+)|--requirement[=\s]+(\S+)", line)
-        if included and depth < 5:
-            nested = path.parent / (included.group(1) or included.group(2))
-            if nested.is_file():
-                yield from _requirement_lines(nested, depth + 1)
-            continue
-        yield line
-
-
-_REQ = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;]*)")
-
-
-def _pypi_requirement(line: str) -> Requirement:
-    if line.startswith("-") or "://" in line or line.startswith((".", "/")):
-        return Requirement(line, None, "not a package name (options, URLs and paths are skipped)")
-    m = _REQ.match(line)
-    if not m:
-        return Requirement(line, None, "not understood")
-    name, pin = m.group(1), m.group(3).strip()
-    guix = pypi_to_guix(name)
+def _pypi(p: PyPI) -> Requirement:
+    guix = pypi_to_guix(p.name)
     if guix is None:
-        return Requirement(line, None, PYPI_REASONS.get(normalise_pypi(name), "not in Guix"))
-    note = f"{pin} asked; Guix provides one version per channel" if pin else ""
-    return Requirement(line, guix, note)
+        return Requirement(p.text, None, PYPI_REASONS.get(normalise_pypi(p.name), "not in Guix"))
+    notes = [f"{p.pin} asked; Guix provides one version per channel"] if p.pin else []
+    if p.url:
+        notes.append("its URL is not used, Guix's package is")
+    return Requirement(p.text, guix, "; ".join(notes))
 
 
-def _setup_py(where: Path) -> Environment | None:
-    path = where / "setup.py"
-    if not path.is_file():
+def _pypi_entries(entries: Iterable[PyPI | Skipped]) -> tuple[list[Requirement], list[Skipped]]:
+    reqs: list[Requirement] = []
+    skipped: list[Skipped] = []
+    for entry in entries:
+        if isinstance(entry, PyPI):
+            reqs.append(_pypi(entry))
+        else:
+            skipped.append(entry)
+    return reqs, skipped
+
+
+def _setup_py(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    file = tree.read(where / "setup.py")
+    if file is None:
         return None
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-    except SyntaxError as e:
-        raise EnvironmentSpecError(f"{path}:{e.lineno}: cannot parse setup.py: {e.msg}") from None
-    deps: list[str] = []
-    for node in ast.walk(tree):
+        module = ast.parse(file.text, filename="setup.py")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        # Python's own message may quote the file: only the line number is given.
+        line = getattr(e, "lineno", None)
+        at = f"{file.name}:{line}" if line else file.name
+        raise EnvironmentSpecError(f"{at}: cannot parse setup.py (not valid Python)") from None
+    entries: list[PyPI | Skipped] = []
+    for node in ast.walk(module):
         if isinstance(node, ast.keyword) and node.arg == "install_requires":
-            try:
-                deps = [str(d) for d in ast.literal_eval(node.value)]
-            except ValueError:
-                deps = []  # computed at run time: nothing we can read
-    reqs = tuple(_pypi_requirement(d) for d in deps)
-    return _generated("setup.py", where, reqs, "setup.py install_requires")
+            entries += _install_requires(node.value, file.name)
+    reqs, skipped = _pypi_entries(entries)
+    return _generated("setup.py", tree, where, tuple(reqs), skipped, "setup.py install_requires")
 
 
-def _pyproject(where: Path) -> Environment | None:
-    path = where / "pyproject.toml"
-    if not path.is_file():
+def _install_requires(value: ast.expr, name: str) -> list[PyPI | Skipped]:
+    if not isinstance(value, ast.List | ast.Tuple):
+        return [Skipped(f"{name}:{value.lineno}", "install_requires is computed when setup.py "
+                                                  "runs: not read")]  # fmt: skip
+    return [
+        parse_requirement(item.value, f"{name}:{item.lineno}")
+        if isinstance(item, ast.Constant) and isinstance(item.value, str)
+        else Skipped(f"{name}:{item.lineno}", "not understood")
+        for item in value.elts
+    ]
+
+
+def _pyproject(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    file = tree.read(where / "pyproject.toml")
+    if file is None:
         return None
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EnvironmentSpecError(f"{path}: cannot parse pyproject.toml: {e}") from None
-    deps = data.get("project", {}).get("dependencies")
+    project = _toml(file).get("project")
+    deps = project.get("dependencies") if isinstance(project, dict) else None
     if not isinstance(deps, list):
         return None
-    reqs = tuple(_pypi_requirement(str(d)) for d in deps)
-    return _generated("pyproject.toml", where, reqs, "pyproject.toml [project] dependencies")
+    reqs, skipped = _pypi_entries(
+        parse_requirement(d, f"{file.name}: dependency {i}") if isinstance(d, str)
+        else Skipped(f"{file.name}: dependency {i}", "not understood")
+        for i, d in enumerate(deps, start=1)
+    )  # fmt: skip
+    return _generated("pyproject.toml", tree, where, tuple(reqs), skipped,
+                      "pyproject.toml [project] dependencies")  # fmt: skip
 
 
-def _r(where: Path) -> Environment | None:
-    names: list[str] = []
-    description = where / "DESCRIPTION"
-    install_r = where / "install.R"
-    if not description.is_file() and not install_r.is_file():
+def _toml(file: RepoFile) -> dict[str, object]:
+    try:
+        return tomllib.loads(file.text)
+    except tomllib.TOMLDecodeError as e:  # its message gives a place, not the text
+        raise EnvironmentSpecError(f"{file.name}: cannot parse {file.real.name}: {e}") from None
+
+
+def _r(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    description = tree.read(where / "DESCRIPTION")
+    install_r = tree.read(where / "install.R")
+    if description is None and install_r is None:
         return None
-    if description.is_file():
-        names += _description_packages(description.read_text(encoding="utf-8", errors="replace"))
-    if install_r.is_file():
-        text = install_r.read_text(encoding="utf-8", errors="replace")
-        for call in re.findall(r"install\.packages\s*\(([^)]*)\)", text):
+    names: list[str] = []
+    skipped: list[Skipped] = []
+    if description is not None:
+        names, skipped = _description_packages(description)
+    if install_r is not None:
+        for call in re.findall(r"install\.packages\s*\(([^)]*)\)", install_r.text):
             names += re.findall(r"[\"']([A-Za-z][A-Za-z0-9.]*)[\"']", call)
     reqs = [Requirement(p, p, "R kernel") for p in R_KERNEL]
     for name in dict.fromkeys(names):
         guix = r_to_guix(name)
         reqs.append(Requirement(name, guix, "" if guix else "part of R itself"))
-    return _generated("R", where, tuple(reqs), "DESCRIPTION / install.R")
+    return _generated("R", tree, where, tuple(reqs), skipped, "DESCRIPTION / install.R")
 
 
-def _description_packages(text: str) -> list[str]:
-    fields = re.findall(r"^(?:Depends|Imports):((?:.*\n?)(?:[ \t].*\n?)*)", text, re.MULTILINE)
-    names = []
-    for value in fields:
+def _description_packages(file: RepoFile) -> tuple[list[str], list[Skipped]]:
+    """Package names of the Depends and Imports fields, and the items not understood."""
+    names: list[str] = []
+    skipped: list[Skipped] = []
+    for m in _DESCRIPTION_FIELD.finditer(file.text):
+        first = file.text.count("\n", 0, m.start(1)) + 1
+        # Version constraints may span lines: blank them, keeping the line breaks.
+        value = re.sub(r"\([^)]*\)", lambda c: "\n" * c[0].count("\n"), m[1])
+        offset = 0
         for item in value.split(","):
-            name = item.strip().split("(")[0].strip()
-            if name:
+            name = item.strip()
+            line = first + value.count("\n", 0, offset + len(item) - len(item.lstrip()))
+            offset += len(item) + 1
+            if _R_NAME.fullmatch(name):
                 names.append(name)
-    return names
+            elif name:
+                skipped.append(Skipped(f"{file.name}:{line}", "not understood"))
+    return names, skipped
 
 
-def _julia(where: Path) -> Environment | None:
-    path = where / "Project.toml"
-    if not path.is_file():
+def _julia(tree: RepoTree, where: PurePosixPath) -> Environment | None:
+    file = tree.read(where / "Project.toml")
+    if file is None:
         return None
-    try:
-        deps = tomllib.loads(path.read_text(encoding="utf-8")).get("deps", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise EnvironmentSpecError(f"{path}: cannot parse Project.toml: {e}") from None
+    deps = _toml(file).get("deps", {})
     reqs = [Requirement(p, p, "Julia (Guix has no IJulia kernel; use the Guix kernel)")
             for p in JULIA]  # fmt: skip
-    reqs += [Requirement(name, julia_to_guix(name)) for name in deps]
-    return _generated("Julia", where, tuple(reqs), "Project.toml [deps]")
+    skipped: list[Skipped] = []
+    for i, name in enumerate(deps if isinstance(deps, dict) else (), start=1):
+        if _JULIA_NAME.fullmatch(name):
+            reqs.append(Requirement(name, julia_to_guix(name)))
+        else:
+            skipped.append(Skipped(f"{file.name}: [deps] entry {i}", "not understood"))
+    return _generated("Julia", tree, where, tuple(reqs), skipped, "Project.toml [deps]")
 
 
-DETECTORS: tuple[tuple[str, Callable[[Path], Environment | None]], ...] = (
+DETECTORS: tuple[tuple[str, Callable[[RepoTree, PurePosixPath], Environment | None]], ...] = (
     ("manifest.scm", _user_manifest),
     ("requirements.txt", _requirements_txt),
     ("setup.py", _setup_py),
@@ -233,18 +282,30 @@ DETECTORS: tuple[tuple[str, Callable[[Path], Environment | None]], ...] = (
 )
 
 
-def _generated(kind: str, where: Path, reqs: tuple[Requirement, ...], origin: str) -> Environment:
-    return Environment(kind, where, render_manifest(reqs, origin), None, reqs)
+def _generated(
+    kind: str, tree: RepoTree, where: PurePosixPath, reqs: tuple[Requirement, ...],
+    skipped: Iterable[Skipped], origin: str,
+) -> Environment:  # fmt: skip
+    skipped = tuple(skipped)
+    if len(reqs) + len(skipped) > MAX_ENTRIES:
+        raise EnvironmentSpecError(f"{where / origin.split()[0]}: more than {MAX_ENTRIES} "
+                                   "entries; binder-lite reads at most that many")  # fmt: skip
+    return Environment(kind, tree.root / where, render_manifest(reqs, origin, skipped),
+                       requirements=reqs, skipped=skipped, origin=origin)  # fmt: skip
 
 
-def render_manifest(reqs: Iterable[Requirement], origin: str) -> str:
-    """A manifest for `reqs` plus JUPYTER; pins and missing packages become comments."""
+def render_manifest(
+    reqs: Iterable[Requirement], origin: str, skipped: Iterable[Skipped] = ()
+) -> str:
+    """A manifest for `reqs` plus JUPYTER; pins, missing packages and skipped lines
+    become comments."""
     reqs = tuple(reqs)
     lines = [f";; Generated by binder-lite from {scm_comment(origin)}.", ";;"]
     for r in reqs:
         target = r.guix or "(nothing)"
         note = f": {r.note}" if r.note else ""
         lines.append(f";;   {scm_comment(r.source)} -> {scm_comment(target)}{scm_comment(note)}")
+    lines += [f";;   {scm_comment(s.where)}: skipped, {scm_comment(s.reason)}" for s in skipped]
     packages = list(dict.fromkeys([*(r.guix for r in reqs if r.guix), *JUPYTER]))
     body = "\n".join(f"  {scm_str(p)}" for p in packages)
     return "\n".join(lines) + f"\n(specifications->manifest\n (list\n{body}))\n"
@@ -261,6 +322,5 @@ def with_checked_names(env: Environment, available: Callable[[list[str]], set[st
         else Requirement(r.source, None, f"{r.guix} is not a Guix package")
         for r in env.requirements
     )  # fmt: skip
-    origin = env.manifest.splitlines()[0].removeprefix(";; Generated by binder-lite from ")
-    return Environment(env.kind, env.config_dir, render_manifest(reqs, origin.rstrip(".")),
-                       env.channels, reqs)  # fmt: skip
+    return replace(env, manifest=render_manifest(reqs, env.origin, env.skipped),
+                   requirements=reqs)  # fmt: skip

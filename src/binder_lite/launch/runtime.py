@@ -12,9 +12,10 @@ from pathlib import Path
 
 from binder_lite.errors import JupyterError
 from binder_lite.guix import guix_program
+from binder_lite.launch.sandbox import RUN_DIR, WORK_DIR
 
 # Inside the container the repository is always here, whatever its host path.
-CONTAINER_WORK_DIR = "/notebooks"
+CONTAINER_WORK_DIR = WORK_DIR
 GUIX_DAEMON_SOCKET = "/var/guix/daemon-socket"
 
 
@@ -22,15 +23,17 @@ GUIX_DAEMON_SOCKET = "/var/guix/daemon-socket"
 class ServerSpec:
     """What a Jupyter server is asked to do, independent of where it runs."""
 
-    port: int
+    port: int | None  # on 127.0.0.1, or None for a server on a Unix socket
     base_url: str  # "/" or "/s/<id>/"
     kernel: str
     root_dir: str  # as the server sees it
+    socket: str | None = None  # the Unix socket it listens on, as the server sees it
 
     @property
     def origin(self) -> str:
-        """Where the server answers, on the host."""
-        return f"http://127.0.0.1:{self.port}{self.base_url}"
+        """Where the server answers, on the host (the host part is what Jupyter is sent
+        as Host over a Unix socket too: it only serves local host names)."""
+        return f"http://127.0.0.1:{self.port or 80}{self.base_url}"
 
 
 def jupyter_options(spec: ServerSpec, flavour: str) -> list[str]:
@@ -40,11 +43,14 @@ def jupyter_options(spec: ServerSpec, flavour: str) -> list[str]:
     so it never shows in `ps`.
     """
     app = "NotebookApp" if flavour == "classic" else "ServerApp"
+    if spec.socket is not None:
+        # Sandboxed: no address on any network, only a socket the front connects to.
+        listen = [f"--{app}.sock={spec.socket}"]
+    else:
+        listen = ["--ip=127.0.0.1", f"--port={spec.port}", f"--{app}.port_retries=0"]
     options = [
         "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={spec.port}",
-        f"--{app}.port_retries=0",
+        *listen,
         f"--{app}.base_url={spec.base_url}",
         f"--{app}.{'notebook_dir' if flavour == 'classic' else 'root_dir'}={spec.root_dir}",
         f"--MultiKernelManager.default_kernel_name={spec.kernel}",
@@ -72,14 +78,22 @@ def local_argv(spec: ServerSpec) -> list[str]:
     return [*prefix, *jupyter_options(spec, flavour)]
 
 
-def guix_argv(spec: ServerSpec, repo: Path, manifest: Path, channels: Path | None) -> list[str]:
-    """`guix shell --container …` running the classic notebook of Guix 1.5."""
+def guix_argv(
+    spec: ServerSpec, repo: Path, manifest: Path, channels: Path | None, run_dir: Path | None
+) -> list[str]:
+    """`guix shell --container …` running the classic notebook of Guix 1.5.
+
+    With `run_dir` (sandboxed), the container gets a network namespace of its own (no
+    `--network`) and Jupyter listens on a socket in `run_dir`, shared with the host;
+    without, the container shares the host's network and listens on `spec.port`."""
     prefix = [guix_program()]
     if channels is not None:
         prefix += ["time-machine", f"--channels={channels}", "--"]
+    network = ([f"--share={run_dir}={RUN_DIR}"] if run_dir is not None
+               else ["--network"])  # fmt: skip
     return [
         *prefix, "shell",
-        "--container", "--network", "--no-cwd",
+        "--container", *network, "--no-cwd",
         f"--share={repo}={CONTAINER_WORK_DIR}",
         # The Guix kernel builds each notebook's environment through the daemon.
         f"--expose={GUIX_DAEMON_SOCKET}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import html
 import json
@@ -23,8 +24,8 @@ from urllib.parse import quote
 
 from binder_lite import guix, net
 from binder_lite.errors import EnvironmentSpecError, GuixError, JupyterError, LaunchError
-from binder_lite.launch import detect, runtime, sources
-from binder_lite.site.model import Runtime
+from binder_lite.launch import detect, runtime, sandbox, sources
+from binder_lite.site.model import Runtime, SessionLimits, SessionNetwork
 
 
 class Phase(enum.StrEnum):
@@ -67,22 +68,26 @@ class Session:
     url: str  # the notebook view, with the token
     base_url: str  # http://127.0.0.1:PORT/BASE/
     token: str
-    port: int
+    port: int | None  # where a browser on this machine reaches it (None: only the socket)
     pid: int
     work_dir: Path  # the session's clone of the repository
     session_dir: Path
     provenance: Provenance
     process: subprocess.Popen[bytes] = field(repr=False)
     log_file: Path = field(repr=False)
+    socket: Path | None = None  # where a sandboxed Jupyter listens, on the host
+    handle: sandbox.Handle | None = field(default=None, repr=False)
+    forwarder: sandbox.Forwarder | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the server's process group (Jupyter shuts its kernels down), then
-        SIGKILL whatever is left, including kernels in sessions of their own."""
-        _terminate_group(self.process, grace)
-        reap_strays(self.session_dir)
+        """End the server and everything it started: SIGTERM first (Jupyter shuts its
+        kernels down), then SIGKILL whatever is left."""
+        if self.forwarder is not None:
+            self.forwarder.close()
+        _stop_started(self.process, self.handle, self.session_dir, grace)
 
     def open_file(self) -> Path:
         return self.session_dir / "open.html"
@@ -91,6 +96,18 @@ class Session:
 Report = Callable[[Event], None]
 
 DEFAULT_TIMEOUT = {Runtime.LOCAL: 120.0, Runtime.GUIX: 3600.0}
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How a session is kept from the host (sandbox.py)."""
+
+    sandboxed: bool = True  # False only for development: Jupyter runs as the caller
+    network: SessionNetwork = SessionNetwork.OUTBOUND
+    limits: SessionLimits = SessionLimits()
+    # A TCP port on 127.0.0.1 relayed to the session's socket, for a browser on this
+    # machine (the launcher); the web service's front connects to the socket itself.
+    forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,7 @@ class _Plan:
     cache: Path
     session_dir: Path
     session_id: str
+    isolation: Isolation
 
 
 def launch(
@@ -123,14 +141,18 @@ def launch(
     session_dir: Path | None = None,
     timeout: float | None = None,
     on_event: Report | None = None,
+    isolation: Isolation | None = None,
 ) -> Session:
     """Fetch `source` at `ref`, work out its environment, start Jupyter, wait until it
-    answers with its token.  Raises a `LaunchError` saying what went wrong."""
+    answers with its token.  Raises a `LaunchError` saying what went wrong.
+
+    Jupyter runs sandboxed (see sandbox.py) unless `isolation.sandboxed` is false."""
     report = _Reporter(on_event or (lambda event: None))
     session_id = secrets.token_hex(8)
     cache = cache_dir or default_cache_dir()
     plan = _Plan(source, ref, runtime_kind, open_path, kernel, port, base_url, timeout, cache,
-                 session_dir or cache / "sessions" / session_id, session_id)  # fmt: skip
+                 session_dir or cache / "sessions" / session_id, session_id,
+                 isolation or Isolation())  # fmt: skip
     try:
         return _launch(plan, report)
     except LaunchError as e:
@@ -169,27 +191,45 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
     # The session's files include Jupyter's log, which names the token: owner only.
     plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     checkout, env, provenance = _prepare(plan, report)
+    boxed = plan.isolation.sandboxed
+    box = sandbox.Sandbox(plan.session_id, plan.session_dir, checkout.path,
+                          plan.isolation.network, plan.isolation.limits)  # fmt: skip
     spec = runtime.ServerSpec(
-        port=plan.port or free_port(),
+        port=None if boxed else plan.port or free_port(),
         base_url=_base_url(plan.base_url),
         kernel=plan.kernel or ("guix" if plan.kind is Runtime.GUIX else "python3"),
-        root_dir=(runtime.CONTAINER_WORK_DIR if plan.kind is Runtime.GUIX
+        root_dir=(runtime.CONTAINER_WORK_DIR if plan.kind is Runtime.GUIX or boxed
                   else str(checkout.path)),
+        socket=box.inner_socket if boxed else None,
     )  # fmt: skip
     if plan.port is not None:
         _check_port_free(plan.port)
     token = secrets.token_hex(24)
-    process, log_file = _start(plan, spec, checkout.path, env, token, report)
-    origin = spec.origin
+    started = _start(plan, spec, box, env, token, report)
+    forwarder = None
+    port = spec.port
+    if boxed and plan.isolation.forward:
+        forwarder = _forward(plan.port, box.socket, started)
+        port = forwarder.port
+    origin = f"http://127.0.0.1:{port}{spec.base_url}" if port else spec.origin
     session = Session(
         id=plan.session_id, url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
-        base_url=origin, token=token, port=spec.port, pid=process.pid,
+        base_url=origin, token=token, port=port, pid=started.process.pid,
         work_dir=checkout.path, session_dir=plan.session_dir, provenance=provenance,
-        process=process, log_file=log_file,
+        process=started.process, log_file=started.log_file,
+        socket=box.socket if boxed else None, handle=started.handle, forwarder=forwarder,
     )  # fmt: skip
     _write_open_file(session)
     report.last(Event(Phase.READY, session.url))
     return session
+
+
+def _forward(port: int | None, path: Path, started: _Started) -> sandbox.Forwarder:
+    try:
+        return sandbox.Forwarder(port or 0, path)
+    except OSError as e:
+        _stop_started(started.process, started.handle, path.parent.parent, 5.0)
+        raise LaunchError(f"cannot listen on 127.0.0.1:{port or 0}: {e.strerror}") from None
 
 
 def _prepare(
@@ -206,7 +246,7 @@ def _prepare(
     provenance = Provenance(
         repository=url, ref=checkout.ref, commit=checkout.commit, environment=env.kind,
         manifest=env.manifest,
-        channels=env.channels.read_text(encoding="utf-8") if env.channels else None,
+        channels=env.channels_text,  # read inside the checkout only (detect, repofiles)
         guix_version=guix.version() if plan.kind is Runtime.GUIX else None,
         runtime=str(plan.kind), launched_at=time.time(),
     )  # fmt: skip
@@ -214,28 +254,78 @@ def _prepare(
     return checkout, env, provenance
 
 
+@dataclass(frozen=True)
+class _Started:
+    process: subprocess.Popen[bytes]
+    log_file: Path
+    handle: sandbox.Handle | None
+
+
 def _start(
-    plan: _Plan, spec: runtime.ServerSpec, repo: Path, env: detect.Environment, token: str,
-    report: Report,
-) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+    plan: _Plan, spec: runtime.ServerSpec, box: sandbox.Sandbox, env: detect.Environment,
+    token: str, report: Report,
+) -> _Started:  # fmt: skip
     """Start Jupyter (in a Guix container, for that runtime) and wait until it answers."""
     guix_runtime = plan.kind is Runtime.GUIX
     manifest = plan.session_dir / "manifest.scm"
-    argv = (runtime.guix_argv(spec, repo, manifest, env.channels) if guix_runtime
-            else runtime.local_argv(spec))  # fmt: skip
+    boxed = plan.isolation.sandboxed
     if guix_runtime:
+        argv = runtime.guix_argv(spec, box.repo, manifest, env.channels,
+                                 box.run_dir if boxed else None)  # fmt: skip
         _check_with_guix(argv, report)
-    where = " in a Guix container" if guix_runtime else ""
+    else:
+        argv = runtime.local_argv(spec)
+    where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
     report(Event(Phase.BUILDING if guix_runtime else Phase.STARTING, f"starting Jupyter{where}"))
-    process, log_file = _spawn(argv, token, plan.session_dir, repo, plan.kind, report)
+    cgroups = None
+    if boxed:
+        box.run_dir.mkdir(mode=0o700, exist_ok=True)
+        if not guix_runtime:
+            argv = sandbox.bwrap_argv(box, argv, _jupyter_files(plan.session_dir))
+        cgroups = sandbox.make_cgroups(box.session_id, box.limits)
+        argv = sandbox.limited(argv, cgroups, box.limits)
+    process, log_file = _spawn(argv, token, plan.session_dir, box.repo, plan.kind, boxed, report)
+    handle = None
+    if boxed:
+        handle = sandbox.Handle(process.pid, tuple(str(d) for d in cgroups.dirs) if cgroups
+                                else ())  # fmt: skip
+        handle.save(box.state_file)
     deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     try:
-        _wait_ready(spec.origin, token, process, log_file, deadline)
+        if boxed and box.network is SessionNetwork.OUTBOUND:
+            handle = _attach_network(box, process, handle, report)
+        _wait_ready(spec, box.socket if boxed else None, token, process, log_file, deadline)
     except BaseException:
-        _terminate_group(process, grace=5.0)
-        reap_strays(plan.session_dir)
+        _stop_started(process, handle, plan.session_dir, 5.0)
         raise
-    return process, log_file
+    if handle is not None:
+        handle = handle.with_namespaces()
+        handle.save(box.state_file)
+    return _Started(process, log_file, handle)
+
+
+def _attach_network(
+    box: sandbox.Sandbox, process: subprocess.Popen[bytes], handle: sandbox.Handle | None,
+    report: Report,
+) -> sandbox.Handle | None:  # fmt: skip
+    """Outbound network for the session; without it the session still runs, offline
+    (failing closed), and says so."""
+    try:
+        slirp = sandbox.attach_network(box, process)
+    except sandbox.SandboxError as e:
+        report(Event(Phase.STARTING, f"no outbound network for this session: {e}"))
+        return handle
+    if handle is None:
+        return None
+    handle = dataclasses.replace(handle, helpers=(*handle.helpers, slirp.pid))
+    handle.save(box.state_file)
+    return handle
+
+
+def _jupyter_files(session_dir: Path) -> list[tuple[Path, str]]:
+    """The session's Jupyter configuration, read-only inside the sandbox."""
+    return [(session_dir / "jupyter-config", JUPYTER_CONFIG_INSIDE),
+            (session_dir / "lab-settings", LAB_SETTINGS_INSIDE)]  # fmt: skip
 
 
 def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environment:
@@ -246,6 +336,8 @@ def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environmen
         env = detect.with_checked_names(env, lambda names: guix.available_packages(names))
     for r in env.unavailable:
         report(Event(Phase.RESOLVING, f"skipped {r.source}: {r.note}"))
+    for s in env.skipped:  # by file and line: the line's text is never repeated
+        report(Event(Phase.RESOLVING, f"skipped {s.where}: {s.reason}"))
     return env
 
 
@@ -308,16 +400,33 @@ def _check_port_free(port: int) -> None:
             raise LaunchError(f"port {port} is already in use; choose another") from None
 
 
+JUPYTER_CONFIG_INSIDE = "/opt/binder-lite/jupyter-config"
+LAB_SETTINGS_INSIDE = "/opt/binder-lite/lab-settings"
+
+
 def _spawn(
-    argv: list[str], token: str, session_dir: Path, repo: Path, kind: Runtime, report: Report
-) -> tuple[subprocess.Popen[bytes], Path]:
-    env = dict(os.environ)
-    env["JUPYTER_TOKEN"] = token
-    # The session's own Jupyter directories: a user's ~/.jupyter config (a password,
-    # another default kernel) must not change what the launcher promises.
-    env["JUPYTER_CONFIG_DIR"] = str(session_dir / "jupyter-config")
-    env["JUPYTER_RUNTIME_DIR"] = str(session_dir / "runtime")
-    env["JUPYTERLAB_SETTINGS_DIR"] = str(_lab_settings(session_dir))
+    argv: list[str], token: str, session_dir: Path, repo: Path, kind: Runtime, boxed: bool,
+    report: Report,
+) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+    config = session_dir / "jupyter-config"
+    config.mkdir(exist_ok=True)
+    settings = _lab_settings(session_dir)
+    if boxed and kind is Runtime.LOCAL:
+        # Nothing of the service's environment reaches the session: it can name secrets.
+        env = sandbox.session_environment({
+            "JUPYTER_TOKEN": token,
+            "JUPYTER_CONFIG_DIR": JUPYTER_CONFIG_INSIDE,
+            "JUPYTERLAB_SETTINGS_DIR": LAB_SETTINGS_INSIDE,
+            "JUPYTER_RUNTIME_DIR": f"{sandbox.HOME}/.local/share/jupyter/runtime",
+        })  # fmt: skip
+    else:
+        env = dict(os.environ)
+        env["JUPYTER_TOKEN"] = token
+        # The session's own Jupyter directories: a user's ~/.jupyter config (a password,
+        # another default kernel) must not change what the launcher promises.
+        env["JUPYTER_CONFIG_DIR"] = str(config)
+        env["JUPYTER_RUNTIME_DIR"] = str(session_dir / "runtime")
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
     log_file = session_dir / "jupyter.log"
     log = open(log_file, "wb")  # noqa: SIM115 (handed to the reader thread)
     try:
@@ -358,10 +467,10 @@ def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report:
 
 
 def _wait_ready(
-    origin: str, token: str, process: subprocess.Popen[bytes], log_file: Path, deadline: float
-) -> None:
-    status = f"{origin}api/status"
-    request = urllib.request.Request(status, headers={"Authorization": f"token {token}"})
+    spec: runtime.ServerSpec, socket_path: Path | None, token: str,
+    process: subprocess.Popen[bytes], log_file: Path, deadline: float,
+) -> None:  # fmt: skip
+    where = f"{spec.origin}api/status" if socket_path is None else f"the socket {socket_path}"
     delay = 0.02
     while True:
         if process.poll() is not None:
@@ -369,19 +478,27 @@ def _wait_ready(
                 f"Jupyter exited with status {process.returncode} before it was ready; "
                 f"the end of its log ({log_file}):\n{_tail(log_file)}"
             )
-        try:
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if _answers(spec, socket_path, token):
+            return
         if time.monotonic() > deadline:
             raise JupyterError(
-                f"Jupyter did not answer at {status} in time; the end of its log "
+                f"Jupyter did not answer at {where} in time; the end of its log "
                 f"({log_file}):\n{_tail(log_file)}"
             )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+def _answers(spec: runtime.ServerSpec, socket_path: Path | None, token: str) -> bool:
+    if socket_path is not None:
+        return sandbox.jupyter_status(socket_path, spec.base_url, token, timeout=2) is not None
+    status = f"{spec.origin}api/status"
+    request = urllib.request.Request(status, headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -391,6 +508,19 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
     kept = [line for line in text.splitlines() if "token=" not in line]
     return "\n".join(kept[-lines:]) or "(empty log)"
+
+
+def _stop_started(
+    process: subprocess.Popen[bytes], handle: sandbox.Handle | None, session_dir: Path,
+    grace: float,
+) -> None:  # fmt: skip
+    if handle is not None:
+        handle.stop(grace)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)  # reaped: not a zombie of the service
+    else:
+        _terminate_group(process, grace)
+        reap_strays(session_dir)
 
 
 def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
@@ -409,6 +539,10 @@ def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
 
 def stop_process_group(pid: int, session_dir: Path, grace: float = 10.0) -> None:
     """Stop a session server that is not our child (adopted after a restart)."""
+    handle = sandbox.Handle.load(session_dir / "sandbox.json")
+    if handle is not None:
+        handle.stop(grace)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace

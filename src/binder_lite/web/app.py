@@ -14,6 +14,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from binder_lite.launch.session import Isolation
 from binder_lite.site.model import Runtime, Site
 from binder_lite.web import handlers as h
 from binder_lite.web.auth import OAuthClient
@@ -39,6 +40,7 @@ class ServeOptions:
     allow_local_repos: bool
     cull_interval: float
     secure_cookies: bool
+    sandboxed: bool = True  # False: `serve --no-sandbox`, development only
 
 
 def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, type, dict]]:  # type: ignore[type-arg]
@@ -92,7 +94,9 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
     store = Store(options.state_dir / "sessions.sqlite")
     limits = Limits(binder.max_sessions, binder.max_sessions_per_user, binder.idle_timeout,
                     binder.max_age, options.cull_interval)  # fmt: skip
-    manager = SessionManager(store, options.state_dir, options.runtime, limits)
+    isolation = Isolation(sandboxed=options.sandboxed, network=binder.session_network,
+                          limits=binder.session_limits, forward=False)  # fmt: skip
+    manager = SessionManager(store, options.state_dir, options.runtime, limits, isolation)
     auth = binder.auth
     oauth = (OAuthClient(auth, Path(auth.client_secret_file))
              if auth.client_secret_file and str(auth.provider) != "none" else None)  # fmt: skip
@@ -117,10 +121,14 @@ async def serve(site: Site, options: ServeOptions) -> None:
     app, service = make_app(site, options)
     await service.manager.start()
     # The application answers the front only (front.py), on a loopback port of its own.
+    # xheaders: the front drops every X-Forwarded-*/X-Real-Ip/X-Scheme a client sends
+    # and sets X-Forwarded-For and -Proto itself (proxy.py), so what tornado reads is
+    # the front's word: the client's address, and its scheme at a trusted proxy.
     inner = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY)
     sockets = bind_sockets(0, "127.0.0.1")
     inner.add_sockets(sockets)
-    front = Front(service, app.settings["cookie_secret"], sockets[0].getsockname()[1])
+    front = Front(service, app.settings["cookie_secret"], sockets[0].getsockname()[1],
+                  site.binder.trusted_proxies)  # fmt: skip
     server = await front.listen(options.address, options.port)
     log.warning("binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
                 site.site.name, options.address, options.port, options.runtime,

@@ -7,6 +7,13 @@ become a byte tunnel once Jupyter has agreed to the upgrade.  Everything else go
 to the tornado application, which listens on a loopback port of its own.  Going
 through tornado's request machinery cost as much again as Jupyter's own work on a
 small request (benchmarks/proxy.py measures the difference).
+
+The front keeps every upstream connection in step with its clients: each request
+gets exactly one final answer from one upstream connection, and a connection goes
+back to the pool only after an exchange with nothing unusual in it (upstream.py
+says what is parsed, and how strictly).  A request is sent twice only when that
+cannot do harm: a GET, HEAD or OPTIONS without a body, whose kept connection turned
+out to be closed before any answer came.
 """
 
 from __future__ import annotations
@@ -16,22 +23,36 @@ import contextlib
 import http
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from binder_lite.web.base import Service
-from binder_lite.web.proxy import HOP_BY_HOP, authorise, identity_in, session_headers, token_in
+from binder_lite.web.proxy import (
+    Client,
+    TrustedProxies,
+    authorise,
+    forwarded,
+    identity_in,
+    session_headers,
+    token_in,
+    upstream_of,
+)
 from binder_lite.web.upstream import (
     CHUNK,
     CHUNKED,
     MAX_HEAD,
     UNTIL_CLOSE,
+    Address,
     Connection,
     Head,
     MessageError,
     Pool,
+    body,
     copy_body,
-    read_head,
+    framed,
+    open_connection,
+    read_request,
+    read_response,
     request_framing,
     response_framing,
 )
@@ -42,17 +63,35 @@ SESSION_PATH = re.compile(r"/s/([0-9a-f]{16})/")
 KEEPALIVE_IDLE = 300.0  # seconds a client connection may wait between requests
 UPSTREAM_TIMEOUT = 300.0  # seconds to wait for a response's head
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_INFORMATIONAL = 8  # 1xx answers skipped before a final one, at most
+# A closed client connection is read (and what comes discarded) this long, this much,
+# so that a reset does not destroy the answer before the client has read it.
+LINGER = 2.0
+LINGER_BYTES = 1024 * 1024
 
-# Where a request goes: a port on 127.0.0.1, the headers it is sent with, and what to
+# Where a request goes: an upstream address, the headers it is sent with, and what to
 # call on activity (for sessions, which are culled when idle).
-Route = tuple[int, list[tuple[str, str]], Callable[[], None] | None]
+Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None]
+
+
+class UpstreamFailure(Exception):
+    """The upstream broke an exchange; `silent` if it had sent no byte of an answer."""
+
+    def __init__(self, message: str, silent: bool = False) -> None:
+        super().__init__(message)
+        self.silent = silent
 
 
 class Front:
-    def __init__(self, service: Service, cookie_secret: str, app_port: int) -> None:
+    def __init__(
+        self, service: Service, cookie_secret: str, app_port: int,
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:  # fmt: skip
         self.service = service
         self.cookie_secret = cookie_secret
         self.app_port = app_port
+        self.trusted = TrustedProxies(trusted_proxies)
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
 
@@ -69,6 +108,7 @@ class Front:
         self.clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        abort = False
         try:
             while await self._serve_one(reader, writer, peer_ip):
                 pass
@@ -76,136 +116,137 @@ class Front:
             _reply(writer, e.status, f"{e}\n", close=True)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 TimeoutError):  # fmt: skip
-            pass  # the client went away or stayed silent: nothing to answer
+            abort = True  # the client went away or stayed silent, or an answer broke off
         except Exception:
+            abort = True
             log.exception("serving a request failed")
         finally:
             self.clients.discard(writer)
-            writer.close()
+            await _close(reader, writer, linger=not abort)
 
     async def _serve_one(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_ip: str
     ) -> bool:
         """Serve one request; whether the connection may carry another."""
         async with asyncio.timeout(KEEPALIVE_IDLE):
-            head = await read_head(reader)
+            head = await read_request(reader)
         if head is None:
             return False
         method, target, version = head.start
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise MessageError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
         framing = request_framing(head)
-        keep = version == "HTTP/1.1" and not head.has_token("Connection", "close")
-        upgrade = head.get("Upgrade") is not None and head.has_token("Connection", "upgrade")
+        keep = version == "HTTP/1.1" and not head.has_token("connection", "close")
+        upgrade = head.get("upgrade") is not None and head.has_token("connection", "upgrade")
         if upgrade and framing:
             raise MessageError(400, "an upgrade request has no body")
-        route = self._route(head, peer_ip, upgrade)
+        route = self._route(head, self.trusted.client(head, peer_ip), upgrade)
         if route is None:
             # The same answer for "not yours" as for "no such session".
             _reply(writer, 404, "not found\n", close=bool(framing))
             return keep and not framing
-        port, headers, touch = route
-        if framing and head.has_token("Expect", "100-continue"):
+        address, headers, touch = route
+        if framing and version == "HTTP/1.1" and head.has_token("expect", "100-continue"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = _encode_head(f"{method} {target} {version}", headers, framing, method)
         if upgrade:
-            await self._tunnel(reader, writer, out, port, touch)
+            await self._tunnel(reader, writer, out, address, touch)
             return False
-        return await self._exchange(reader, writer, method, out, framing, port) and keep
+        return await self._exchange(reader, writer, head, out, framing, address) and keep
 
-    def _route(self, head: Head, peer_ip: str, upgrade: bool) -> Route | None:
+    def _route(self, head: Head, client: Client, upgrade: bool) -> Route | None:
         """Where the request goes (a session's Jupyter, or the application), with which
         headers; None for a session the caller may not use."""
         m = SESSION_PATH.match(head.start[1])
         if not m:
-            return self.app_port, _app_headers(head, peer_ip, upgrade), None
+            return self.app_port, _app_headers(head, client, upgrade), None
         manager = self.service.manager
         record = authorise(manager, m.group(1), identity_in(head, self.cookie_secret),
                            self.service.oauth is None, token_in(head))  # fmt: skip
-        if record is None or record.port is None:
+        address = upstream_of(record) if record is not None else None
+        if record is None or address is None:
             return None
         manager.touch(record.id)
-        return (
-            record.port,
-            session_headers(head, record, upgrade),
-            partial(manager.touch, record.id),
-        )
+        headers = session_headers(head, record, upgrade, client)
+        return address, headers, partial(manager.touch, record.id)
 
     async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
-        out: bytes, framing: int, port: int,
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head,
+        out: bytes, framing: int, address: Address,
     ) -> bool:  # fmt: skip
-        """Send one request on and relay its response; whether both sides stay open."""
-        # A small body is read first, so that a kept connection the upstream closed
-        # meanwhile can be retried; a large or chunked one streams on a fresh connection.
-        small = 0 <= framing <= CHUNK
-        body = await reader.readexactly(framing) if small and framing else b""
-        for attempt in (0, 1):
+        """Send one request on and relay its response; whether the client's connection
+        stays open."""
+        method, _, version = head.start
+        # A request with a body, or one that changes something, goes on a fresh
+        # connection and is sent once: it may have been acted on even if no answer came.
+        retryable = framing == 0 and method in RETRYABLE
+        for fresh in (False, True) if retryable else (True,):
             try:
-                reused, (up_reader, up_writer) = await self.pool.connect(
-                    port, fresh=attempt == 1 or not small
-                )
+                reused, upstream = await self.pool.connect(address, fresh=fresh)
             except OSError:
-                return self._bad_gateway(writer, port, keep=small)
+                return self._bad_gateway(writer, address, keep=framing == 0)
             try:
-                if small:
-                    up_writer.write(out + body)
-                else:
-                    await copy_body(reader, up_writer, framing, prefix=out)
-                async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                    response = await read_head(up_reader)
-            except (OSError, asyncio.IncompleteReadError, MessageError, TimeoutError):
-                up_writer.close()
-                if not small:
-                    raise  # part of the body is gone: nothing can be retried or answered
-                response = None
-            if response is not None:
-                break
-            up_writer.close()
-            if not (reused and attempt == 0):
-                return self._bad_gateway(writer, port, keep=True)
-        assert response is not None
-        return await self._relay_response(method, response, (up_reader, up_writer), writer, port)
+                await _send(reader, upstream[1], out, framing)
+                response, informational = await _response_head(upstream[0], upgrade=False)
+            except UpstreamFailure as e:
+                upstream[1].close()
+                if e.silent and reused and retryable:
+                    continue
+                log.warning("upstream %s: %s", address, e)
+                return self._bad_gateway(writer, address, keep=framing == 0)
+            except BaseException:
+                upstream[1].close()
+                raise
+            reusable = version == "HTTP/1.1" and not informational
+            return await self._relay(method, response, upstream, writer, address, reusable)
+        return self._bad_gateway(writer, address, keep=True)
 
-    async def _relay_response(
-        self, method: str, response: Head,
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        writer: asyncio.StreamWriter, port: int,
+    async def _relay(
+        self, method: str, response: Head, upstream: Connection,
+        writer: asyncio.StreamWriter, address: Address, reusable: bool,
     ) -> bool:  # fmt: skip
-        framing = response_framing(method, response)
+        """Relay a response head and its body; whether the client's connection stays
+        open.  The upstream connection goes back to the pool only if it may."""
         try:
-            await copy_body(upstream[0], writer, framing, prefix=response.raw)
+            framing = response_framing(method, response)
         except MessageError as e:
             upstream[1].close()
+            log.warning("upstream %s: %s", address, e)
+            return self._bad_gateway(writer, address, keep=True)
+        try:
+            await copy_body(upstream[0], writer, framing, prefix=response.raw)
+        except (MessageError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+            upstream[1].close()
             # The answer has begun: a broken body can only end the connection.
-            raise ConnectionAbortedError(f"upstream on port {port}: {e}") from e
+            raise ConnectionAbortedError(f"upstream {address}: {e}") from e
         except BaseException:
             upstream[1].close()
             raise
-        closing = framing == UNTIL_CLOSE or response.has_token("Connection", "close")
-        if not closing and response.start[0] == "HTTP/1.1":
-            self.pool.release(port, upstream)
+        closing = (framing == UNTIL_CLOSE or response.start[0] != "HTTP/1.1"
+                   or response.has_token("connection", "close"))  # fmt: skip
+        if reusable and not closing:
+            self.pool.release(address, upstream)
         else:
             upstream[1].close()
         return not closing
 
     async def _tunnel(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: bytes,
-        port: int, touch: Callable[[], None] | None,
+        address: Address, touch: Callable[[], None] | None,
     ) -> None:  # fmt: skip
         """Pass an upgrade on; once the upstream agrees (101), copy bytes both ways."""
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port, limit=MAX_HEAD)
+            up_reader, up_writer = await open_connection(address)
         except OSError:
-            self._bad_gateway(writer, port, keep=False)
+            self._bad_gateway(writer, address, keep=False)
             return
         try:
             up_writer.write(out)
-            async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                response = await read_head(up_reader)
-            if response is None:
-                self._bad_gateway(writer, port, keep=False)
-            elif response.start[1] != "101":
+            try:
+                response, _ = await _response_head(up_reader, upgrade=True)
+            except UpstreamFailure as e:
+                log.warning("upstream %s: %s", address, e)
+                self._bad_gateway(writer, address, keep=False)
+                return
+            if response.start[1] != "101":
                 await copy_body(up_reader, writer, response_framing("GET", response),
                                 prefix=response.raw)  # fmt: skip
             else:
@@ -214,27 +255,68 @@ class Front:
         finally:
             up_writer.close()
 
-    def _bad_gateway(self, writer: asyncio.StreamWriter, port: int, keep: bool) -> bool:
-        self.pool.forget(port)
-        if port == self.app_port:
-            log.error("the service's own application is not answering on port %d", port)
+    def _bad_gateway(self, writer: asyncio.StreamWriter, address: Address, keep: bool) -> bool:
+        self.pool.forget(address)
+        if address == self.app_port:
+            log.error("the service's own application is not answering on port %s", address)
             _reply(writer, 502, "the service is not answering\n", close=not keep)
         else:
             _reply(writer, 502, "the notebook server is not answering\n", close=not keep)
         return keep
 
 
-def _app_headers(head: Head, peer_ip: str, upgrade: bool) -> list[tuple[str, str]]:
+async def _send(
+    reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter, out: bytes, framing: int
+) -> None:
+    """Send a request head and its body (read from the client as it comes).  What goes
+    wrong on the client's side is raised as it is; on the upstream's, as UpstreamFailure."""
+    small = 0 <= framing <= CHUNK
+    data = out + (await reader.readexactly(framing) if small and framing else b"")
+    try:
+        up_writer.write(data)
+        if small:
+            return
+        await up_writer.drain()
+        async for piece in body(reader, framing):
+            up_writer.write(framed(piece, framing))
+            await up_writer.drain()
+        if framing == CHUNKED:
+            up_writer.write(b"0\r\n\r\n")
+    except OSError as e:
+        raise UpstreamFailure(f"sending the request failed: {e}", silent=True) from e
+
+
+async def _response_head(reader: asyncio.StreamReader, upgrade: bool) -> tuple[Head, bool]:
+    """The final response head (or a 101 to an upgrade), and whether 1xx answers came
+    before it; those are not passed on, and the connection is not kept after them."""
+    informational = False
+    try:
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):
+            for _ in range(MAX_INFORMATIONAL):
+                head = await read_response(reader, upgrade)
+                if head is None:
+                    raise UpstreamFailure("closed without answering", silent=not informational)
+                status = int(head.start[1])
+                if status >= 200 or (status == 101 and upgrade):
+                    return head, informational
+                if status == 101:
+                    raise UpstreamFailure("switched protocols unasked")
+                informational = True
+    except MessageError as e:
+        raise UpstreamFailure(str(e)) from e
+    except TimeoutError as e:
+        raise UpstreamFailure("no answer in time") from e
+    except (OSError, asyncio.IncompleteReadError) as e:
+        raise UpstreamFailure(f"reading the answer failed: {e}", silent=not informational) from e
+    raise UpstreamFailure("too many 1xx answers")
+
+
+def _app_headers(head: Head, client: Client, upgrade: bool) -> list[tuple[str, str]]:
     """The request's headers for the application: as sent, less hop-by-hop ones, and
-    with the client's address added where tornado looks for it (xheaders)."""
-    named = {part.strip().lower() for v in head.all("Connection") for part in v.split(",")}
-    headers = [(n, v) for n, v in head.headers
-               if n.lower() not in HOP_BY_HOP and n.lower() not in named]  # fmt: skip
-    forwarded = head.get("X-Forwarded-For")
-    headers = [(n, v) for n, v in headers if n.lower() != "x-forwarded-for"]
-    headers.append(("X-Forwarded-For", f"{forwarded}, {peer_ip}" if forwarded else peer_ip))
+    with the client's address and scheme where tornado looks for them (xheaders)."""
+    headers = [*forwarded(head), *client.headers()]
     if upgrade:
-        headers += [("Connection", "Upgrade"), ("Upgrade", head.get("Upgrade") or "")]
+        headers += [("Connection", "Upgrade"), ("Upgrade", head.get("upgrade") or "")]
     return headers
 
 
@@ -254,6 +336,21 @@ def _reply(writer: asyncio.StreamWriter, status: int, text: str, close: bool) ->
             + ("Connection: close\r\n" if close else "") + "\r\n")  # fmt: skip
     with contextlib.suppress(ConnectionError):
         writer.write(head.encode("latin-1") + body)
+
+
+async def _close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, linger: bool) -> None:
+    """Close a client connection.  With `linger`, first end the sending side and read
+    (and drop) what the client still sends, for a bounded while: closing a socket with
+    unread bytes makes the kernel reset the connection, which can destroy the last
+    answer before the client has read it."""
+    if linger and not writer.is_closing():
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            writer.write_eof()
+            async with asyncio.timeout(LINGER):
+                budget = LINGER_BYTES
+                while budget > 0 and (data := await reader.read(CHUNK)):
+                    budget -= len(data)
+    writer.close()
 
 
 async def _splice(

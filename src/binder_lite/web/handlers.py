@@ -19,7 +19,7 @@ from binder_lite.launch.session import Event, Phase
 from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
 from binder_lite.web.manager import CapacityError
 from binder_lite.web.policy import RefusedError
-from binder_lite.web.push import Credential, PushError, push_changes
+from binder_lite.web.push import Credential, PushError, PushSource, push_changes
 from binder_lite.web.store import Record
 
 # BinderHub's phase names, which its clients (and badges' pages) understand.
@@ -58,12 +58,21 @@ class LaunchFormHandler(BaseMixin):
     def _request(self, repo: str, ref: str, path: str | None) -> str:
         if not repo:
             raise RefusedError("enter the URL of a git repository")
-        url = self.service.policy.check(repo)
-        return self.manager.request(self.identity().id, url, ref, path)
+        return request_launch(self, repo, ref, path)
 
     def _full(self, e: CapacityError) -> None:
         self.set_header("Retry-After", str(e.retry_after))
         self.page("full.html", status=503, message=str(e), retry_after=e.retry_after)
+
+
+def request_launch(handler: BaseMixin, repo: str, ref: str, path: str | None) -> str:
+    """Check `repo` and ask for a session.  Anonymous visitors are also counted by their
+    address (the front's, set from the connection): a fresh cookie costs nothing."""
+    admitted = handler.service.policy.admit(repo)
+    identity = handler.identity()
+    client = handler.request.remote_ip if identity.anonymous else None
+    return handler.manager.request(identity.id, admitted.url, ref, path, client=client,
+                                   pin=admitted.pin)  # fmt: skip
 
 
 def _repo_from_spec(provider: str, spec: str) -> tuple[str, str]:
@@ -161,10 +170,9 @@ class BuildHandler(SSEMixin):
         spec = _raw_spec(self, provider)
         try:
             repo, ref = _repo_from_spec(provider, spec)
-            url = self.service.policy.check(repo)
             path = _open_path(self.get_query_argument("urlpath", None),
                               self.get_query_argument("filepath", None))  # fmt: skip
-            session_id = self.manager.request(self.identity().id, url, ref, path)
+            session_id = request_launch(self, repo, ref, path)
         except (RefusedError, LaunchError) as e:
             self.start_stream()
             await self.send({"phase": "failed", "message": f"{e}\n"})
@@ -232,13 +240,22 @@ class PushHandler(OwnedMixin):
             raise HTTPError(409)
         identity = self.identity()
         token = self.service.tokens.get(identity.id)
-        credential = (Credential.for_provider(identity.provider, token) if token
+        oauth = self.service.oauth
+        login = (Credential.for_provider(identity.provider, token, oauth.issuer)
+                 if token and oauth else None)  # fmt: skip
+        # A login's token goes to its provider's host only, never a stranger's forge.
+        credential = (login if login and login.fits(record.repository)
                       else self.service.push_credential)  # fmt: skip
+        # Only the record's word counts for where the push goes and what it starts from.
+        source = PushSource(record.id, Path(record.work_dir), record.repository,
+                            record.commit_sha)  # fmt: skip
+        service = self.service
         loop = asyncio.get_running_loop()
         try:
             pushed = await loop.run_in_executor(None, lambda: push_changes(
-                Path(record.work_dir or ""), record.id, record.commit_sha or "",
-                (identity.name, identity.email), credential, self.service.state_dir))  # fmt: skip
+                source, (identity.name, identity.email), credential, service.state_dir,
+                max_size=service.site.binder.max_repo_size,
+                plain_http=service.policy.allow_local))  # fmt: skip
         except PushError as e:
             self.page("session.html", status=409, session=record,
                       provenance=record.provenance_dict(), pushed=None, message=str(e))  # fmt: skip
@@ -332,12 +349,21 @@ class LogoHandler(BaseMixin):
 
 class LoginHandler(BaseMixin):
     async def get(self) -> None:
+        from binder_lite.web.auth import AuthError
+
         oauth = self.service.oauth
         if oauth is None:
             self.redirect("/")
             return
-        redirect_uri = f"{self.request.protocol}://{self.request.host}/oauth/callback"
-        url, remembered = await oauth.authorize_url(redirect_uri)
+        redirect_uri = _redirect_uri(self)
+        if redirect_uri is None:
+            self.page("error.html", status=503, message=_NO_PUBLIC_URL)
+            return
+        try:
+            url, remembered = await oauth.authorize_url(redirect_uri)
+        except AuthError as e:  # discovery failed: the provider's fault, or its setting's
+            self.page("error.html", status=502, message=f"Logins are not available: {e}.")
+            return
         remembered["next"] = _local_path(self.get_query_argument("next", "/"))
         self.set_signed_cookie(OAUTH_COOKIE, json.dumps(remembered), expires_days=1 / 96,
                                httponly=True, samesite="Lax",
@@ -359,17 +385,33 @@ class CallbackHandler(BaseMixin):
         if error := self.get_query_argument("error", None):
             self.page("error.html", status=400, message=f"The login was refused ({error}).")
             return
-        redirect_uri = f"{self.request.protocol}://{self.request.host}/oauth/callback"
+        redirect_uri = _redirect_uri(self)
+        if redirect_uri is None:
+            self.page("error.html", status=503, message=_NO_PUBLIC_URL)
+            return
         try:
             identity, token = await oauth.complete(self.get_query_argument("code", ""),
                                                    self.get_query_argument("state", ""),
                                                    remembered, redirect_uri)  # fmt: skip
         except AuthError as e:
-            self.page("error.html", status=400, message=str(e))
+            self.page("error.html", status=400, message=f"The login was refused: {e}.")
             return
         self.service.tokens[identity.id] = token
         self.remember(identity)
         self.redirect(_local_path(remembered.get("next", "/")))
+
+
+_NO_PUBLIC_URL = "Logins are not set up on this site: binder.public_url is missing."
+
+
+def _redirect_uri(handler: BaseMixin) -> str | None:
+    """Where the provider sends the browser back: from the site's public URL (which
+    `serve` fills in for a loopback-only service), never from the request's Host header,
+    which whoever sends the request chooses."""
+    from binder_lite.web.auth import callback_url
+
+    public_url = handler.service.site.binder.public_url
+    return callback_url(public_url) if public_url else None
 
 
 class LogoutHandler(BaseMixin):

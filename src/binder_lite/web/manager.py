@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import json
 import logging
+import os
 import secrets
+import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +20,11 @@ from datetime import datetime
 from pathlib import Path
 
 from binder_lite.errors import BinderLiteError, LaunchError
+from binder_lite.launch import sandbox, sources
 from binder_lite.launch.session import (
+    DEFAULT_TIMEOUT,
     Event,
+    Isolation,
     Phase,
     Session,
     launch,
@@ -46,6 +54,11 @@ class Limits:
     idle_timeout: float
     max_age: float
     cull_interval: float
+    # A launch still pending after this long is stopped (None: git's bounds plus the
+    # runtime's time to start Jupyter).
+    max_pending: float | None = None
+    max_repo_size: int = sources.FetchLimits.max_size  # binder.max_repo_size
+    max_cache: int = 4 * 1024**3  # bytes of repository mirrors kept for relaunches
 
 
 @dataclass
@@ -58,16 +71,25 @@ class Live:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     session: Session | None = None  # set when we started it (not adopted)
     last_proxy_activity: float = field(default_factory=time.time)
+    client: str | None = None  # the address an anonymous visitor launched it from
+    pin: sources.Pin | None = None  # the addresses the policy checked, for git
+    # Set by a stop: the launch ends what it started and never reports "running".
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    launching: bool = False  # the launch thread is still at work (under `lock`)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SessionManager:
     def __init__(
         self, store: Store, state_dir: Path, runtime: Runtime, limits: Limits,
+        isolation: Isolation | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.state_dir = state_dir
         self.runtime = runtime
         self.limits = limits
+        # The front connects to each session's socket itself: no TCP relay.
+        self.isolation = dataclasses.replace(isolation or Isolation(), forward=False)
         self.live: dict[str, Live] = {}
         # Running sessions' records, for the proxy: one lookup per proxied request.
         self.running: dict[str, Record] = {}
@@ -77,6 +99,8 @@ class SessionManager:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._culler: asyncio.Task[None] | None = None
+        fetching = 2 * sources.FetchLimits.timeout + 60  # ls-remote, fetch, checkout
+        self.max_pending = limits.max_pending or DEFAULT_TIMEOUT[runtime] + fetching
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -108,8 +132,13 @@ class SessionManager:
 
     # -- launching ---------------------------------------------------------------
 
-    def request(self, owner: str, repository: str, ref: str, open_path: str | None) -> str:
-        """Reserve a slot and start launching; returns the session id at once."""
+    def request(
+        self, owner: str, repository: str, ref: str, open_path: str | None, *,
+        client: str | None = None, pin: sources.Pin | None = None,
+    ) -> str:  # fmt: skip
+        """Reserve a slot and start launching; returns the session id at once.  `client`:
+        the address of an anonymous visitor, who gets no more sessions per address than
+        a user gets (a new cookie per request is free); `pin`: see `RepoPolicy.admit`."""
         target = normalise_open_path(open_path)
         active = self.store.with_status("pending", "running")
         if len(active) >= self.limits.max_sessions:
@@ -120,13 +149,49 @@ class SessionManager:
             raise CapacityError(
                 f"you already have {self.limits.max_per_user} sessions; stop one first", 30
             )
+        if client is not None and sum(self._client(r.id) == client for r in active) >= \
+                self.limits.max_per_user:  # fmt: skip
+            raise CapacityError(
+                f"{self.limits.max_per_user} sessions were started from your address already; "
+                "stop one first", 30,
+            )  # fmt: skip
         session_id = secrets.token_hex(8)
         self.store.add(Record(id=session_id, owner=owner, repository=repository, ref=ref,
                               open_path=target, status="pending"))  # fmt: skip
-        self.live[session_id] = Live(session_id)
+        self.live[session_id] = Live(session_id, client=client, pin=pin, launching=True)
         self.store.add_to("launches_requested")
-        self._pool.submit(self._launch, session_id, repository, ref, target)
+        self._pool.submit(self._launch_and_tidy, session_id, repository, ref, target)
         return session_id
+
+    def _client(self, session_id: str) -> str | None:
+        live = self.live.get(session_id)
+        return live.client if live is not None else None
+
+    def _launch_and_tidy(self, session_id: str, repository: str, ref: str,
+                         target: str | None) -> None:  # fmt: skip
+        """Launch; then remove the files of a launch that failed or was stopped, and keep
+        the checkout cache within its bound."""
+        live = self.live[session_id]
+        try:
+            self._launch(session_id, repository, ref, target)
+        finally:
+            with live.lock:
+                live.launching = False
+            record = self.store.get(session_id)
+            if live.cancelled.is_set() or (record is not None and record.status == "failed"):
+                self._remove_files(session_id)
+            self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        cache = self.state_dir / "cache"
+        in_use = {sources.mirror_dir(cache, r.repository)
+                  for r in self.store.with_status("pending", "running")}  # fmt: skip
+        for mirror in sources.trim_cache(cache, self.limits.max_cache, in_use):
+            log.info("removed %s from the checkout cache", mirror.name)
+
+    def _remove_files(self, session_id: str) -> None:
+        """A session's folder (its checkout, logs, Jupyter's files) goes with it."""
+        _remove_tree(self.state_dir / "sessions" / session_id)
 
     def _launch(self, session_id: str, repository: str, ref: str, target: str | None) -> None:
         started = time.monotonic()
@@ -137,34 +202,50 @@ class SessionManager:
                 runtime_kind=self.runtime, open_path=target, base_url=f"/s/{session_id}/",
                 cache_dir=self.state_dir / "cache",
                 session_dir=self.state_dir / "sessions" / session_id,
-                on_event=lambda e: self._event(session_id, e),
+                on_event=lambda e: self._event(session_id, e), isolation=self.isolation,
             )  # fmt: skip
         except LaunchError as e:
+            if live.cancelled.is_set():
+                return  # stopped: the record says so already
             self.store.update(session_id, status="failed", message=str(e), stopped=time.time())
             self.store.add_to("launches_failed")
             return
         except Exception as e:  # a bug: record it, and keep serving the others
             log.exception("launch %s crashed", session_id)
+            if live.cancelled.is_set():
+                return
             self.store.update(session_id, status="failed", message=f"internal error: {e}",
                               stopped=time.time())  # fmt: skip
             self._event(session_id, Event(Phase.FAILED, "internal error; see the service log"))
             return
         live.session = session
         view = session.url[len(session.base_url) :].split("?")[0]
-        self.store.update(
-            session_id, status="running", commit_sha=session.provenance.commit,
+        if not self._record_running(
+            live, session, status="running", commit_sha=session.provenance.commit,
             port=session.port, pid=session.pid, token=session.token, view=view,
+            socket=str(session.socket) if session.socket else None,
             work_dir=str(session.work_dir), session_dir=str(session.session_dir),
             provenance=json.dumps(asdict(session.provenance)), ready=time.time(),
             last_activity=time.time(),
-        )  # fmt: skip
-        record = self.store.get(session_id)
-        if record is not None:
-            self.running[session_id] = record
+        ):  # fmt: skip
+            return  # stopped while it launched
         self.store.add_to("launches_ready")
         self.store.add_to("launch_seconds_sum", time.monotonic() - started)
         # The ready event goes out after the record says "running".
         self._event(session_id, Event(Phase.READY, view), final=True)
+
+    def _record_running(self, live: Live, session: Session, **fields: object) -> bool:
+        """Record the session as running, unless it was stopped meanwhile: then end it.
+        Under the lock `_stop` cancels with, so a stop comes wholly before or after."""
+        with live.lock:
+            if not live.cancelled.is_set():
+                self.store.update(live.id, **fields)
+                record = self.store.get(live.id)
+                if record is not None:
+                    self.running[live.id] = record
+                return True
+        session.stop()
+        return False
 
     def _event(self, session_id: str, event: Event, final: bool = False) -> None:
         if event.phase is Phase.READY and not final:
@@ -215,8 +296,9 @@ class SessionManager:
         return True
 
     def _stop(self, record: Record, reason: str) -> None:
-        self.running.pop(record.id, None)
         live = self.live.get(record.id)
+        launching = live is not None and self._cancel(live)
+        self.running.pop(record.id, None)
         if live is not None and live.session is not None:
             live.session.stop()
         elif record.pid:
@@ -224,15 +306,25 @@ class SessionManager:
         elif record.session_dir or (self.state_dir / "sessions" / record.id).exists():
             reap_strays(Path(record.session_dir or self.state_dir / "sessions" / record.id))
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
+        if not launching:  # else the launch thread removes them when it has ended
+            self._remove_files(record.id)
         log.info("session %s: %s", record.id, reason)
 
+    @staticmethod
+    def _cancel(live: Live) -> bool:
+        """Tell a launch in progress to give up; return whether one is in progress."""
+        with live.lock:
+            live.cancelled.set()
+            return live.launching
+
     def _answers(self, record: Record) -> bool:
-        if not record.pid or not process_alive(record.pid):
-            return False
-        return self._jupyter_status(record) is not None
+        return _server_alive(record) and self._jupyter_status(record) is not None
 
     @staticmethod
     def _jupyter_status(record: Record) -> dict[str, object] | None:
+        if record.socket:
+            return sandbox.jupyter_status(Path(record.socket), f"/s/{record.id}/",
+                                          record.token or "")  # fmt: skip
         url = f"http://127.0.0.1:{record.port}/s/{record.id}/api/status"
         request = urllib.request.Request(url, headers={"Authorization": f"token {record.token}"})
         try:
@@ -251,14 +343,34 @@ class SessionManager:
             except Exception:
                 log.exception("culling failed")
 
+    def _over_disk(self, record: Record) -> bool:
+        """Stop a session whose files outgrew its disk limit (single files are held to
+        it by RLIMIT_FSIZE as they are written; the sum is checked here)."""
+        limit = self.isolation.limits.disk
+        used = _disk_usage(Path(record.work_dir)) if record.work_dir else 0
+        if used <= limit:
+            return False
+        self._stop(record, f"its files outgrew the disk limit of {limit // 1024**2} MiB "
+                           f"({used // 1024**2} MiB)")  # fmt: skip
+        self.store.add_to("sessions_over_limit")
+        return True
+
     def cull(self) -> None:
-        """Stop sessions that are idle, too old, or whose server died."""
+        """Stop sessions that are idle, too old, or whose server died, and launches that
+        take too long; remove folders no session owns."""
         now = time.time()
+        for record in self.store.with_status("pending"):
+            if now - record.created > self.max_pending:
+                self._stop(record, f"the launch took longer than {self.max_pending:.0f} s")
+                self.store.add_to("sessions_culled")
+        self._remove_strays()
         for record in self.store.with_status("running"):
             status = self._jupyter_status(record)
             if status is None:
-                if not record.pid or not process_alive(record.pid):
+                if not _server_alive(record):
                     self._stop(record, "the notebook server exited")
+                continue
+            if self._over_disk(record):
                 continue
             last = max(_timestamp(status.get("last_activity")), record.ready or 0.0,
                        self.live[record.id].last_proxy_activity if record.id in self.live
@@ -271,6 +383,36 @@ class SessionManager:
                 self._stop(record, f"idle for more than {self.limits.idle_timeout:.0f} s")
                 self.store.add_to("sessions_culled")
 
+    def _remove_strays(self) -> None:
+        """Folders of sessions that ended while the service was not there to tidy up."""
+        folders = self.state_dir / "sessions"
+        if not folders.is_dir():
+            return
+        active = {r.id for r in self.store.with_status("pending", "running")}
+        for folder in folders.iterdir():
+            live = self.live.get(folder.name)
+            if folder.name not in active and not (live is not None and live.launching):
+                _remove_tree(folder)
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` take (without following links)."""
+    total = 0
+    for root, dirs, files in os.walk(folder):
+        for name in (*files, *dirs):
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def _server_alive(record: Record) -> bool:
+    """Whether anything of the session's server still runs (its sandbox, after a
+    restart of the service: bwrap's own process may be gone while Jupyter runs)."""
+    handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+    if handle is not None:
+        return handle.alive()
+    return bool(record.pid) and process_alive(record.pid or 0)
+
 
 def _timestamp(value: object) -> float:
     if not isinstance(value, str):
@@ -279,3 +421,21 @@ def _timestamp(value: object) -> float:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove `folder`, also where a session left read-only directories behind."""
+
+    def writable_and_retry(function: object, path: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+    if folder.exists():
+        shutil.rmtree(folder, onerror=writable_and_retry)
+    if folder.exists():
+        log.warning("could not remove all of %s", folder)

@@ -1,33 +1,111 @@
-"""The rules for /s/<id>/…: who may reach a session, and what its Jupyter is sent.
+"""The rules for /s/<id>/…, and for what the servers behind the front are told.
 
 Jupyter only ever sees requests from the front (front.py): the proxy adds the
-session's token (browsers never need it), rewrites Host and Origin to the loopback
-address Jupyter listens on, and keeps binder-lite's own cookies to itself.
+session's token (browsers never need it), rewrites Host and Origin to the address
+Jupyter listens on, and keeps binder-lite's own cookies to itself.
+
+Who the client is (its address, and whether it spoke https to a proxy in front) is
+the front's to say: X-Forwarded-*, X-Real-Ip, X-Scheme and Forwarded from a client
+are dropped, and the front sets X-Forwarded-For and X-Forwarded-Proto itself,
+believing what a peer says only when the peer is one of the site's trusted proxies
+(`binder.trusted_proxies`).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tornado import httputil
 from tornado.web import decode_signed_value
 
+from binder_lite.errors import UsageError
 from binder_lite.web.auth import Identity
 from binder_lite.web.base import COOKIE_DAYS, USER_COOKIE
 from binder_lite.web.manager import SessionManager
 from binder_lite.web.store import Record
-from binder_lite.web.upstream import Head
+from binder_lite.web.upstream import Address, Head
 
 # Hop-by-hop headers are the proxy's business, not the upstream's; framing headers
-# are written again for the body as it is sent on.
+# are written again for the body as it is sent on, and an Expect is answered by the
+# front (a 100 Continue from upstream would be one answer too many).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "proxy-connection", "te", "trailers", "transfer-encoding", "upgrade", "content-length",
     "expect",
 })  # fmt: skip
+# Who the client is: only the front says (see the module's docstring).
+FORWARDING = frozenset({
+    "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip", "x-scheme",
+})  # fmt: skip
 # Set by the proxy itself.
-REPLACED = frozenset({"host", "authorization", "x-forwarded-proto"})
+REPLACED = frozenset({"host", "authorization"})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Client:
+    """The client behind a request, as the front tells the servers behind it."""
+
+    address: str
+    scheme: str  # "http" or "https"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("X-Forwarded-For", self.address), ("X-Forwarded-Proto", self.scheme)]
+
+
+class TrustedProxies:
+    """The site's proxies (addresses or networks) whose X-Forwarded-For and
+    X-Forwarded-Proto are believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                raise UsageError(f"binder.trusted_proxies: {entry!r} is neither an IP address "
+                                 "nor a network") from None  # fmt: skip
+
+    def trusts(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.networks)
+
+    def client(self, head: Head, peer: str) -> Client:
+        """The client: the peer, unless the peer is a trusted proxy, in which case the
+        X-Forwarded-For hops are followed from the right while they are trusted too."""
+        address = _ip(peer)
+        if address is None or not self.networks or not self.trusts(address):
+            return Client(peer, "http")
+        hops = [hop.strip() for value in head.all("x-forwarded-for") for hop in value.split(",")]
+        for hop in reversed(hops):
+            named = _ip(hop)
+            if named is None:
+                break
+            address = named
+            if not self.trusts(named):
+                break
+        proto = [p.strip().lower() for v in head.all("x-forwarded-proto") for p in v.split(",")]
+        scheme = proto[-1] if proto and proto[-1] in ("http", "https") else "http"
+        return Client(str(address), scheme)
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return mapped or address
+
+
+def upstream_of(record: Record) -> Address | None:
+    """Where a session's Jupyter listens: its Unix socket, else its port."""
+    return record.socket or record.port
 
 
 def authorise(
@@ -35,7 +113,7 @@ def authorise(
 ) -> Record | None:
     """The running session `session_id` if the caller may use it, else None."""
     record = manager.running.get(session_id)
-    if record is None or record.port is None:
+    if record is None or upstream_of(record) is None:
         return None
     if identity and record.owner == identity:
         return record
@@ -67,30 +145,33 @@ def token_in(head: Head) -> str | None:
     return values[0] if values else None
 
 
-def scheme_of(head: Head) -> str:
-    """The scheme the browser used, as a TLS-terminating proxy in front reports it."""
-    proto = (head.get("X-Forwarded-Proto") or head.get("X-Scheme") or "").split(",")[0]
-    proto = proto.strip().lower()
-    return proto if proto in ("http", "https") else "http"
+def forwarded(head: Head) -> list[tuple[str, str]]:
+    """The request's end-to-end headers: hop-by-hop ones, those the Connection header
+    names, and what only the front may say about the client, left out."""
+    named = {part.strip().lower() for v in head.all("connection") for part in v.split(",")}
+    return [(n, v) for n, v in head.headers
+            if n not in HOP_BY_HOP and n not in FORWARDING and n not in named]  # fmt: skip
 
 
-def session_headers(head: Head, record: Record, upgrade: bool) -> list[tuple[str, str]]:
+def session_headers(
+    head: Head, record: Record, upgrade: bool, client: Client
+) -> list[tuple[str, str]]:
     """The request's headers as Jupyter gets them (see the module's docstring)."""
-    local = f"127.0.0.1:{record.port}"
-    headers = [("Host", local), ("Authorization", f"token {record.token}"),
-               ("X-Forwarded-Proto", scheme_of(head))]  # fmt: skip
+    # Jupyter checks Host against the names of this machine, and a websocket's Origin
+    # against Host: both name where it listens.
+    host = "localhost" if record.socket else f"127.0.0.1:{record.port}"
+    headers = [("Host", host), ("Authorization", f"token {record.token}"), *client.headers()]
     if upgrade:
         headers += [("Connection", "Upgrade"), ("Upgrade", head.get("Upgrade") or "websocket")]
-    for name, value in head.headers:
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in REPLACED:
+    for name, value in forwarded(head):
+        if name in REPLACED:
             continue
-        if lowered == "cookie":
+        if name == "cookie":
             value = _without_our_cookies(value)
             if not value:
                 continue
-        elif lowered == "origin":
-            value = f"http://{local}"
+        elif name == "origin":
+            value = f"http://{host}"
         headers.append((name, value))
     return headers
 

@@ -1,25 +1,63 @@
-"""HTTP/1.1 messages as the front relays them: heads parsed, bodies copied as they arrive.
+"""HTTP/1.1 messages as the front relays them: heads parsed by h11 behind a strict
+gate, bodies copied as they arrive under framing the front checks itself.
+
+Heads are parsed with h11 (python-hyper's HTTP/1.1 library, which does no I/O of its
+own): it is strict by design, one grammar taken from the RFCs with no lenient modes;
+it is pure Python, so nothing is compiled where the service is installed; and Guix
+packages it (python-h11).  httptools (llhttp) would parse faster, but it is a C
+extension, and what it lets through depends on flags.
+
+The servers behind the front are tornado (the application, and every session's
+Jupyter).  Where h11 and tornado read the same bytes differently, the front refuses
+them, because a difference is what request smuggling is made of:
+
+- In a head, a CR or LF outside a CRLF, any other control character, and a folded
+  line are refused before h11 sees them: h11, like tornado, ends a line at a bare LF,
+  and h11 unfolds folded lines, which tornado refuses.
+- Chunked bodies are read here, not by h11: sizes of 1 to 16 hex digits and nothing
+  else on the line, no trailers.  h11 allows 20 digits, extensions and trailers;
+  tornado refuses extensions and trailers.
+- One Content-Length, or one `Transfer-Encoding: chunked` (never both, never on an
+  HTTP/1.0 request), with bodies up to MAX_BODY.
 
 Bodies are never held whole: a notebook's download or upload can be large and a
 server-sent event stream never ends, so the framing (Content-Length, chunked, or
-"until the connection closes") is followed while the bytes pass through.  Every
-session's Jupyter and the service's own application are reached over kept-alive
-connections on 127.0.0.1 (`Pool`).
+"until the connection closes") is followed while the bytes pass through, and chunked
+bodies go on in chunks of the front's own making.  Every session's Jupyter and the
+service's own application are reached over kept-alive connections (`Pool`) to a port
+on 127.0.0.1 or to a Unix socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+
+import h11
 
 MAX_HEAD = 64 * 1024  # also the StreamReader limit: a longer head or chunk line is refused
 MAX_BODY = 512 * 1024 * 1024
 CHUNK = 256 * 1024
-IDLE_PER_PORT = 8
+IDLE_PER_UPSTREAM = 8
 
 # Body framings besides a plain length (a length of 0 means no body).
 CHUNKED = -1
 UNTIL_CLOSE = -2
+
+# Where an upstream listens: a TCP port on 127.0.0.1, or the path of a Unix socket.
+Address = int | str
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+# Control characters other than HTAB; CRLF line ends are taken out before the search.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\r\n")
+# h11 reads a response head only after a request: these stand for the one sent.
+_ASKED = h11.Request(method="GET", target="/", headers=[("Host", "upstream")])
+_ASKED_UPGRADE = h11.Request(method="GET", target="/", headers=[
+    ("Host", "upstream"), ("Connection", "Upgrade"), ("Upgrade", "websocket"),
+])  # fmt: skip
 
 
 class MessageError(Exception):
@@ -32,7 +70,8 @@ class MessageError(Exception):
 
 @dataclass(frozen=True)
 class Head:
-    """A request or response head: start line parts and headers, in order."""
+    """A request or response head: start line parts and headers (names in lower
+    case), in order, and the bytes it was read from."""
 
     start: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
     headers: list[tuple[str, str]]
@@ -40,73 +79,171 @@ class Head:
 
     def get(self, name: str) -> str | None:
         """The first value of header `name`, or None."""
-        values = self.all(name)
-        return values[0] if values else None
+        lowered = name.lower()
+        return next((value for key, value in self.headers if key == lowered), None)
 
     def all(self, name: str) -> list[str]:
         lowered = name.lower()
-        return [value for key, value in self.headers if key.lower() == lowered]
+        return [value for key, value in self.headers if key == lowered]
 
     def has_token(self, name: str, token: str) -> bool:
         """Whether a comma-separated header (Connection, Upgrade…) lists `token`."""
         return any(token == part.strip().lower() for v in self.all(name) for part in v.split(","))
 
 
-async def read_head(reader: asyncio.StreamReader) -> Head | None:
-    """The next head on `reader`, or None when the peer closed between messages."""
+async def read_request(reader: asyncio.StreamReader) -> Head | None:
+    """The next request head on `reader`, or None when the client closed between
+    requests.  Refused heads raise MessageError."""
+    raw = await _read_raw(reader)
+    if raw is None:
+        return None
+    event = _parse(h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD), raw)
+    if not isinstance(event, h11.Request):
+        raise MessageError(400, "malformed request head")
+    version = "HTTP/" + event.http_version.decode()
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise MessageError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+    target = event.target.decode("ascii")
+    # Only origin-form: absolute-form and authority-form are for proxies, which the
+    # front is not, and the servers behind it route on the path.
+    if not target.startswith("/"):
+        raise MessageError(400, "the request target must be a path")
+    return Head((event.method.decode("ascii"), target, version), _decoded(event.headers), raw)
+
+
+async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> Head | None:
+    """The next response head from an upstream, or None if it closed before sending
+    a byte of one.  A 101 is accepted only in answer to an `upgrade` request."""
+    raw = await _read_raw(reader)
+    if raw is None:
+        return None
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+    conn.send(_ASKED_UPGRADE if upgrade else _ASKED)
+    event = _parse(conn, raw)
+    if not isinstance(event, h11.Response | h11.InformationalResponse):
+        raise MessageError(502, "malformed response head")
+    start = ("HTTP/" + event.http_version.decode(), str(event.status_code),
+             event.reason.decode("latin-1"))  # fmt: skip
+    return Head(start, _decoded(event.headers), raw)
+
+
+async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
+    """A head's bytes, up to and including its blank line, checked byte by byte."""
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as e:
-        if e.partial.strip():
+        if e.partial:
             raise MessageError(400, "the message ended inside its head") from None
         return None
     except asyncio.LimitOverrunError:
         raise MessageError(431, "the message head is too large") from None
-    lines = raw.lstrip(b"\r\n").decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) != 3:
-        raise MessageError(400, "malformed start line")
-    headers = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        # No obsolete line folding and no space before the colon: both are smuggling aids.
-        if not sep or not name or name != name.strip() or line[0] in " \t":
-            raise MessageError(400, "malformed header line")
-        headers.append((name, value.strip()))
-    return Head((parts[0], parts[1], parts[2]), headers, raw)
+    lines = raw[:-4]
+    if _CONTROL.search(lines.replace(b"\r\n", b"\t")):
+        raise MessageError(400, "a control character, or a CR or LF outside a CRLF, in the head")
+    if b"\r\n " in lines or b"\r\n\t" in lines:
+        raise MessageError(400, "a folded header line")
+    return raw
+
+
+def _parse(conn: h11.Connection, raw: bytes) -> object:
+    conn.receive_data(raw)
+    try:
+        return conn.next_event()
+    except h11.RemoteProtocolError as e:
+        raise MessageError(400, f"malformed head: {e}") from None
+
+
+def _decoded(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("ascii"), value.decode("latin-1")) for name, value in headers]
 
 
 def request_framing(head: Head) -> int:
-    """How the request's body is delimited; ambiguous framings are refused."""
-    encodings = head.all("Transfer-Encoding")
-    lengths = head.all("Content-Length")
-    if encodings:
-        if lengths or [e.strip().lower() for e in encodings] != ["chunked"]:
-            raise MessageError(400, "unsupported or ambiguous Transfer-Encoding")
+    """How the request's body is delimited; ambiguous framings are refused.  (h11 has
+    checked that a length is digits and that a transfer coding is `chunked` alone.)"""
+    length = head.get("content-length")
+    if head.get("transfer-encoding") is not None:
+        if length is not None or head.start[2] != "HTTP/1.1":
+            raise MessageError(400, "ambiguous framing: Transfer-Encoding with Content-Length"
+                                    " or on HTTP/1.0")  # fmt: skip
         return CHUNKED
-    if not lengths:
+    if length is None:
         return 0
-    if len(set(lengths)) != 1 or not lengths[0].isascii() or not lengths[0].isdigit():
-        raise MessageError(400, "bad Content-Length")
-    length = int(lengths[0])
-    if length > MAX_BODY:
+    if not _one_length(head.raw):
+        raise MessageError(400, "more than one Content-Length")
+    if int(length) > MAX_BODY:
         raise MessageError(413, "the request body is too large")
-    return length
+    return int(length)
+
+
+def _one_length(raw: bytes) -> bool:
+    # h11 merges equal lengths ("5, 5", or two headers): the raw head tells them apart.
+    lowered = raw.lower()
+    start = lowered.find(b"\r\ncontent-length:")
+    if lowered.find(b"\r\ncontent-length:", start + 2) != -1:
+        return False
+    return b"," not in lowered[start : lowered.find(b"\r\n", start + 2)]
 
 
 def response_framing(method: str, head: Head) -> int:
-    status = head.start[1]
-    if method == "HEAD" or status[:1] == "1" or status in ("204", "304"):
+    status = int(head.start[1])
+    if method == "HEAD" or status < 200 or status in (204, 304):
         return 0
-    encoding = head.get("Transfer-Encoding")
-    if encoding is not None:
-        return CHUNKED if encoding.lower().rsplit(",", 1)[-1].strip() == "chunked" else UNTIL_CLOSE
-    length = head.get("Content-Length")
-    if length is not None and length.isascii() and length.isdigit():
-        return int(length)
-    return UNTIL_CLOSE
+    length = head.get("content-length")
+    if head.get("transfer-encoding") is not None:
+        if length is not None:
+            raise MessageError(502, "ambiguous response framing")
+        return CHUNKED
+    return int(length) if length is not None else UNTIL_CLOSE
+
+
+async def body(reader: asyncio.StreamReader, framing: int) -> AsyncIterator[bytes]:
+    """A body's content, piece by piece as it arrives (chunked framing taken off)."""
+    if framing > 0:
+        async for piece in _exactly(reader, framing):
+            yield piece
+    elif framing == CHUNKED:
+        async for piece in _chunked(reader):
+            yield piece
+    elif framing == UNTIL_CLOSE:
+        while data := await reader.read(CHUNK):
+            yield data
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int) -> AsyncIterator[bytes]:
+    while n:
+        data = await reader.read(min(n, CHUNK))
+        if not data:
+            raise asyncio.IncompleteReadError(b"", n)
+        n -= len(data)
+        yield data
+
+
+async def _chunked(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    total = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError:
+            raise MessageError(400, "malformed chunk size") from None
+        if not _CHUNK_SIZE.fullmatch(line):
+            raise MessageError(400, "malformed chunk size")
+        size = int(line[:-2], 16)
+        if size == 0:
+            break
+        total += size
+        if total > MAX_BODY:
+            raise MessageError(413, "the body is too large")
+        async for piece in _exactly(reader, size):
+            yield piece
+        if await reader.readexactly(2) != b"\r\n":
+            raise MessageError(400, "malformed chunk")
+    if await reader.readexactly(2) != b"\r\n":
+        raise MessageError(400, "trailers are not accepted")
+
+
+def framed(piece: bytes, framing: int) -> bytes:
+    """`piece` of a body as it goes on the wire."""
+    return b"%x\r\n%s\r\n" % (len(piece), piece) if framing == CHUNKED and piece else piece
 
 
 async def copy_body(
@@ -119,77 +256,51 @@ async def copy_body(
         await writer.drain()
         return
     writer.write(prefix)
-    if framing > 0:
-        await _copy_exactly(reader, writer, framing)
-    elif framing == CHUNKED:
-        await _copy_chunked(reader, writer)
-    else:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-
-
-async def _copy_exactly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-    while n:
-        data = await reader.read(min(n, CHUNK))
-        if not data:
-            raise asyncio.IncompleteReadError(b"", n)
-        writer.write(data)
-        n -= len(data)
+    async for piece in body(reader, framing):
+        writer.write(framed(piece, framing))
+        await writer.drain()
+    if framing == CHUNKED:
+        writer.write(b"0\r\n\r\n")
         await writer.drain()
 
 
-async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    total = 0
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise MessageError(400, "malformed chunk size") from None
-        total += size
-        if total > MAX_BODY:
-            raise MessageError(413, "the body is too large")
-        writer.write(line)
-        if size == 0:
-            break
-        await _copy_exactly(reader, writer, size)
-        if await reader.readexactly(2) != b"\r\n":
-            raise MessageError(400, "malformed chunk")
-        writer.write(b"\r\n")
-    while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
-        writer.write(trailer)
-    writer.write(b"\r\n")
-    await writer.drain()
-
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+async def open_connection(address: Address) -> Connection:
+    if isinstance(address, str):
+        return await asyncio.open_unix_connection(address, limit=MAX_HEAD)
+    return await asyncio.open_connection("127.0.0.1", address, limit=MAX_HEAD)
 
 
 class Pool:
-    """Idle kept-alive connections to servers on 127.0.0.1, by port."""
+    """Idle kept-alive connections to upstreams, by address."""
 
     def __init__(self) -> None:
-        self._idle: dict[int, list[Connection]] = {}
+        self._idle: dict[Address, list[Connection]] = {}
 
-    async def connect(self, port: int, fresh: bool = False) -> tuple[bool, Connection]:
-        """A connection to `port`, and whether it was kept from an earlier request."""
-        idle = self._idle.get(port, [])
+    async def connect(self, address: Address, fresh: bool = False) -> tuple[bool, Connection]:
+        """A connection to `address`, and whether it was kept from an earlier request."""
+        idle = self._idle.get(address, [])
         while idle and not fresh:
             reader, writer = idle.pop()
-            if not writer.is_closing() and not reader.at_eof():
+            if not (writer.is_closing() or reader.at_eof() or _unread(reader)):
                 return True, (reader, writer)
             writer.close()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=MAX_HEAD)
-        return False, (reader, writer)
+        return False, await open_connection(address)
 
-    def release(self, port: int, connection: Connection) -> None:
-        idle = self._idle.setdefault(port, [])
-        if len(idle) < IDLE_PER_PORT:
+    def release(self, address: Address, connection: Connection) -> None:
+        """Keep a connection whose every exchange went as HTTP/1.1 says."""
+        idle = self._idle.setdefault(address, [])
+        if len(idle) < IDLE_PER_UPSTREAM:
             idle.append(connection)
         else:
             connection[1].close()
 
-    def forget(self, port: int) -> None:
-        for _, writer in self._idle.pop(port, []):
+    def forget(self, address: Address) -> None:
+        for _, writer in self._idle.pop(address, []):
             writer.close()
+
+
+def _unread(reader: asyncio.StreamReader) -> bool:
+    """Whether an idle connection holds bytes nobody asked for (an answer ahead of
+    its question): such a connection would hand the next client someone else's
+    response.  StreamReader has no public way to ask, hence its private buffer."""
+    return bool(getattr(reader, "_buffer", b""))

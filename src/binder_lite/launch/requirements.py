@@ -1,0 +1,197 @@
+"""pip requirements, read as data.
+
+What a requirements file names is shown back to people (progress events, the
+provenance page, the generated manifest's comments), so only what passed a strict
+grammar is ever repeated: a project name, its extras and version specifiers.  A line
+that did not pass is reported by file and line number, never quoted: it could be
+anything, a host secret spliced in included.  `-r`/`-c` includes are followed only to
+files inside the checkout (see repofiles), with bounded depth and count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from binder_lite.launch.repofiles import OUTSIDE, RepoFile, RepositoryFileError, RepoTree
+
+MAX_DEPTH = 5  # includes within includes
+MAX_FILES = 20  # files read for one requirements.txt, includes counted
+
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_SPEC = r"(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9_.*+!-]+"
+_REQUIREMENT = re.compile(
+    rf"(?P<name>{_NAME})\s*"
+    rf"(?:\[\s*(?P<extras>{_NAME}(?:\s*,\s*{_NAME})*)?\s*\])?\s*"
+    rf"(?:(?P<spec>{_SPEC}(?:\s*,\s*{_SPEC})*)|\(\s*(?P<pspec>{_SPEC}(?:\s*,\s*{_SPEC})*)\s*\)"
+    rf"|@\s*(?P<url>\S+))?\s*"
+    r"(?:;.*)?"  # an environment marker: not evaluated, not repeated
+)  # fmt: skip
+_COMMENT = re.compile(r"(?:^|\s+)#.*$")
+_OPTION = re.compile(r"(--[A-Za-z][A-Za-z-]*|-[A-Za-z])(?:=|\s*)(.*)")
+
+# pip options that include another file: -r adds requirements, -c only constrains them.
+INCLUDES = {"-r": "-r", "--requirement": "-r", "-c": "-c", "--constraint": "-c"}
+# pip options that say how to install, not what: meaningless for Guix packages.
+IGNORED_OPTIONS = frozenset({
+    "-e", "--editable", "-i", "--index-url", "--extra-index-url", "--no-index", "-f",
+    "--find-links", "--pre", "--prefer-binary", "--only-binary", "--no-binary",
+    "--require-hashes", "--trusted-host", "--use-feature", "--hash", "-Z", "--always-unzip",
+    "--use-pep517", "--no-use-pep517", "--config-settings", "--global-option",
+})  # fmt: skip
+# Options pip allows after a requirement on its line.
+PER_REQUIREMENT = frozenset({"--hash", "--config-settings", "--global-option",
+                             "--install-option"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A line (or entry) that gave no package, and why, in binder-lite's words."""
+
+    where: str  # e.g. "requirements.txt:3"
+    reason: str
+
+
+@dataclass(frozen=True)
+class PyPI:
+    """A requirement that passed the grammar; `text` is rebuilt from checked parts."""
+
+    name: str
+    extras: tuple[str, ...] = ()
+    pin: str = ""  # version specifiers, e.g. "==1.26,<2"
+    url: bool = False  # `name @ URL`: the URL is not used (nor repeated)
+
+    @property
+    def text(self) -> str:
+        extras = f"[{','.join(self.extras)}]" if self.extras else ""
+        return f"{self.name}{extras}{self.pin}"
+
+
+@dataclass
+class Parsed:
+    packages: list[PyPI] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    files: int = 0
+
+
+def parse_requirement(text: str, where: str) -> PyPI | Skipped:
+    """One PEP 508 requirement (a common subset), or why it gave no package."""
+    text = text.strip()
+    if "://" in text.split("@", 1)[0] or text.startswith((".", "/", "~")):
+        return Skipped(where, "a URL or path, not a package name: skipped")
+    m = _REQUIREMENT.fullmatch(text)
+    if m is None:
+        return Skipped(where, "not understood")
+    extras = tuple(re.split(r"\s*,\s*", m["extras"])) if m["extras"] else ()
+    spec = m["spec"] or m["pspec"] or ""
+    return PyPI(m["name"], extras, re.sub(r"\s+", "", spec), url=bool(m["url"]))
+
+
+def read_requirements(tree: RepoTree, name: str) -> Parsed | None:
+    """The requirements in `name` (relative to the checkout) and its includes; None
+    when there is no such file.  Raises RepositoryFileError for what is refused."""
+    top = tree.read(name)
+    if top is None:
+        return None
+    parsed = Parsed(files=1)
+    _read_file(tree, top, name, parsed, stack=(top.real,), constraints=False)
+    return parsed
+
+
+def _read_file(
+    tree: RepoTree, file: RepoFile, shown: str, parsed: Parsed,
+    stack: tuple[PurePosixPath, ...], constraints: bool,
+) -> None:  # fmt: skip
+    for number, line in _logical_lines(file.text):
+        where = f"{shown}:{number}"
+        if line.startswith("-"):
+            _option(tree, file, where, line, parsed, stack, constraints)
+            continue
+        requirement, options = _split_options(line)
+        entry = parse_requirement(requirement, where)
+        if isinstance(entry, PyPI) and not _per_requirement_options_ok(options):
+            entry = Skipped(where, "not understood")
+        if isinstance(entry, Skipped):
+            parsed.skipped.append(entry)
+        elif not constraints:
+            parsed.packages.append(entry)
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each non-empty line, comments removed and lines
+    ending in a backslash joined, as pip reads them."""
+    lines: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        start, before = pending if pending else (number, "")
+        joined = before + raw
+        if joined.endswith("\\"):
+            pending = (start, joined[:-1])
+            continue
+        pending = None
+        line = _COMMENT.sub("", joined).strip()
+        if line:
+            lines.append((start, line))
+    if pending and _COMMENT.sub("", pending[1]).strip():
+        lines.append((pending[0], _COMMENT.sub("", pending[1]).strip()))
+    return lines
+
+
+def _split_options(line: str) -> tuple[str, str]:
+    """A requirement and the options after it (`numpy==1 --hash=sha256:...`)."""
+    m = re.search(r"\s+--", line)
+    return (line[: m.start()], line[m.start() :]) if m else (line, "")
+
+
+def _per_requirement_options_ok(options: str) -> bool:
+    return all(token.split("=", 1)[0] in PER_REQUIREMENT
+               for token in options.split() if token.startswith("-"))  # fmt: skip
+
+
+def _option(
+    tree: RepoTree, file: RepoFile, where: str, line: str, parsed: Parsed,
+    stack: tuple[PurePosixPath, ...], constraints: bool,
+) -> None:  # fmt: skip
+    m = _OPTION.fullmatch(line)
+    option = m[1] if m else ""
+    if option in INCLUDES:
+        _include(tree, file, where, INCLUDES[option], m[2].strip() if m else "", parsed, stack,
+                 constraints or INCLUDES[option] == "-c")  # fmt: skip
+    elif option in IGNORED_OPTIONS:
+        parsed.skipped.append(Skipped(where, f"option {option} ignored (Guix packages are used)"))
+    else:
+        parsed.skipped.append(Skipped(where, "not understood"))
+
+
+def _include(
+    tree: RepoTree, file: RepoFile, where: str, option: str, target: str, parsed: Parsed,
+    stack: tuple[PurePosixPath, ...], constraints: bool,
+) -> None:  # fmt: skip
+    """Follow `option target` from `file`: only to a file inside the checkout."""
+    if not target or re.search(r"\s", target):
+        parsed.skipped.append(Skipped(where, "not understood"))
+        return
+    if "://" in target:
+        raise RepositoryFileError(where, f"{option}: a URL is not fetched; only files inside "
+                                         "the repository are read")  # fmt: skip
+    if target.startswith("/"):
+        raise RepositoryFileError(where, f"{option}: {OUTSIDE}")
+    if len(stack) > MAX_DEPTH:
+        raise RepositoryFileError(where, f"{option}: includes nested more than {MAX_DEPTH} deep")
+    if parsed.files >= MAX_FILES:
+        raise RepositoryFileError(where, f"{option}: more than {MAX_FILES} requirements files")
+    try:
+        nested = tree.read(file.real.parent / target)
+    except RepositoryFileError as e:
+        # Named by line number: the path written there is not repeated.
+        raise RepositoryFileError(where, f"{option}: {e.reason}") from None
+    if nested is None:
+        raise RepositoryFileError(where, f"{option}: no such file in the repository")
+    if nested.real in stack:
+        raise RepositoryFileError(where, f"{option}: {nested.real} includes itself (a cycle)")
+    parsed.files += 1
+    if constraints and option == "-c":
+        note = f"constraints in {nested.real} not applied (Guix has one version per channel)"
+        parsed.skipped.append(Skipped(where, note))
+    _read_file(tree, nested, str(nested.real), parsed, (*stack, nested.real), constraints)

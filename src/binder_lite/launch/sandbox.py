@@ -1,0 +1,565 @@
+"""Where a session's code runs: a sandbox that sees its checkout and nothing of the service.
+
+Each session gets its own user, mount, PID, IPC, UTS and network namespaces.  The local
+runtime builds them with bubblewrap; the guix runtime lets `guix shell --container`
+build them (without `--network`).  Either way Jupyter listens on a Unix socket in a
+directory shared with the host (`run/` in the session directory), which the service's
+front connects to: the session has no address on the host's network, so it cannot
+reach the service's ports, another session, or anything on the host's loopback.
+
+Limits: memory and the number of tasks through a cgroup per session (v2 when the
+service has a delegated cgroup, else v1), file sizes through RLIMIT_FSIZE and /tmp
+through a bounded tmpfs; the manager checks the checkout's size as it culls.  Stopping
+kills every process of the cgroup, or, without one, every process of the session's
+PID namespace and process tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from binder_lite.errors import LaunchError
+from binder_lite.site.model import SessionLimits, SessionNetwork
+
+log = logging.getLogger(__name__)
+
+# Paths as the session sees them.
+WORK_DIR = "/notebooks"  # the checkout
+RUN_DIR = "/run/binder-lite"  # shared with the host: the socket, Jupyter's runtime files
+HOME = "/tmp/home"
+SOCKET_NAME = "jupyter.sock"
+SANDBOX_UID = 1000
+
+# What of the host a local-runtime session may read: programs and libraries, and the
+# few files of /etc that programs need to start.  Never /home, /root, /var or /srv.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/gnu/store",
+               "/run/current-system")  # fmt: skip
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl",
+             "ca-certificates", "ca-certificates.conf", "localtime", "mime.types",
+             "nsswitch.conf", "fonts", "matplotlibrc", "R", "jupyter")  # fmt: skip
+# A user-mode stack must not carry traffic to these, whatever the site's network says.
+PRIVATE_ROUTES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                  "100.64.0.0/10", "127.0.0.0/8", "0.0.0.0/8", "192.0.0.0/24",
+                  "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
+SLIRP_NET = "10.0.2.0/24"  # slirp4netns' own network: its gateway and DNS live here
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class SandboxError(LaunchError):
+    """The sandbox could not be made; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One session's sandbox: where its files are on the host, and what it may use."""
+
+    session_id: str
+    session_dir: Path
+    repo: Path  # the checkout, on the host
+    network: SessionNetwork = SessionNetwork.NONE
+    limits: SessionLimits = SessionLimits()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.session_dir / "run"
+
+    @property
+    def socket(self) -> Path:
+        """Where Jupyter listens, on the host."""
+        return self.run_dir / SOCKET_NAME
+
+    @property
+    def inner_socket(self) -> str:
+        return f"{RUN_DIR}/{SOCKET_NAME}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.session_dir / "sandbox.json"
+
+
+def bubblewrap() -> str:
+    found = shutil.which("bwrap")
+    if found is None:
+        raise SandboxError(
+            "bubblewrap (bwrap) is not installed: it is what keeps sessions apart from "
+            "the host (apt-get install bubblewrap, or guix install bubblewrap)"
+        )
+    return found
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for name in ETC_FILES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return args
+
+
+def _python_binds() -> list[str]:
+    """The Python that runs Jupyter in the local runtime: its prefixes, read-only."""
+    args: list[str] = []
+    seen: set[str] = set()
+    for prefix in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+        for path in (prefix, os.path.realpath(prefix)):
+            if path in seen or any(path.startswith(d + "/") for d in SYSTEM_DIRS):
+                continue
+            seen.add(path)
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def _identity_files(session_dir: Path) -> list[str]:
+    """/etc/passwd and /etc/group naming only the session's user."""
+    etc = session_dir / "etc"
+    etc.mkdir(exist_ok=True)
+    user = f"binder:x:{SANDBOX_UID}:{SANDBOX_UID}:binder:{HOME}:/bin/sh\n"
+    (etc / "passwd").write_text(user + "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (etc / "group").write_text(f"binder:x:{SANDBOX_UID}:\nnobody:x:65534:\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost binder\n::1 localhost\n")
+    args = []
+    for name in ("passwd", "group", "hosts"):
+        args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+    return args
+
+
+def bwrap_argv(
+    box: Sandbox, inner: list[str], readonly: Iterable[tuple[Path, str]] = ()
+) -> list[str]:
+    """The local runtime's sandbox around `inner`.
+
+    No --die-with-parent: sessions outlive a crash of the service, which adopts them
+    when it comes back (manager.adopt); the cgroup or the PID namespace ends them.
+    """
+    box.run_dir.mkdir(mode=0o700, exist_ok=True)
+    args = [
+        bubblewrap(),
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-net", "--unshare-cgroup-try",
+        # A session of its own: no ioctl(TIOCSTI) into a terminal of the service.
+        "--new-session",
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "binder",
+        *_system_binds(), *_python_binds(), *_identity_files(box.session_dir),
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
+        "--bind", str(box.repo), WORK_DIR,
+        "--bind", str(box.run_dir), RUN_DIR,
+    ]  # fmt: skip
+    if box.network is SessionNetwork.OUTBOUND:
+        args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+    for host_path, inside in readonly:
+        args += ["--ro-bind", str(host_path), inside]
+    return [*args, "--chdir", WORK_DIR, "--", *inner]
+
+
+def session_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The whole environment a session starts with: nothing of the service's own (its
+    variables can name secrets)."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/run/current-system/profile/bin",
+        "HOME": HOME,
+        "USER": "binder",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "SHELL": "/bin/sh",
+    }
+    python_bin = os.path.dirname(sys.executable)
+    env["PATH"] = f"{python_bin}:{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+# -- limits: cgroups -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """The cgroup directories holding one session (one in v2, one per controller in v1)."""
+
+    dirs: tuple[Path, ...]
+
+    def procs_files(self) -> list[Path]:
+        return [d / "cgroup.procs" for d in self.dirs]
+
+    def members(self) -> set[int]:
+        pids: set[int] = set()
+        for f in self.procs_files():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(line) for line in f.read_text().split())
+        return pids
+
+    def oom_kills(self) -> int:
+        """How often the memory limit made the kernel stop one of the session's
+        processes (or, where the kernel does not count kills, hit the limit)."""
+        for d in self.dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                with contextlib.suppress(OSError, ValueError):
+                    for line in (d / name).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill":
+                            return int(value)
+            with contextlib.suppress(OSError, ValueError):
+                return int((d / "memory.failcnt").read_text())
+        return 0
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def _v2_base() -> Path | None:
+    """The service's own cgroup in the unified hierarchy, if it may make children there
+    (systemd's Delegate=yes, or root)."""
+    if not (CGROUP_ROOT / "cgroup.controllers").exists():
+        return None
+    try:
+        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines()
+                    if x.startswith("0::"))  # fmt: skip
+    except (OSError, StopIteration):
+        return None
+    base = CGROUP_ROOT / line[3:].lstrip("/")
+    return base if os.access(base, os.W_OK) else None
+
+
+_v2_lock = threading.Lock()
+
+
+def _v2_prepare(base: Path) -> Path:
+    """Move the service into a leaf of its own, so the base may delegate memory and
+    pids to session cgroups (cgroup v2 allows no processes in an inner node)."""
+    with _v2_lock:
+        sessions = base / "binder-lite-sessions"
+        if sessions.is_dir():
+            return sessions
+        leaf = base / "binder-lite-service"
+        leaf.mkdir(exist_ok=True)
+        for pid in (base / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (leaf / "cgroup.procs").write_text(pid)
+        (base / "cgroup.subtree_control").write_text("+memory +pids")
+        sessions.mkdir(exist_ok=True)
+        (sessions / "cgroup.subtree_control").write_text("+memory +pids")
+        return sessions
+
+
+def make_cgroups(session_id: str, limits: SessionLimits) -> Cgroups | None:
+    """A cgroup for the session with its memory and task limits, or None when this
+    host lets the service make none (then only per-process limits apply)."""
+    try:
+        base = _v2_base()
+        if base is not None:
+            d = _v2_prepare(base) / session_id
+            d.mkdir(exist_ok=True)
+            (d / "memory.max").write_text(str(limits.memory))
+            (d / "memory.swap.max").write_text("0")
+            (d / "pids.max").write_text(str(limits.processes))
+            return Cgroups((d,))
+        memory = CGROUP_ROOT / "memory" / "binder-lite" / session_id
+        pids = CGROUP_ROOT / "pids" / "binder-lite" / session_id
+        memory.mkdir(parents=True, exist_ok=True)
+        pids.mkdir(parents=True, exist_ok=True)
+        (memory / "memory.limit_in_bytes").write_text(str(limits.memory))
+        (pids / "pids.max").write_text(str(limits.processes))
+        return Cgroups((memory, pids))
+    except OSError as e:
+        log.warning("no cgroup for session %s (%s): memory and task limits are per process",
+                    session_id, e.strerror or e)  # fmt: skip
+        return None
+
+
+def limited(argv: list[str], cgroups: Cgroups | None, limits: SessionLimits) -> list[str]:
+    """`argv`, started inside the session's cgroups and with its per-process limits:
+    a shell joins the cgroups and execs, so that nothing runs outside them even briefly."""
+    rlimits = [f"--fsize={limits.disk}", "--core=0"]
+    if cgroups is None:
+        # Without a cgroup: data segment per process, and the task count per user.
+        rlimits += [f"--data={limits.memory}", f"--nproc={limits.processes}"]
+    prlimit = shutil.which("prlimit") or "prlimit"
+    files = [str(f) for f in cgroups.procs_files()] if cgroups else []
+    join = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; ' \
+           'n=$((n-1)); done; exec "$@"'  # fmt: skip
+    return [prlimit, *rlimits, "--", "/bin/sh", "-c", join, "sh", str(len(files)), *files, *argv]
+
+
+# -- outbound network -----------------------------------------------------------------
+
+
+def outbound_helper() -> str | None:
+    return shutil.which("slirp4netns")
+
+
+def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Give the sandbox of `process` (whose PID namespace's first process is found
+    under it) outbound access through slirp4netns, which cannot reach the host's
+    loopback.  Raises SandboxError when it cannot."""
+    helper = outbound_helper()
+    if helper is None:
+        raise SandboxError("slirp4netns is not installed: sessions get no network")
+    child = _sandbox_child(process.pid)
+    if child is None:
+        raise SandboxError("the sandbox ended before its network could be attached")
+    slirp = subprocess.Popen(
+        [helper, "--configure", "--mtu=65520", "--disable-host-loopback", str(child), "tap0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    return slirp
+
+
+def _sandbox_child(pid: int, timeout: float = 5.0) -> int | None:
+    """The first process inside the sandbox that `pid` (bwrap, or guix) starts: the
+    first descendant in another network namespace."""
+    deadline = time.monotonic() + timeout
+    own = _ns(pid, "net")
+    while time.monotonic() < deadline:
+        for child in descendants(pid):
+            ns = _ns(child, "net")
+            if ns and ns != own:
+                return child
+        time.sleep(0.01)
+    return None
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def _ns(pid: int, kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _parents() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    children = _parents()
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _in_namespaces(namespaces: set[str]) -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _ns(int(entry.name), "pid") in namespaces:
+            yield int(entry.name)
+
+
+@dataclass(frozen=True)
+class Handle:
+    """How to find every process of a running session, also after a restart of the
+    service: its root process, its cgroups, and its PID namespaces."""
+
+    pid: int
+    cgroups: tuple[str, ...] = ()
+    pid_namespaces: tuple[str, ...] = ()
+    helpers: tuple[int, ...] = ()  # slirp4netns
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"pid": self.pid, "cgroups": self.cgroups,
+                                    "pid_namespaces": self.pid_namespaces,
+                                    "helpers": self.helpers}))  # fmt: skip
+
+    @staticmethod
+    def load(path: Path) -> Handle | None:
+        try:
+            data = json.loads(path.read_text())
+            return Handle(int(data["pid"]), tuple(data["cgroups"]),
+                          tuple(data["pid_namespaces"]),
+                          tuple(data.get("helpers", ())))  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def with_namespaces(self) -> Handle:
+        """Note the PID namespaces the session's processes are in now (bwrap makes
+        its namespace a moment after it starts)."""
+        own = _ns(os.getpid(), "pid")
+        spaces = {ns for p in descendants(self.pid) if (ns := _ns(p, "pid")) and ns != own}
+        return Handle(self.pid, self.cgroups, tuple(sorted(spaces)), self.helpers)
+
+    def members(self) -> set[int]:
+        pids: set[int] = set()
+        if self.cgroups:
+            pids |= Cgroups(tuple(Path(d) for d in self.cgroups)).members()
+        if _alive(self.pid):
+            pids.add(self.pid)
+            pids.update(descendants(self.pid))
+        if self.pid_namespaces:
+            pids.update(_in_namespaces(set(self.pid_namespaces)))
+        pids.discard(os.getpid())
+        return pids
+
+    def alive(self) -> bool:
+        return bool(self.members())
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM everything (Jupyter then shuts its kernels down), SIGKILL whatever is
+        left after `grace`, until nothing of the session runs."""
+        _signal_all(self.members(), signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.members():
+            time.sleep(0.05)
+        for _ in range(50):
+            left = self.members()
+            if not left:
+                break
+            _signal_all(left, signal.SIGKILL)
+            time.sleep(0.02)
+        for helper in self.helpers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(helper, signal.SIGKILL)
+        Cgroups(tuple(Path(d) for d in self.cgroups)).remove()
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# -- talking to the session's Jupyter -------------------------------------------------
+
+
+def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
+    """A connected socket to the Unix socket at `path`.
+
+    The session can write the directory its socket is in: it could put a symlink there
+    (to another session's socket, or anything else the service may reach).  So the
+    last component is opened without following links, checked to be a socket, and
+    connected through /proc/self/fd, which also lifts the 107-byte limit of socket
+    addresses (tests' temporary directories are long)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    except OSError as e:
+        raise ConnectionRefusedError(e.errno, f"{path}: {e.strerror}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConnectionRefusedError(f"{path} is not a socket")
+        sock.settimeout(timeout)
+        sock.connect(f"/proc/self/fd/{fd}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(fd)
+    return sock
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        # Jupyter serves only local host names: the Host it is sent is 127.0.0.1.
+        super().__init__("127.0.0.1", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = connect_unix(self._path, self.timeout)
+
+
+def jupyter_status(
+    path: Path, base_url: str, token: str, timeout: float = 5.0
+) -> dict[str, Any] | None:
+    """Jupyter's /api/status through its Unix socket, or None when it does not answer."""
+    connection = _UnixHTTPConnection(path, timeout)
+    try:
+        connection.request("GET", f"{base_url}api/status",
+                           headers={"Authorization": f"token {token}"})  # fmt: skip
+        response = connection.getresponse()
+        data = json.loads(response.read()) if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+    return data if isinstance(data, dict) else None
+
+
+class Forwarder:
+    """127.0.0.1:PORT → the session's socket, for the launcher, whose user opens the
+    notebook in a browser on this machine (the web service's front does this itself)."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.path = path
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self.port = int(self._listener.getsockname()[1])
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True, name="forward").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = connect_unix(self.path)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for s in self._open:
+                s.close()
+            self._open.clear()
