@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/launch.py [RUNS]
 
 Both serve the same checkout with the same Jupyter (local runtime); "ready" is the
-first 200 from /api/status with the token.  Goals (issue #3): launcher ≤ 1.3× by
-hand; a warm relaunch of the same commit adds under 0.3 s.
+first 200 from /api/status with the token.  The launcher runs Jupyter in its sandbox
+(bubblewrap, a cgroup, slirp4netns for outbound network: the defaults), and once more
+unsandboxed for comparison.  Goals (issues #3, #8): sandboxed launcher ≤ 1.3× by hand;
+a warm relaunch of the same commit adds under 0.3 s.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from launchkit import make_repo  # noqa: E402
 
 from binder_lite.launch import launch  # noqa: E402
 from binder_lite.launch.runtime import ServerSpec, local_argv  # noqa: E402
-from binder_lite.launch.session import free_port  # noqa: E402
+from binder_lite.launch.session import Isolation, free_port  # noqa: E402
 from binder_lite.site.model import Runtime  # noqa: E402
 
 
@@ -56,9 +58,10 @@ def by_hand(repo: Path, work: Path) -> float:
         proc.wait()
 
 
-def launcher(repo: Path, cache: Path) -> float:
+def launcher(repo: Path, cache: Path, sandboxed: bool = True) -> float:
     started = time.perf_counter()
-    session = launch(str(repo), runtime_kind=Runtime.LOCAL, cache_dir=cache)
+    session = launch(str(repo), runtime_kind=Runtime.LOCAL, cache_dir=cache,
+                     isolation=Isolation(sandboxed=sandboxed))  # fmt: skip
     elapsed = time.perf_counter() - started
     session.stop()
     return elapsed
@@ -72,12 +75,14 @@ def main() -> None:
         launcher(repo, work / "warmup")  # first imports and compiled caches, for both
         cold = [launcher(repo, work / f"cold-{i}") for i in range(runs)]
         warm = [launcher(repo, work / "cold-0") for _ in range(runs)]
+        bare = [launcher(repo, work / "cold-0", sandboxed=False) for _ in range(runs)]
         hand = [by_hand(repo, work) for _ in range(runs)]
-    cold_s, warm_s, hand_s = map(statistics.median, (cold, warm, hand))
+    cold_s, warm_s, bare_s, hand_s = map(statistics.median, (cold, warm, bare, hand))
     print(f"runs: {runs} each, medians")
     print(f"jupyter notebook by hand:      {hand_s:6.2f} s")
+    print(f"launcher, warm, no sandbox:    {bare_s:6.2f} s   ({bare_s / hand_s:.2f}x by hand)")
     print(f"launcher, cold cache:          {cold_s:6.2f} s   ({cold_s / hand_s:.2f}x by hand)")
-    print(f"launcher, warm (same commit):  {warm_s:6.2f} s   ({warm_s / hand_s:.2f}x by hand;"
+    print(f"launcher, warm, sandboxed:     {warm_s:6.2f} s   ({warm_s / hand_s:.2f}x by hand;"
           " goal <= 1.3x)")  # fmt: skip
     print(f"warm relaunch over by hand:    {warm_s - hand_s:+6.2f} s   (goal < 0.3 s)")
 

@@ -229,7 +229,7 @@ REFUSED_HOSTS = [
 @pytest.mark.parametrize("scheme", ["https", "git"])
 def test_addresses_that_are_not_the_internet_are_refused(host: str, scheme: str) -> None:
     policy = RepoPolicy(allowed=("*",))
-    with pytest.raises(RefusedError, match="not a public internet address"):
+    with pytest.raises(RefusedError, match="resolves to a local or private address"):
         policy.check(f"{scheme}://{host}/owner/repo")
 
 

@@ -8,9 +8,10 @@ import pytest
 from launchkit import make_repo
 
 from binder_lite import guix as guix_module
-from binder_lite.errors import EnvironmentSpecError
-from binder_lite.launch import detect, launch, runtime
-from binder_lite.site.model import Runtime
+from binder_lite.errors import EnvironmentSpecError, GuixError
+from binder_lite.launch import detect, launch, runtime, sandbox
+from binder_lite.launch import session as session_module
+from binder_lite.site.model import Runtime, SessionNetwork
 
 pytestmark = pytest.mark.guix
 
@@ -28,19 +29,80 @@ REPOS = {
 }
 
 
+def sandboxed_command(
+    repo: Path, manifest: Path, network: SessionNetwork, channels: Path | None = None
+) -> list[str]:
+    """The exact command the guix runtime runs for a session: bubblewrap around
+    `guix shell --container …`."""
+    spec = runtime.ServerSpec(port=None, base_url="/s/0123456789abcdef/", kernel="guix",
+                              root_dir=runtime.CONTAINER_WORK_DIR,
+                              socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}")  # fmt: skip
+    session_dir = repo.parent / "session"
+    session_dir.mkdir(exist_ok=True)
+    box = sandbox.Sandbox("0123456789abcdef", session_dir, repo, network)
+    return session_module._guix_command(spec, box, manifest, channels, boxed=True)
+
+
 @pytest.mark.parametrize("kind", list(REPOS))
 def test_runtime_command_is_accepted_by_guix(guix: str, tmp_path: Path, kind: str) -> None:
-    """The exact `guix shell --container …` argv of the guix runtime, with --dry-run."""
+    """The exact sandboxed `guix shell --container …` argv of the guix runtime, with
+    --dry-run, run as the service runs it: inside its bubblewrap sandbox."""
     repo = make_repo(tmp_path / "repo", REPOS[kind])
     env = detect.with_checked_names(detect.detect(repo), guix_module.available_packages)
     assert not [r for r in env.unavailable if r.guix is not None]
     manifest = tmp_path / "manifest.scm"
     manifest.write_text(env.manifest)
+    network = SessionNetwork.NONE if kind != "default" else SessionNetwork.OUTBOUND
+    argv = sandboxed_command(repo, manifest, network)
+    assert argv[0].endswith("bwrap") and "--unshare-net" in argv
+    shell = argv[argv.index("--") + 1 :]
+    assert shell[1:3] == ["shell", "--container"]
+    assert ("--network" in shell) == (network is SessionNetwork.OUTBOUND)
+    assert f"--share={sandbox.GUIX_STAGE}/run={sandbox.RUN_DIR}" in shell
+    # raises GuixError if Guix refuses any of it
+    guix_module.dry_run_shell(argv, sandbox.guix_environment({}))
+
+
+def test_unsandboxed_command_is_accepted_by_guix(guix: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", REPOS["requirements"])
+    manifest = tmp_path / "manifest.scm"
+    manifest.write_text(detect.detect(repo).manifest)
     spec = runtime.ServerSpec(port=8899, base_url="/", kernel="guix",
                               root_dir=runtime.CONTAINER_WORK_DIR)  # fmt: skip
-    argv = runtime.guix_argv(spec, repo, manifest, None)
+    argv = runtime.guix_argv(spec, runtime.GuixPaths(repo, manifest, None, None, network=True))
     assert argv[1:5] == ["shell", "--container", "--network", "--no-cwd"]
-    guix_module.dry_run_shell(argv)  # raises GuixError if Guix refuses any of it
+    guix_module.dry_run_shell(argv)
+
+
+def test_a_manifest_is_evaluated_where_it_reaches_nothing_of_the_host(
+    guix: str, tmp_path: Path
+) -> None:
+    """manifest.scm is Guile code from a stranger: Guix evaluates it inside the session's
+    sandbox, where the service's files are not, and what it writes stays there."""
+    secret = tmp_path / "state" / "cookie-secret"
+    secret.parent.mkdir()
+    secret.write_text("s3cret")
+    marker = tmp_path / "state" / "written-by-a-manifest"
+    repo = make_repo(tmp_path / "repo", {"manifest.scm": f"""\
+(use-modules (ice-9 textual-ports))
+(define secret
+  (false-if-exception (call-with-input-file {str(secret)!r} get-string-all)))
+(false-if-exception
+  (call-with-output-file {str(marker)!r} (lambda (port) (display "here" port))))
+(specifications->manifest
+  (list (if secret "python-the-secret-was-readable" "python") "jupyter"))
+""".replace("'", '"')})  # fmt: skip
+    argv = sandboxed_command(repo, repo / "manifest.scm", SessionNetwork.NONE)
+    guix_module.dry_run_shell(argv, sandbox.guix_environment({}))
+    assert not marker.exists()
+    # The same manifest evaluated on the host (as before the sandbox) reads the secret.
+    spec = runtime.ServerSpec(port=8899, base_url="/", kernel="guix",
+                              root_dir=runtime.CONTAINER_WORK_DIR)  # fmt: skip
+    host = runtime.guix_argv(spec, runtime.GuixPaths(repo, repo / "manifest.scm", None, None,
+                                                     network=True))  # fmt: skip
+    with pytest.raises(GuixError, match="python-the-secret-was-readable"):
+        guix_module.dry_run_shell(host)
+    marker.unlink()
 
 
 def test_generated_names_are_checked_against_guix(guix: str, tmp_path: Path) -> None:

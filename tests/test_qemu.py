@@ -91,7 +91,9 @@ def test_pinned_channels_go_through_time_machine(tmp_path: Path) -> None:
     assert argv[5:7] == ["system", "image"]
     assert argv[-2:] == ["--derivation", str(tmp_path / "os.scm")]
     server = runtime.ServerSpec(port=1, base_url="/", kernel="guix", root_dir="/notebooks")
-    shell = runtime.guix_argv(server, tmp_path, tmp_path / "m.scm", tmp_path / "channels.scm")
+    paths = runtime.GuixPaths(tmp_path, tmp_path / "m.scm", tmp_path / "channels.scm", None,
+                              network=True)  # fmt: skip
+    shell = runtime.guix_argv(server, paths)
     assert shell[1:4] == ["time-machine", f"--channels={tmp_path / 'channels.scm'}", "--"]
 
 

@@ -268,3 +268,19 @@ def test_idle_sessions_are_culled(tmp_path: Path, repo: Path) -> None:
         assert "binder_lite_sessions_culled_total 1" in client.get("/metrics").text
     finally:
         srv.stop()
+
+
+def test_session_folders_are_removed_on_stop_and_failure(server: Server, repo: Path) -> None:
+    client = Client(server.url)
+    sid = session_id(launch(client, repo))
+    folder = server.state_dir / "sessions" / sid
+    assert (folder / "repo" / "index.ipynb").is_file()
+    assert client.post(f"/sessions/{sid}/stop").status == 303
+    assert not folder.exists()
+    assert "stopped by its owner" in client.get(f"/sessions/{sid}").text  # the record stays
+    failed = client.events(build_path(f"file://{repo}", ref="no-such-ref"))
+    assert failed[-1]["phase"] == "failed" and "unknown ref" in str(failed[-1]["message"])
+    deadline = time.monotonic() + 10
+    while any((server.state_dir / "sessions").iterdir()):
+        assert time.monotonic() < deadline, list((server.state_dir / "sessions").iterdir())
+        time.sleep(0.05)

@@ -91,8 +91,10 @@ def available_packages(names: list[str]) -> set[str]:
     return {line.split("\t", 1)[0].strip() for line in output.splitlines() if line.strip()}
 
 
-def dry_run_shell(argv: list[str]) -> str:
+def dry_run_shell(argv: list[str], env: dict[str, str] | None = None) -> str:
     """Run a `guix … shell …` command with --dry-run added: Guix evaluates the manifest
-    and lists what it would build, running nothing.  Returns its report."""
+    and lists what it would build, running nothing.  Returns its report.  `env`: the
+    whole environment (a sandboxed command gets nothing of ours)."""
     at = argv.index("shell") + 1
-    return run.run([*argv[:at], "--dry-run", *argv[at:]], error=GuixError, with_stderr=True)
+    return run.run([*argv[:at], "--dry-run", *argv[at:]], error=GuixError, with_stderr=True,
+                   env=env, inherit_env=env is None)  # fmt: skip

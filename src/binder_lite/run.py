@@ -20,10 +20,10 @@ def _argv(cmd: Sequence[Arg]) -> list[str]:
     return [os.fspath(a) for a in cmd]
 
 
-def _environment(extra: dict[str, str] | None) -> dict[str, str]:
+def _environment(extra: dict[str, str] | None, inherit: bool = True) -> dict[str, str]:
     # A fixed locale: Guix and git messages are parsed and shown to users, and
     # non-ASCII text (site names, /etc/issue) must survive as UTF-8.
-    env = dict(os.environ)
+    env = dict(os.environ) if inherit else {}
     env.setdefault("LC_ALL", "C.UTF-8")
     env.update(extra or {})
     return env
@@ -37,16 +37,17 @@ def run(
     error: type[CommandError] = CommandError,
     timeout: float | None = None,
     with_stderr: bool = False,
+    inherit_env: bool = True,
 ) -> str:
     """Run `cmd`, return its standard output (and error, if asked); on failure raise
-    `error` with its output."""
+    `error` with its output.  Without `inherit_env`, `env` is all it gets."""
     argv = _argv(cmd)
     log.debug("+ %s", shlex.join(argv))
     try:
         proc = subprocess.run(
             argv,
             cwd=cwd,
-            env=_environment(env),
+            env=_environment(env, inherit_env),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

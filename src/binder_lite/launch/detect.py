@@ -29,7 +29,13 @@ from binder_lite.launch.names import (
     r_to_guix,
 )
 from binder_lite.launch.repofiles import RepoFile, RepoTree
-from binder_lite.launch.requirements import PyPI, Skipped, parse_requirement, read_requirements
+from binder_lite.launch.requirements import (
+    MAX_ENTRIES,
+    PyPI,
+    Skipped,
+    parse_requirement,
+    read_requirements,
+)
 from binder_lite.scheme import scm_comment, scm_str
 
 __all__ = ["Environment", "Requirement", "Skipped", "detect", "render_manifest",
@@ -41,8 +47,6 @@ DEFAULT_PACKAGES = ("python", "python-numpy", "python-pandas", "python-matplotli
                     "python-scipy")  # fmt: skip
 R_KERNEL = ("r", "r-irkernel")
 JULIA = ("julia",)
-# Entries (packages and skipped lines) in one environment: each becomes an event.
-MAX_ENTRIES = 1000
 
 _R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*")
 _JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -227,13 +231,23 @@ def _r(tree: RepoTree, where: PurePosixPath) -> Environment | None:
     if description is not None:
         names, skipped = _description_packages(description)
     if install_r is not None:
-        for call in re.findall(r"install\.packages\s*\(([^)]*)\)", install_r.text):
-            names += re.findall(r"[\"']([A-Za-z][A-Za-z0-9.]*)[\"']", call)
+        names += _install_r_packages(install_r.text)
     reqs = [Requirement(p, p, "R kernel") for p in R_KERNEL]
     for name in dict.fromkeys(names):
         guix = r_to_guix(name)
         reqs.append(Requirement(name, guix, "" if guix else "part of R itself"))
     return _generated("R", tree, where, tuple(reqs), skipped, "DESCRIPTION / install.R")
+
+
+def _install_r_packages(text: str) -> list[str]:
+    """Quoted names in `install.packages(...)` calls.  Each call is looked for in the text
+    up to the next one, so that an unclosed call cannot make the search quadratic."""
+    names: list[str] = []
+    for call in text.split("install.packages")[1:]:
+        m = re.match(r"\s*\(([^)]*)\)", call)
+        if m:
+            names += re.findall(r"[\"']([A-Za-z][A-Za-z0-9.]*)[\"']", m[1])
+    return names
 
 
 def _description_packages(file: RepoFile) -> tuple[list[str], list[Skipped]]:
@@ -243,7 +257,7 @@ def _description_packages(file: RepoFile) -> tuple[list[str], list[Skipped]]:
     for m in _DESCRIPTION_FIELD.finditer(file.text):
         first = file.text.count("\n", 0, m.start(1)) + 1
         # Version constraints may span lines: blank them, keeping the line breaks.
-        value = re.sub(r"\([^)]*\)", lambda c: "\n" * c[0].count("\n"), m[1])
+        value = re.sub(r"\([^()]*\)", lambda c: "\n" * c[0].count("\n"), m[1])
         offset = 0
         for item in value.split(","):
             name = item.strip()

@@ -18,6 +18,10 @@ from binder_lite.launch.repofiles import OUTSIDE, RepoFile, RepositoryFileError,
 
 MAX_DEPTH = 5  # includes within includes
 MAX_FILES = 20  # files read for one requirements.txt, includes counted
+# Entries (packages and skipped lines) in one environment: each becomes an event.
+MAX_ENTRIES = 1000
+# Longer lines are not parsed: the grammar's regular expressions must stay cheap.
+MAX_LINE = 1000
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _SPEC = r"(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9_.*+!-]+"
@@ -28,7 +32,6 @@ _REQUIREMENT = re.compile(
     rf"|@\s*(?P<url>\S+))?\s*"
     r"(?:;.*)?"  # an environment marker: not evaluated, not repeated
 )  # fmt: skip
-_COMMENT = re.compile(r"(?:^|\s+)#.*$")
 _OPTION = re.compile(r"(--[A-Za-z][A-Za-z-]*|-[A-Za-z])(?:=|\s*)(.*)")
 
 # pip options that include another file: -r adds requirements, -c only constrains them.
@@ -77,7 +80,10 @@ class Parsed:
 
 def parse_requirement(text: str, where: str) -> PyPI | Skipped:
     """One PEP 508 requirement (a common subset), or why it gave no package."""
-    text = text.strip()
+    if len(text) > MAX_LINE:
+        return Skipped(where, f"not understood (longer than {MAX_LINE} characters)")
+    # One space for each run of white space: the grammar then cannot backtrack much.
+    text = " ".join(text.split())
     if "://" in text.split("@", 1)[0] or text.startswith((".", "/", "~")):
         return Skipped(where, "a URL or path, not a package name: skipped")
     m = _REQUIREMENT.fullmatch(text)
@@ -105,6 +111,14 @@ def _read_file(
 ) -> None:  # fmt: skip
     for number, line in _logical_lines(file.text):
         where = f"{shown}:{number}"
+        if len(parsed.packages) + len(parsed.skipped) >= MAX_ENTRIES:
+            raise RepositoryFileError(where, f"more than {MAX_ENTRIES} entries; binder-lite "
+                                             "reads at most that many")  # fmt: skip
+        if len(line) > MAX_LINE:
+            parsed.skipped.append(Skipped(where, f"not understood (longer than {MAX_LINE} "
+                                                 "characters)"))  # fmt: skip
+            continue
+        line = " ".join(line.split())
         if line.startswith("-"):
             _option(tree, file, where, line, parsed, stack, constraints)
             continue
@@ -120,22 +134,33 @@ def _read_file(
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
     """(first line number, text) of each non-empty line, comments removed and lines
-    ending in a backslash joined, as pip reads them."""
+    ending in a backslash joined, as pip reads them.  Numbered by "\\n", as editors do."""
     lines: list[tuple[int, str]] = []
-    pending: tuple[int, str] | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        start, before = pending if pending else (number, "")
-        joined = before + raw
-        if joined.endswith("\\"):
-            pending = (start, joined[:-1])
+    start, parts = 1, []  # the logical line being joined
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not parts:
+            start = number
+        raw = raw.removesuffix("\r")
+        if raw.endswith("\\"):
+            parts.append(raw[:-1])
             continue
-        pending = None
-        line = _COMMENT.sub("", joined).strip()
+        parts.append(raw)
+        line = _without_comment("".join(parts)).strip()
+        parts = []
         if line:
             lines.append((start, line))
-    if pending and _COMMENT.sub("", pending[1]).strip():
-        lines.append((pending[0], _COMMENT.sub("", pending[1]).strip()))
+    if parts and (line := _without_comment("".join(parts)).strip()):
+        lines.append((start, line))  # the last line ended in a backslash
     return lines
+
+
+def _without_comment(line: str) -> str:
+    """`line` before a `#` that starts it or follows white space (pip's rule), found
+    without a regular expression: one with `\\s+#` is quadratic on long blank runs."""
+    at = line.find("#")
+    while at > 0 and not line[at - 1].isspace():
+        at = line.find("#", at + 1)
+    return line if at < 0 else line[:at]
 
 
 def _split_options(line: str) -> tuple[str, str]:

@@ -55,7 +55,8 @@ def jupyter_options(spec: ServerSpec, flavour: str) -> list[str]:
         f"--{app}.{'notebook_dir' if flavour == 'classic' else 'root_dir'}={spec.root_dir}",
         f"--MultiKernelManager.default_kernel_name={spec.kernel}",
     ]
-    if os.geteuid() == 0:  # Jupyter refuses to run as root without it
+    # Jupyter refuses to run as root without it; in a sandbox, root is the sandbox's own.
+    if os.geteuid() == 0 or spec.socket is not None:
         options.append("--allow-root")
     return options
 
@@ -78,27 +79,36 @@ def local_argv(spec: ServerSpec) -> list[str]:
     return [*prefix, *jupyter_options(spec, flavour)]
 
 
-def guix_argv(
-    spec: ServerSpec, repo: Path, manifest: Path, channels: Path | None, run_dir: Path | None
-) -> list[str]:
+@dataclass(frozen=True)
+class GuixPaths:
+    """Where `guix shell` finds the session's files: host paths when it runs on the
+    host, the sandbox's (sandbox.GUIX_STAGE) when it runs inside one."""
+
+    repo: Path
+    manifest: Path
+    channels: Path | None
+    run_dir: Path | None  # sandboxed: the socket's folder; None: Jupyter on a TCP port
+    network: bool  # share the network namespace guix runs in
+
+
+def guix_argv(spec: ServerSpec, paths: GuixPaths, program: str | None = None) -> list[str]:
     """`guix shell --container …` running the classic notebook of Guix 1.5.
 
-    With `run_dir` (sandboxed), the container gets a network namespace of its own (no
-    `--network`) and Jupyter listens on a socket in `run_dir`, shared with the host;
-    without, the container shares the host's network and listens on `spec.port`."""
-    prefix = [guix_program()]
-    if channels is not None:
-        prefix += ["time-machine", f"--channels={channels}", "--"]
-    network = ([f"--share={run_dir}={RUN_DIR}"] if run_dir is not None
-               else ["--network"])  # fmt: skip
+    Sandboxed (`paths.run_dir`), Jupyter listens on a socket in `run_dir`, and the
+    container shares the sandbox's network only when the session may go out; otherwise
+    it has a network namespace of its own."""
+    prefix = [program or guix_program()]
+    if paths.channels is not None:
+        prefix += ["time-machine", f"--channels={paths.channels}", "--"]
+    shares = [f"--share={paths.run_dir}={RUN_DIR}"] if paths.run_dir is not None else []
     return [
         *prefix, "shell",
-        "--container", *network, "--no-cwd",
-        f"--share={repo}={CONTAINER_WORK_DIR}",
+        "--container", *(["--network"] if paths.network else []), "--no-cwd",
+        f"--share={paths.repo}={CONTAINER_WORK_DIR}", *shares,
         # The Guix kernel builds each notebook's environment through the daemon.
         f"--expose={GUIX_DAEMON_SOCKET}",
         "--preserve=^JUPYTER_TOKEN$",
-        f"--manifest={manifest}",
+        f"--manifest={paths.manifest}",
         "--", "jupyter", "notebook", *jupyter_options(spec, "classic"),
     ]  # fmt: skip
 

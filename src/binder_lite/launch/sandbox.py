@@ -32,10 +32,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from binder_lite.errors import LaunchError
+from binder_lite.guix import guix_program
 from binder_lite.site.model import SessionLimits, SessionNetwork
+
+if TYPE_CHECKING:
+    from binder_lite.launch.runtime import GuixPaths
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,79 @@ def bwrap_argv(
     for host_path, inside in readonly:
         args += ["--ro-bind", str(host_path), inside]
     return [*args, "--chdir", WORK_DIR, "--", *inner]
+
+
+# -- the guix runtime: `guix shell --container` inside the sandbox -----------------------
+
+# Where the session's files are, inside the sandbox, for `guix shell` (under /tmp, which
+# a Guix from scripts/guix-chroot.sh also sees).
+GUIX_STAGE = "/tmp/binder"
+# Passed on to Guix from the service's environment: locales and certificates.
+GUIX_ENV = ("GUIX_LOCPATH", "SSL_CERT_DIR", "SSL_CERT_FILE", "GIT_SSL_CAINFO")
+
+
+def guix_stage(box: Sandbox, channels: bool, network: bool) -> GuixPaths:
+    from binder_lite.launch.runtime import GuixPaths
+
+    stage = Path(GUIX_STAGE)
+    return GuixPaths(repo=stage / "notebooks", manifest=stage / "manifest.scm",
+                     channels=stage / "channels.scm" if channels else None,
+                     run_dir=stage / "run", network=network)  # fmt: skip
+
+
+def guix_program_inside() -> str:
+    """The Guix to run in the sandbox, by a path the sandbox has."""
+    program = guix_program()
+    return os.path.realpath(shutil.which(program) or program)
+
+
+def _guix_binds(program: str) -> list[str]:
+    """The store, the daemon's socket, and the Guix installation `program` belongs to
+    (scripts/guix-chroot.sh's wrapper names its chroot in a store-root file)."""
+    args = ["--ro-bind-try", "/gnu/store", "/gnu/store",
+            "--ro-bind-try", "/var/guix", "/var/guix"]  # fmt: skip
+    home = Path(program).parent
+    marker = home / "store-root"
+    if marker.is_file():
+        root = marker.read_text().strip()
+        args += ["--ro-bind", str(home), str(home), "--ro-bind", root, root]
+    return args
+
+
+def guix_bwrap_argv(
+    box: Sandbox, inner: list[str], manifest: Path, channels: Path | None
+) -> list[str]:
+    """The guix runtime's sandbox around `guix shell …` (`inner`): Guix evaluates the
+    repository's manifest (Guile code) in here, seeing the store, the daemon's socket
+    and the session's files, and nothing of the service.  Guix then makes its own
+    container inside, so the sandbox's user is root there (of its namespace only)."""
+    box.run_dir.mkdir(mode=0o700, exist_ok=True)
+    stage = GUIX_STAGE
+    files = ["--ro-bind", str(manifest), f"{stage}/manifest.scm"]
+    if channels is not None:
+        files += ["--ro-bind", str(channels), f"{stage}/channels.scm"]
+    args = [
+        bubblewrap(),
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-net", "--unshare-cgroup-try", "--new-session",
+        "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--hostname", "binder",
+        *_system_binds(), *_guix_binds(inner[0]), *_identity_files(box.session_dir),
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
+        "--bind", str(box.repo), f"{stage}/notebooks",
+        "--bind", str(box.run_dir), f"{stage}/run", *files,
+    ]  # fmt: skip
+    if box.network is SessionNetwork.OUTBOUND:
+        args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+    return [*args, "--chdir", stage, "--", *inner]
+
+
+def guix_environment(extra: dict[str, str]) -> dict[str, str]:
+    env = session_environment(extra)
+    env["PATH"] += ":/usr/sbin:/sbin:/run/current-system/profile/sbin"
+    env.update({k: os.environ[k] for k in GUIX_ENV if k in os.environ})
+    env["XDG_CACHE_HOME"] = f"{HOME}/.cache"
+    return env
 
 
 def session_environment(extra: dict[str, str]) -> dict[str, str]:

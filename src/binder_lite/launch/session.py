@@ -270,9 +270,8 @@ def _start(
     manifest = plan.session_dir / "manifest.scm"
     boxed = plan.isolation.sandboxed
     if guix_runtime:
-        argv = runtime.guix_argv(spec, box.repo, manifest, env.channels,
-                                 box.run_dir if boxed else None)  # fmt: skip
-        _check_with_guix(argv, report)
+        argv = _guix_command(spec, box, manifest, env.channels, boxed)
+        _check_with_guix(argv, report, sandbox.guix_environment({}) if boxed else None)
     else:
         argv = runtime.local_argv(spec)
     where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
@@ -280,7 +279,7 @@ def _start(
     cgroups = None
     if boxed:
         box.run_dir.mkdir(mode=0o700, exist_ok=True)
-        if not guix_runtime:
+        if not guix_runtime:  # the guix runtime's command has its sandbox already
             argv = sandbox.bwrap_argv(box, argv, _jupyter_files(plan.session_dir))
         cgroups = sandbox.make_cgroups(box.session_id, box.limits)
         argv = sandbox.limited(argv, cgroups, box.limits)
@@ -302,6 +301,25 @@ def _start(
         handle = handle.with_namespaces()
         handle.save(box.state_file)
     return _Started(process, log_file, handle)
+
+
+def _guix_command(
+    spec: runtime.ServerSpec, box: sandbox.Sandbox, manifest: Path, channels: Path | None,
+    boxed: bool,
+) -> list[str]:  # fmt: skip
+    """`guix shell --container …`; sandboxed, inside bubblewrap, so that Guix evaluates
+    the repository's manifest and channels where they can reach nothing of the host."""
+    if not boxed:
+        paths = runtime.GuixPaths(box.repo, manifest, channels, None, network=True)
+        return runtime.guix_argv(spec, paths)
+    outbound = box.network is SessionNetwork.OUTBOUND
+    paths = sandbox.guix_stage(box, channels is not None, outbound)
+    inner = runtime.guix_argv(spec, paths, sandbox.guix_program_inside())
+    # A repository's own manifest is loaded by its path, which differs in the sandbox.
+    text = manifest.read_text(encoding="utf-8")
+    inside = box.session_dir / "manifest-sandbox.scm"
+    inside.write_text(text.replace(f"{box.repo.resolve()}/", f"{paths.repo}/"), encoding="utf-8")
+    return sandbox.guix_bwrap_argv(box, inner, inside, channels)
 
 
 def _attach_network(
@@ -341,12 +359,12 @@ def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environmen
     return env
 
 
-def _check_with_guix(argv: list[str], report: Report) -> None:
+def _check_with_guix(argv: list[str], report: Report, env: dict[str, str] | None) -> None:
     """Have Guix evaluate the manifest first: a bad one fails here with Guix's own words,
     not somewhere in a container's log."""
     report(Event(Phase.BUILDING, "checking the environment with Guix"))
     try:
-        summary = guix.dry_run_shell(argv)
+        summary = guix.dry_run_shell(argv, env)
     except GuixError as e:
         raise EnvironmentSpecError(
             f"Guix rejected the repository's environment:\n{e.output.strip()}"
@@ -411,7 +429,9 @@ def _spawn(
     config = session_dir / "jupyter-config"
     config.mkdir(exist_ok=True)
     settings = _lab_settings(session_dir)
-    if boxed and kind is Runtime.LOCAL:
+    if boxed and kind is Runtime.GUIX:
+        env = sandbox.guix_environment({"JUPYTER_TOKEN": token})
+    elif boxed:
         # Nothing of the service's environment reaches the session: it can name secrets.
         env = sandbox.session_environment({
             "JUPYTER_TOKEN": token,

@@ -57,8 +57,8 @@ class Pin:
     def curl_resolve(self) -> list[str]:
         """HOST:PORT:ADDR,... entries, for each spelling curl may look the host up by."""
         listed = ",".join(f"[{a}]" if ":" in a else a for a in self.addresses)
-        spellings = dict.fromkeys(h for name in (self.host, self.host.lower())
-                                  for h in (name, name.rstrip("."), name.rstrip(".") + "."))  # fmt: skip
+        bare = (self.host.rstrip("."), self.host.lower().rstrip("."))
+        spellings = dict.fromkeys(h for name in bare for h in (name, name + "."))
         return [f"{h}:{self.port}:{listed}" for h in spellings]
 
 

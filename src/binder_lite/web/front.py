@@ -25,6 +25,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from functools import partial
+from typing import NamedTuple
 
 from binder_lite.web.base import Service
 from binder_lite.web.proxy import (
@@ -108,9 +109,11 @@ class Front:
         self.clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        # Only a trusted proxy's word on the client is taken; anyone else is the client.
+        client = None if self.trusted.trusts_peer(peer_ip) else Client(peer_ip, "http")
         abort = False
         try:
-            while await self._serve_one(reader, writer, peer_ip):
+            while await self._serve_one(reader, writer, peer_ip, client):
                 pass
         except MessageError as e:
             _reply(writer, e.status, f"{e}\n", close=True)
@@ -125,20 +128,17 @@ class Front:
             await _close(reader, writer, linger=not abort)
 
     async def _serve_one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_ip: str
-    ) -> bool:
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_ip: str,
+        client: Client | None,
+    ) -> bool:  # fmt: skip
         """Serve one request; whether the connection may carry another."""
         async with asyncio.timeout(KEEPALIVE_IDLE):
-            head = await read_request(reader)
-        if head is None:
+            request = await next_request(reader)
+        if request is None:
             return False
+        head, framing, keep, upgrade = request
         method, target, version = head.start
-        framing = request_framing(head)
-        keep = version == "HTTP/1.1" and not head.has_token("connection", "close")
-        upgrade = head.get("upgrade") is not None and head.has_token("connection", "upgrade")
-        if upgrade and framing:
-            raise MessageError(400, "an upgrade request has no body")
-        route = self._route(head, self.trusted.client(head, peer_ip), upgrade)
+        route = self._route(head, client or self.trusted.client(head, peer_ip), upgrade)
         if route is None:
             # The same answer for "not yours" as for "no such session".
             _reply(writer, 404, "not found\n", close=bool(framing))
@@ -181,7 +181,8 @@ class Front:
         for fresh in (False, True) if retryable else (True,):
             try:
                 reused, upstream = await self.pool.connect(address, fresh=fresh)
-            except OSError:
+            except OSError as e:
+                log.warning("upstream %s: %s", address, e)
                 return self._bad_gateway(writer, address, keep=framing == 0)
             try:
                 await _send(reader, upstream[1], out, framing)
@@ -235,7 +236,8 @@ class Front:
         """Pass an upgrade on; once the upstream agrees (101), copy bytes both ways."""
         try:
             up_reader, up_writer = await open_connection(address)
-        except OSError:
+        except OSError as e:
+            log.warning("upstream %s: %s", address, e)
             self._bad_gateway(writer, address, keep=False)
             return
         try:
@@ -263,6 +265,27 @@ class Front:
         else:
             _reply(writer, 502, "the notebook server is not answering\n", close=not keep)
         return keep
+
+
+class Request(NamedTuple):
+    head: Head
+    framing: int  # how its body is delimited (upstream.py)
+    keep: bool  # whether the client's connection may carry another request after it
+    upgrade: bool
+
+
+async def next_request(reader: asyncio.StreamReader) -> Request | None:
+    """The next request on a client's connection, as the front reads it; None if the
+    client closed between requests.  Its body, if any, is still to be read (`body`)."""
+    head = await read_request(reader)
+    if head is None:
+        return None
+    framing = request_framing(head)
+    keep = head.start[2] == "HTTP/1.1" and not head.has_token("connection", "close")
+    upgrade = head.get("upgrade") is not None and head.has_token("connection", "upgrade")
+    if upgrade and framing:
+        raise MessageError(400, "an upgrade request has no body")
+    return Request(head, framing, keep, upgrade)
 
 
 async def _send(

@@ -34,6 +34,7 @@ from binder_lite.launch.session import (
     stop_process_group,
 )
 from binder_lite.site.model import Runtime
+from binder_lite.web import push
 from binder_lite.web.store import Record, Store
 
 log = logging.getLogger(__name__)
@@ -190,8 +191,10 @@ class SessionManager:
             log.info("removed %s from the checkout cache", mirror.name)
 
     def _remove_files(self, session_id: str) -> None:
-        """A session's folder (its checkout, logs, Jupyter's files) goes with it."""
+        """A session's folder (its checkout, logs, Jupyter's files) goes with it, and so
+        does the repository its pushes were made in."""
         _remove_tree(self.state_dir / "sessions" / session_id)
+        push.discard(self.state_dir, session_id)
 
     def _launch(self, session_id: str, repository: str, ref: str, target: str | None) -> None:
         started = time.monotonic()

@@ -104,8 +104,9 @@ class RepoPolicy:
         if not self.allow_local:
             for address in addresses:
                 if not is_public(address):
-                    raise RefusedError(f"{host!r} is {address}, not a public internet address; "
-                                       "this site only fetches from the internet")  # fmt: skip
+                    raise RefusedError(f"{host!r} resolves to a local or private address "
+                                       f"({address}); this site only fetches from the public "
+                                       "internet")  # fmt: skip
         if _is_literal(host):
             return None  # nothing to look up again
         return Pin(host=host, port=port, addresses=tuple(str(a) for a in addresses))

@@ -75,12 +75,15 @@ class TrustedProxies:
     def trusts(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks)
 
+    def trusts_peer(self, peer: str) -> bool:
+        address = _ip(peer) if self.networks else None
+        return address is not None and self.trusts(address)
+
     def client(self, head: Head, peer: str) -> Client:
-        """The client: the peer, unless the peer is a trusted proxy, in which case the
-        X-Forwarded-For hops are followed from the right while they are trusted too."""
+        """The client behind a trusted proxy `peer`: X-Forwarded-For's hops are
+        followed from the right while they are trusted proxies too."""
         address = _ip(peer)
-        if address is None or not self.networks or not self.trusts(address):
-            return Client(peer, "http")
+        assert address is not None
         hops = [hop.strip() for value in head.all("x-forwarded-for") for hop in value.split(",")]
         for hop in reversed(hops):
             named = _ip(hop)

@@ -31,7 +31,9 @@ on 127.0.0.1 or to a Unix socket.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import stat
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -266,8 +268,22 @@ async def copy_body(
 
 async def open_connection(address: Address) -> Connection:
     if isinstance(address, str):
-        return await asyncio.open_unix_connection(address, limit=MAX_HEAD)
+        return await _open_unix(address)
     return await asyncio.open_connection("127.0.0.1", address, limit=MAX_HEAD)
+
+
+async def _open_unix(path: str) -> Connection:
+    """Connect to a session's socket.  The session can write the directory it is in,
+    so the last component is opened without following links and must be a socket;
+    connecting through /proc/self/fd also lifts the 107-byte limit on socket paths
+    (as sandbox.connect_unix does, which blocks)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConnectionRefusedError(f"{path} is not a socket")
+        return await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=MAX_HEAD)
+    finally:
+        os.close(fd)
 
 
 class Pool:
