@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,28 @@ def test_setup_py_entries_located(tmp_path: Path) -> None:
         ("setup.py:4", "not understood"),
         ("setup.py:4", "a URL or path, not a package name: skipped"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("requirements.txt", "numpy" + " " * (1 << 19) + "x\n"),
+        ("requirements.txt", "numpy[a" + " " * 999 + "\n"),
+        ("requirements.txt", "\\\n" * (1 << 18)),
+        ("requirements.txt", "a\t!\n" * (1 << 17)),
+        ("DESCRIPTION", "Imports: " + "(" * (1 << 19)),
+        ("DESCRIPTION", "Imports: " + "a," * (1 << 18)),
+        ("install.R", "install.packages(" * (1 << 15)),
+    ],
+)  # fmt: skip
+def test_hostile_files_are_read_quickly(tmp_path: Path, name: str, text: str) -> None:
+    """Near 1 MiB made to make regular expressions backtrack: read in well under a
+    second each here; the bound is generous for a loaded machine."""
+    import time
+
+    from binder_lite.errors import EnvironmentSpecError
+
+    start = time.monotonic()
+    with contextlib.suppress(EnvironmentSpecError):  # "more than 1000 entries" is fine
+        detect(files(tmp_path, **{name: text}))
+    assert time.monotonic() - start < 10

@@ -258,15 +258,15 @@ def _description_packages(file: RepoFile) -> tuple[list[str], list[Skipped]]:
         first = file.text.count("\n", 0, m.start(1)) + 1
         # Version constraints may span lines: blank them, keeping the line breaks.
         value = re.sub(r"\([^()]*\)", lambda c: "\n" * c[0].count("\n"), m[1])
-        offset = 0
+        line = first  # where the next item starts, counted as the items go by
         for item in value.split(","):
             name = item.strip()
-            line = first + value.count("\n", 0, offset + len(item) - len(item.lstrip()))
-            offset += len(item) + 1
+            start = line + item[: len(item) - len(item.lstrip())].count("\n")
+            line += item.count("\n")
             if _R_NAME.fullmatch(name):
                 names.append(name)
             elif name:
-                skipped.append(Skipped(f"{file.name}:{line}", "not understood"))
+                skipped.append(Skipped(f"{file.name}:{start}", "not understood"))
     return names, skipped
 
 

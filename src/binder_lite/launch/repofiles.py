@@ -74,15 +74,17 @@ class RepoTree:
             here = self.root.joinpath(*done, part)
             try:
                 mode = os.lstat(here).st_mode
+                target = os.readlink(here) if stat.S_ISLNK(mode) else None
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            if not stat.S_ISLNK(mode):
+            except OSError as e:
+                raise RepositoryFileError(str(asked), f"cannot be read ({e.strerror})") from None
+            if target is None:
                 done.append(part)
                 continue
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise RepositoryFileError(str(asked), "too many levels of symlinks")
-            target = os.readlink(here)
             if target.startswith("/"):
                 raise RepositoryFileError(str(asked), LEAVES)
             todo.extend((p, True) for p in reversed(PurePosixPath(target).parts))
@@ -124,7 +126,7 @@ class RepoTree:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise RepositoryFileError(shown, f"not UTF-8 text (byte {e.start})") from None
-        return RepoFile(shown, real, path, text)
+        return RepoFile(shown, real, path, text.removeprefix("\ufeff"))  # an editor's BOM
 
 
 def _size(limit: int) -> str:

@@ -136,7 +136,8 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     """(first line number, text) of each non-empty line, comments removed and lines
     ending in a backslash joined, as pip reads them.  Numbered by "\\n", as editors do."""
     lines: list[tuple[int, str]] = []
-    start, parts = 1, []  # the logical line being joined
+    start = 1
+    parts: list[str] = []  # the logical line being joined
     for number, raw in enumerate(text.split("\n"), start=1):
         if not parts:
             start = number
