@@ -452,7 +452,10 @@ def test_a_launch_stopped_while_pending_never_comes_back(tmp_path: Path, served:
         assert _status(served, sid) == "stopped"
         # git is stopped with the launch; were it not, the answer it waits for comes now.
         slow.release.set()
-        wait_for(lambda: not (folder / sid).exists(), 60, "the launch to end and tidy up")
+        wait_for(lambda: not (folder / sid).exists() or _status(served, sid) != "stopped", 60,
+                 "the launch to end and tidy up")  # fmt: skip
+        assert _status(served, sid) == "stopped"
+        assert not (folder / sid).exists()
         assert processes_mentioning(str(folder / sid)) == []
         assert git_processes_for(slow.server_address[1]) == []
     assert _status(served, sid) == "stopped"

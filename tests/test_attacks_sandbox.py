@@ -237,3 +237,29 @@ def test_outbound_network_cannot_reach_the_hosts_loopback(
         assert "'ok'" not in seen  # and the host's loopback is not reachable through it
     finally:
         session.stop()
+
+
+def test_outbound_network_cannot_reach_private_ranges(target: Target, tmp_path: Path) -> None:
+    """A cloud's metadata service, the host's LAN: unreachable, and the session's code
+    cannot make them reachable again."""
+    session = sandboxed(make_repo(tmp_path / "repo"), target.state,
+                        network=SessionNetwork.OUTBOUND)  # fmt: skip
+    try:
+        seen = execute(session.base_url, session.token, (
+            "import socket, subprocess, os\n"
+            "def attempt(address):\n"
+            "    s = socket.socket(); s.settimeout(3)\n"
+            "    try:\n"
+            "        s.connect((address, 80)); return 'ok'\n"
+            "    except OSError as e:\n"
+            "        return os.strerror(e.errno)\n"
+            "undo = subprocess.run(['ip', 'route', 'del', 'unreachable', '169.254.0.0/16'],"
+            " capture_output=True).returncode\n"
+            "([attempt(a) for a in ('169.254.169.254', '10.1.2.3', '172.17.0.1',"
+            " '192.168.1.1', '100.64.0.1')], undo, os.getuid())"
+        ))  # fmt: skip
+        reached, undo, uid = ast.literal_eval(seen)
+        assert reached == ["No route to host"] * 5
+        assert undo != 0 and uid == 1000  # the route stayed
+    finally:
+        session.stop()

@@ -114,3 +114,25 @@ def test_state_is_the_services_alone(served: tuple[Server, str], tmp_path: Path)
         path = server.state_dir / name
         if path.exists():
             assert path.stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_session_that_hits_its_memory_limit_is_told_why(tmp_path: Path) -> None:
+    extra = ("  session_network: none\n"
+             "  session_limits: {memory: 400MiB, processes: 128, disk: 64MiB}\n")  # fmt: skip
+    server = Server(write_site(tmp_path, extra=extra), tmp_path / "state",
+                    ("--allow-local-repos", "--cull-interval", "0.5")).start()  # fmt: skip
+    try:
+        client, sid, base = open_session(server, make_repo(tmp_path / "repo"))
+        code = ("import subprocess, sys\n"
+                "subprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode")  # fmt: skip
+        assert execute(base, "", code, cookie_of(client)) == "-9"
+        deadline = time.monotonic() + 20
+        page = client.get(f"/sessions/{sid}").text
+        while "memory limit of 400 MiB" not in page and time.monotonic() < deadline:
+            time.sleep(0.2)
+            page = client.get(f"/sessions/{sid}").text
+        assert "memory limit of 400 MiB" in page
+        # The notebook server itself carries on.
+        assert execute(base, "", "6 * 7", cookie_of(client)) == "42"
+    finally:
+        server.stop()

@@ -43,6 +43,16 @@ def sandboxed_command(
     return session_module._guix_command(spec, box, manifest, channels, boxed=True)
 
 
+def check_command(argv: list[str], repo: Path, manifest: Path) -> list[str]:
+    """What the launch dry-runs for `argv`: the same command, offline."""
+    spec = runtime.ServerSpec(port=None, base_url="/s/0123456789abcdef/", kernel="guix",
+                              root_dir=runtime.CONTAINER_WORK_DIR,
+                              socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}")  # fmt: skip
+    box = sandbox.Sandbox("0123456789abcdef", repo.parent / "session", repo,
+                          SessionNetwork.OUTBOUND)  # fmt: skip
+    return session_module._guix_check_command(spec, box, manifest, None, True, argv)
+
+
 @pytest.mark.parametrize("kind", list(REPOS))
 def test_runtime_command_is_accepted_by_guix(guix: str, tmp_path: Path, kind: str) -> None:
     """The exact sandboxed `guix shell --container …` argv of the guix runtime, with
@@ -55,10 +65,14 @@ def test_runtime_command_is_accepted_by_guix(guix: str, tmp_path: Path, kind: st
     network = SessionNetwork.NONE if kind != "default" else SessionNetwork.OUTBOUND
     argv = sandboxed_command(repo, manifest, network)
     assert argv[0].endswith("bwrap") and "--unshare-net" in argv
-    shell = argv[argv.index("--") + 1 :]
+    shell = argv[argv.index("shell") - 1 :]  # guix, then its arguments
     assert shell[1:3] == ["shell", "--container"]
     assert ("--network" in shell) == (network is SessionNetwork.OUTBOUND)
     assert f"--share={sandbox.GUIX_STAGE}/run={sandbox.RUN_DIR}" in shell
+    if network is SessionNetwork.OUTBOUND:
+        assert "unreachable" in " ".join(argv)  # private ranges closed before Guix runs
+        argv = check_command(argv, repo, manifest)
+        assert "--network" not in argv
     # raises GuixError if Guix refuses any of it
     guix_module.dry_run_shell(argv, sandbox.guix_environment({}))
 

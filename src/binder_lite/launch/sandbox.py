@@ -57,11 +57,23 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl",
              "ca-certificates", "ca-certificates.conf", "localtime", "mime.types",
              "nsswitch.conf", "fonts", "matplotlibrc", "R", "jupyter")  # fmt: skip
-# A user-mode stack must not carry traffic to these, whatever the site's network says.
+# Outbound traffic must not reach the host's networks (its LAN, a cloud's metadata
+# service at 169.254.169.254): these are unreachable inside the sandbox.  slirp4netns'
+# own network, 10.0.2.0/24 (its gateway and DNS), is more specific and stays reachable;
+# the host's loopback is refused by slirp4netns itself (--disable-host-loopback).
 PRIVATE_ROUTES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-                  "100.64.0.0/10", "127.0.0.0/8", "0.0.0.0/8", "192.0.0.0/24",
-                  "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
-SLIRP_NET = "10.0.2.0/24"  # slirp4netns' own network: its gateway and DNS live here
+                  "100.64.0.0/10", "0.0.0.0/8", "192.0.0.0/24", "198.18.0.0/15",
+                  "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
+# Run first in an outbound sandbox, with CAP_NET_ADMIN of the sandbox's namespace only:
+# wait (bounded) for slirp4netns' interface, make the private ranges unreachable, then
+# run the rest without that capability.
+NET_SETUP = (
+    "i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
+    "if [ $i -gt 500 ]; then echo 'binder-lite: no outbound network' >&2; exit 70; fi; "
+    "sleep 0.02; done; "
+    "for r in " + " ".join(PRIVATE_ROUTES) + "; do ip route add unreachable $r || exit 71; "
+    'done; exec "$@"'
+)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -156,13 +168,19 @@ def bwrap_argv(
     when it comes back (manager.adopt); the cgroup or the PID namespace ends them.
     """
     box.run_dir.mkdir(mode=0o700, exist_ok=True)
+    outbound = box.network is SessionNetwork.OUTBOUND
+    # Outbound: root of the sandbox's namespace with CAP_NET_ADMIN for NET_SETUP, which
+    # then hands over to a nested sandbox as the session's user, with no capability.
+    user = ["--uid", "0", "--gid", "0", "--cap-add", "CAP_NET_ADMIN"] if outbound else \
+        ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]  # fmt: skip
+    if outbound:
+        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
     args = [
         bubblewrap(),
         "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
         "--unshare-net", "--unshare-cgroup-try",
         # A session of its own: no ioctl(TIOCSTI) into a terminal of the service.
-        "--new-session",
-        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "binder",
+        "--new-session", *user, "--hostname", "binder",
         *_system_binds(), *_python_binds(), *_identity_files(box.session_dir),
         "--proc", "/proc", "--dev", "/dev",
         "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
@@ -236,9 +254,20 @@ def guix_bwrap_argv(
         "--bind", str(box.repo), f"{stage}/notebooks",
         "--bind", str(box.run_dir), f"{stage}/run", *files,
     ]  # fmt: skip
+    if not _needs_root(inner[0]):
+        # A Guix of its own makes an unprivileged container (its own user namespace):
+        # nothing in it holds a capability over the sandbox's network or mounts.
+        inner = _drop_to_user(inner, stage)
     if box.network is SessionNetwork.OUTBOUND:
         args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
+        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *inner]
     return [*args, "--chdir", stage, "--", *inner]
+
+
+def _needs_root(program: str) -> bool:
+    """scripts/guix-chroot.sh's Guix (development machines without Guix) enters its
+    chroot with mount and chroot, which need the sandbox namespace's root."""
+    return (Path(program).parent / "store-root").is_file()
 
 
 def guix_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -247,6 +276,14 @@ def guix_environment(extra: dict[str, str]) -> dict[str, str]:
     env.update({k: os.environ[k] for k in GUIX_ENV if k in os.environ})
     env["XDG_CACHE_HOME"] = f"{HOME}/.cache"
     return env
+
+
+def _drop_to_user(inner: list[str], chdir: str = WORK_DIR) -> list[str]:
+    """`inner` in a nested user namespace as the session's user, without capabilities
+    (so it cannot undo NET_SETUP's routes)."""
+    return [bubblewrap(), "--unshare-user", "--uid", str(SANDBOX_UID), "--gid",
+            str(SANDBOX_UID), "--bind", "/", "/", "--cap-drop", "ALL", "--chdir", chdir,
+            "--", *inner]  # fmt: skip
 
 
 def session_environment(extra: dict[str, str]) -> dict[str, str]:

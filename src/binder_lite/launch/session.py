@@ -99,6 +99,15 @@ DEFAULT_TIMEOUT = {Runtime.LOCAL: 120.0, Runtime.GUIX: 3600.0}
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """How the repository is fetched (the web service's bounds; see sources.py)."""
+
+    pin: sources.Pin | None = None  # the addresses the policy checked
+    limits: sources.FetchLimits | None = None
+    cancel: threading.Event | None = None  # set: stop fetching, or waiting, at once
+
+
+@dataclass(frozen=True)
 class Isolation:
     """How a session is kept from the host (sandbox.py)."""
 
@@ -126,6 +135,7 @@ class _Plan:
     session_dir: Path
     session_id: str
     isolation: Isolation
+    fetch: Fetch
 
 
 def launch(
@@ -142,6 +152,7 @@ def launch(
     timeout: float | None = None,
     on_event: Report | None = None,
     isolation: Isolation | None = None,
+    fetch: Fetch | None = None,
 ) -> Session:
     """Fetch `source` at `ref`, work out its environment, start Jupyter, wait until it
     answers with its token.  Raises a `LaunchError` saying what went wrong.
@@ -152,7 +163,7 @@ def launch(
     cache = cache_dir or default_cache_dir()
     plan = _Plan(source, ref, runtime_kind, open_path, kernel, port, base_url, timeout, cache,
                  session_dir or cache / "sessions" / session_id, session_id,
-                 isolation or Isolation())  # fmt: skip
+                 isolation or Isolation(), fetch or Fetch())  # fmt: skip
     try:
         return _launch(plan, report)
     except LaunchError as e:
@@ -238,8 +249,12 @@ def _prepare(
     """Check the repository out, find its environment, and write down its provenance."""
     url = sources.normalise_source(plan.source)
     report(Event(Phase.FETCHING, f"repository {url}, ref {plan.ref or 'HEAD'}"))
-    checkout = sources.check_out(url, plan.ref, plan.cache, plan.session_dir / "repo",
-                                 lambda line: report(Event(Phase.FETCHING, line)))  # fmt: skip
+    def log(line: str) -> None:
+        report(Event(Phase.FETCHING, line))
+
+    checkout = sources.check_out(url, plan.ref, plan.cache, plan.session_dir / "repo", log,
+                                 pin=plan.fetch.pin, limits=plan.fetch.limits,
+                                 cancel=plan.fetch.cancel)  # fmt: skip
     report(Event(Phase.RESOLVING, f"resolved {checkout.ref} to {checkout.commit}"))
     env = _environment(checkout.path, plan.kind, report)
     (plan.session_dir / "manifest.scm").write_text(env.manifest, encoding="utf-8")
@@ -271,7 +286,8 @@ def _start(
     boxed = plan.isolation.sandboxed
     if guix_runtime:
         argv = _guix_command(spec, box, manifest, env.channels, boxed)
-        _check_with_guix(argv, report, sandbox.guix_environment({}) if boxed else None)
+        _check_with_guix(_guix_check_command(spec, box, manifest, env.channels, boxed, argv),
+                         report, sandbox.guix_environment({}) if boxed else None)  # fmt: skip
     else:
         argv = runtime.local_argv(spec)
     where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
@@ -280,7 +296,8 @@ def _start(
     if boxed:
         box.run_dir.mkdir(mode=0o700, exist_ok=True)
         if not guix_runtime:  # the guix runtime's command has its sandbox already
-            argv = sandbox.bwrap_argv(box, argv, _jupyter_files(plan.session_dir))
+            readonly = [*_jupyter_files(plan.session_dir), *_borrowed_objects(box.repo)]
+            argv = sandbox.bwrap_argv(box, argv, readonly)
         cgroups = sandbox.make_cgroups(box.session_id, box.limits)
         argv = sandbox.limited(argv, cgroups, box.limits)
     process, log_file = _spawn(argv, token, plan.session_dir, box.repo, plan.kind, boxed, report)
@@ -293,7 +310,8 @@ def _start(
     try:
         if boxed and box.network is SessionNetwork.OUTBOUND:
             handle = _attach_network(box, process, handle, report)
-        _wait_ready(spec, box.socket if boxed else None, token, process, log_file, deadline)
+        _wait_ready(spec, box.socket if boxed else None, token, process, log_file, deadline,
+                    plan.fetch.cancel)  # fmt: skip
     except BaseException:
         _stop_started(process, handle, plan.session_dir, 5.0)
         raise
@@ -322,6 +340,19 @@ def _guix_command(
     return sandbox.guix_bwrap_argv(box, inner, inside, channels)
 
 
+def _guix_check_command(
+    spec: runtime.ServerSpec, box: sandbox.Sandbox, manifest: Path, channels: Path | None,
+    boxed: bool, argv: list[str],
+) -> list[str]:  # fmt: skip
+    """The command whose dry run checks the environment: the session's own, offline
+    (no user-mode network is attached to a check; pinned channels are fetched, with the
+    session's network, when it starts)."""
+    if not boxed or box.network is SessionNetwork.NONE:
+        return argv
+    offline = dataclasses.replace(box, network=SessionNetwork.NONE)
+    return _guix_command(spec, offline, manifest, channels, boxed)
+
+
 def _attach_network(
     box: sandbox.Sandbox, process: subprocess.Popen[bytes], handle: sandbox.Handle | None,
     report: Report,
@@ -338,6 +369,16 @@ def _attach_network(
     handle = dataclasses.replace(handle, helpers=(*handle.helpers, slirp.pid))
     handle.save(box.state_file)
     return handle
+
+
+def _borrowed_objects(repo: Path) -> list[tuple[Path, str]]:
+    """The cache's objects a checkout borrows (git clone --shared), read-only at the
+    same path, so that git works inside the session."""
+    try:
+        lines = (repo / ".git" / "objects" / "info" / "alternates").read_text().split()
+    except OSError:
+        return []
+    return [(Path(line), line) for line in lines if Path(line).is_dir()]
 
 
 def _jupyter_files(session_dir: Path) -> list[tuple[Path, str]]:
@@ -489,10 +530,13 @@ def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report:
 def _wait_ready(
     spec: runtime.ServerSpec, socket_path: Path | None, token: str,
     process: subprocess.Popen[bytes], log_file: Path, deadline: float,
+    cancel: threading.Event | None = None,
 ) -> None:  # fmt: skip
     where = f"{spec.origin}api/status" if socket_path is None else f"the socket {socket_path}"
     delay = 0.02
     while True:
+        if cancel is not None and cancel.is_set():
+            raise LaunchError("stopped while Jupyter was starting")
         if process.poll() is not None:
             raise JupyterError(
                 f"Jupyter exited with status {process.returncode} before it was ready; "

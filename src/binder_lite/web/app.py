@@ -93,7 +93,8 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
     binder = site.binder
     store = Store(options.state_dir / "sessions.sqlite")
     limits = Limits(binder.max_sessions, binder.max_sessions_per_user, binder.idle_timeout,
-                    binder.max_age, options.cull_interval)  # fmt: skip
+                    binder.max_age, options.cull_interval,
+                    max_repo_size=binder.max_repo_size)  # fmt: skip
     isolation = Isolation(sandboxed=options.sandboxed, network=binder.session_network,
                           limits=binder.session_limits, forward=False)  # fmt: skip
     manager = SessionManager(store, options.state_dir, options.runtime, limits, isolation)

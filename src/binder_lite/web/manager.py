@@ -24,6 +24,7 @@ from binder_lite.launch import sandbox, sources
 from binder_lite.launch.session import (
     DEFAULT_TIMEOUT,
     Event,
+    Fetch,
     Isolation,
     Phase,
     Session,
@@ -73,6 +74,7 @@ class Live:
     session: Session | None = None  # set when we started it (not adopted)
     last_proxy_activity: float = field(default_factory=time.time)
     client: str | None = None  # the address an anonymous visitor launched it from
+    oom_kills: int = 0  # processes the memory limit stopped, as last seen
     pin: sources.Pin | None = None  # the addresses the policy checked, for git
     # Set by a stop: the launch ends what it started and never reports "running".
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -206,6 +208,8 @@ class SessionManager:
                 cache_dir=self.state_dir / "cache",
                 session_dir=self.state_dir / "sessions" / session_id,
                 on_event=lambda e: self._event(session_id, e), isolation=self.isolation,
+                fetch=Fetch(pin=live.pin, cancel=live.cancelled,
+                            limits=sources.FetchLimits(max_size=self.limits.max_repo_size)),
             )  # fmt: skip
         except LaunchError as e:
             if live.cancelled.is_set():
@@ -358,6 +362,23 @@ class SessionManager:
         self.store.add_to("sessions_over_limit")
         return True
 
+    def _note_memory(self, record: Record) -> None:
+        """Say on the session's page when its memory limit stopped one of its processes
+        (a kernel that died this way only says it died)."""
+        handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+        if handle is None or not handle.cgroups:
+            return
+        kills = sandbox.Cgroups(tuple(Path(d) for d in handle.cgroups)).oom_kills()
+        live = self.live.get(record.id)
+        if live is None or kills <= live.oom_kills:
+            return
+        live.oom_kills = kills
+        limit = self.isolation.limits.memory // 1024**2
+        message = (f"a process of this session needed more than its memory limit of "
+                   f"{limit} MiB and was stopped")  # fmt: skip
+        self.store.update(record.id, message=message)
+        self.store.add_to("sessions_memory_limit_hit")
+
     def cull(self) -> None:
         """Stop sessions that are idle, too old, or whose server died, and launches that
         take too long; remove folders no session owns."""
@@ -375,6 +396,7 @@ class SessionManager:
                 continue
             if self._over_disk(record):
                 continue
+            self._note_memory(record)
             last = max(_timestamp(status.get("last_activity")), record.ready or 0.0,
                        self.live[record.id].last_proxy_activity if record.id in self.live
                        else 0.0)  # fmt: skip
