@@ -3,9 +3,12 @@
     .venv/bin/python benchmarks/proxy.py [N]
 
 Latency of a Jupyter API request and of a kernel execute round trip, through
-binder-lite's proxy (/s/<id>/) and directly against the session's Jupyter, with
-their ratio (goal: proxy ≤ 1.5× direct); and the resident memory of an idle
-session (its Jupyter server with one kernel) against that of the service.
+binder-lite's front (/s/<id>/) and directly against the session's Jupyter (on the
+Unix socket it listens on in its sandbox, with the same requests), with their ratio
+(goal: proxy ≤ 1.5× direct); and the resident memory of an idle session (every
+process of its sandbox: Jupyter with one kernel) against that of the service.
+Both measurements come from the same run, so the ratio does not depend on how busy
+the machine was on another day.
 """
 
 from __future__ import annotations
@@ -13,46 +16,72 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import re
+import socket
 import statistics
 import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from tornado.httpclient import HTTPRequest
+from tornado.netutil import Resolver
 from tornado.websocket import websocket_connect
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from launchkit import make_repo, processes_mentioning  # noqa: E402
+from launchkit import make_repo  # noqa: E402
 from webkit import Client, Server  # noqa: E402
 
 from binder_lite.kernel import execute_request  # noqa: E402
+from binder_lite.launch.sandbox import Handle, connect_unix  # noqa: E402
+
+GOAL = 1.5
+ROUNDS = 5
 
 
-def api_latency(url: str, headers: dict[str, str], n: int) -> float:
-    """Median time of GET `url` over one kept-alive connection, as a browser does."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port)
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over the session's Unix socket, as the front speaks to it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = connect_unix(self.path, self.timeout)
+
+
+class UnixResolver(Resolver):
+    """Every name resolves to one Unix socket (for tornado's websocket client)."""
+
+    def initialize(self, address: str) -> None:  # type: ignore[override]
+        self.address = address
+
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+                      ) -> list[tuple[int, object]]:  # fmt: skip
+        return [(socket.AF_UNIX, self.address)]
+
+
+def api_times(conn: http.client.HTTPConnection, path: str, headers: dict[str, str],
+              n: int) -> list[float]:  # fmt: skip
+    """Times of GET `path`, `n` times over one kept-alive connection, as a browser does."""
     times = []
     for _ in range(n):
         started = time.perf_counter()
-        conn.request("GET", parts.path, headers=headers)
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         response.read()
         assert response.status == 200, response.status
         times.append(time.perf_counter() - started)
-    conn.close()
-    return statistics.median(times)
+    return times
 
 
-async def execute_latency(ws_url: str, headers: dict[str, str], n: int) -> float:
-    conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))
+async def execute_latency(request: HTTPRequest, n: int, resolver: Resolver | None = None) -> float:
+    conn = await websocket_connect(request, resolver=resolver)
     times = []
     for _ in range(n):
         msg_id, message = execute_request("1 + 1")
@@ -68,7 +97,7 @@ async def execute_latency(ws_url: str, headers: dict[str, str], n: int) -> float
     return statistics.median(times)
 
 
-def rss_kib(pids: list[int]) -> int:
+def rss_kib(pids: set[int] | list[int]) -> int:
     total = 0
     for pid in pids:
         try:
@@ -78,6 +107,20 @@ def rss_kib(pids: list[int]) -> int:
         m = re.search(r"VmRSS:\s+(\d+) kB", status)
         total += int(m.group(1)) if m else 0
     return total
+
+
+def start_kernel(sock: Path, base: str, auth: dict[str, str]) -> str:
+    conn = UnixConnection(sock)
+    conn.request("POST", f"{base}api/kernels", body=b"{}", headers=auth)
+    response = conn.getresponse()
+    kernel = str(json.loads(response.read())["id"])
+    conn.close()
+    return kernel
+
+
+def ratio_line(what: str, direct: float, proxied: float) -> str:
+    return (f"{what:13} direct {direct * 1000:7.2f} ms   proxied {proxied * 1000:7.2f} ms"
+            f"   ratio {proxied / direct:5.2f}x (goal <= {GOAL}x)")  # fmt: skip
 
 
 def main() -> None:
@@ -93,35 +136,49 @@ def main() -> None:
             ready = client.events(path)[-1]
             token = str(ready["token"])
             sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
-            proxied = f"{server.url}/s/{sid}/"
+            base = f"/s/{sid}/"
             auth = {"Authorization": f"token {token}"}
-            port = int(server.session_field(sid, "port"))
-            direct = f"http://127.0.0.1:{port}/s/{sid}/"
-            api_proxy = api_latency(f"{proxied}api/kernelspecs", auth, n)
-            api_direct = api_latency(f"{direct}api/kernelspecs", auth, n)
-            request = urllib.request.Request(f"{direct}api/kernels", data=b"{}", method="POST",
-                                             headers=auth)  # fmt: skip
-            with urllib.request.urlopen(request) as response:
-                kernel = json.loads(response.read())["id"]
-            ws_headers = {**auth, "Origin": server.url}
-            exec_proxy = asyncio.run(execute_latency(
-                f"{proxied.replace('http', 'ws', 1)}api/kernels/{kernel}/channels",
-                ws_headers, n // 4))  # fmt: skip
-            exec_direct = asyncio.run(execute_latency(
-                f"{direct.replace('http', 'ws', 1)}api/kernels/{kernel}/channels",
-                {**auth, "Origin": f"http://127.0.0.1:{port}"}, n // 4))  # fmt: skip
+            sock = Path(str(server.session_field(sid, "socket")))
+            proxy_conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            direct_conn = UnixConnection(sock)
+            api = f"{base}api/kernelspecs"
+            api_times(proxy_conn, api, auth, 10)  # warm up both
+            api_times(direct_conn, api, auth, 10)
+            # Alternate the two, so that a slower moment of the machine hits both alike.
+            api_proxy, api_direct = [], []
+            for _ in range(ROUNDS):
+                api_proxy.append(api_times(proxy_conn, api, auth, n // ROUNDS))
+                api_direct.append(api_times(direct_conn, api, auth, n // ROUNDS))
+            proxy_conn.close()
+            direct_conn.close()
+            kernel = start_kernel(sock, base, auth)
+            channels = f"{base}api/kernels/{kernel}/channels"
+            exec_proxy = asyncio.run(execute_latency(HTTPRequest(
+                f"ws://127.0.0.1:{server.port}{channels}",
+                headers={**auth, "Origin": server.url}), n // 4))  # fmt: skip
+            # The socket's path may be longer than a socket address may be: connect
+            # through a descriptor of it, as connect_unix does.
+            fd = os.open(sock, os.O_PATH | os.O_NOFOLLOW)
+            try:
+                exec_direct = asyncio.run(execute_latency(HTTPRequest(
+                    f"ws://localhost{channels}", headers={**auth, "Origin": "http://localhost"}),
+                    n // 4, UnixResolver(address=f"/proc/self/fd/{fd}")))  # fmt: skip
+            finally:
+                os.close(fd)
             time.sleep(1)
-            session_kib = rss_kib(processes_mentioning(str(work / "state/sessions" / sid)))
+            handle = Handle.load(work / "state/sessions" / sid / "sandbox.json")
+            session_kib = rss_kib(handle.members()) if handle else 0
             service_kib = rss_kib([server.proc.pid]) if server.proc else 0
         finally:
             server.stop()
-    print(f"requests: {n} API, {n // 4} executes; medians")
-    print(f"API request   direct {api_direct * 1000:7.2f} ms   proxied {api_proxy * 1000:7.2f} ms"
-          f"   ratio {api_proxy / api_direct:5.2f}x (goal <= 1.5x)")  # fmt: skip
-    print(f"execute 1+1   direct {exec_direct * 1000:7.2f} ms   proxied {exec_proxy * 1000:7.2f} ms"
-          f"   ratio {exec_proxy / exec_direct:5.2f}x (goal <= 1.5x)")  # fmt: skip
-    print(f"idle session (server + kernel): {session_kib / 1024:7.1f} MiB resident")
-    print(f"binder-lite service:            {service_kib / 1024:7.1f} MiB resident")
+    print(f"requests: {n} API ({ROUNDS} alternating rounds), {n // 4} executes; medians")
+    print(ratio_line("API request", statistics.median(sum(api_direct, [])),
+                     statistics.median(sum(api_proxy, []))))  # fmt: skip
+    rounds = (statistics.median(p) / statistics.median(d) for p, d in zip(api_proxy, api_direct))
+    print("  by round:    " + "  ".join(f"{r:4.2f}x" for r in rounds))
+    print(ratio_line("execute 1+1", exec_direct, exec_proxy))
+    print(f"idle session (sandbox: server + kernel): {session_kib / 1024:7.1f} MiB resident")
+    print(f"binder-lite service:                     {service_kib / 1024:7.1f} MiB resident")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ HERE = Path(__file__).parent / "standin"
 CACHE = Path(os.environ.get("BINDER_LITE_CACHE", "/var/cache/binder-lite"))
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("linux-image-cloud-amd64,openssh-server,shepherd,python3,python3-venv,git,"
-            "iproute2,procps,ca-certificates,sudo,tzdata")  # fmt: skip
+            "iproute2,procps,ca-certificates,sudo,tzdata,bubblewrap,slirp4netns")  # fmt: skip
 RECIPE = f"sid minbase {PACKAGES} v1"
 
 

@@ -145,6 +145,11 @@ def test_the_session_sees_only_its_own_checkout(sessions: tuple[Session, Session
                       "import os; sorted(os.listdir('/notebooks')), os.getcwd()")  # fmt: skip
     assert "index.ipynb" in listing and "private.txt" not in listing
     assert "'/notebooks'" in listing
+    # git works on the checkout (its objects are borrowed from the cache, read-only).
+    log = execute(first.base_url, first.token, "import subprocess; subprocess.run("
+                  "['git', 'log', '--format=%s', '-1'], capture_output=True, text=True,"
+                  " cwd='/notebooks').stdout.strip()")  # fmt: skip
+    assert log not in ("''", "")
 
 
 def test_nothing_outlives_a_stopped_session(target: Target, tmp_path: Path) -> None:

@@ -290,7 +290,7 @@ def session_environment(extra: dict[str, str]) -> dict[str, str]:
     """The whole environment a session starts with: nothing of the service's own (its
     variables can name secrets)."""
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin:/run/current-system/profile/bin",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/run/current-system/profile/bin:/usr/sbin:/sbin",
         "HOME": HOME,
         "USER": "binder",
         "LANG": "C.UTF-8",
@@ -408,8 +408,9 @@ def limited(argv: list[str], cgroups: Cgroups | None, limits: SessionLimits) -> 
     a shell joins the cgroups and execs, so that nothing runs outside them even briefly."""
     rlimits = [f"--fsize={limits.disk}", "--core=0"]
     if cgroups is None:
-        # Without a cgroup: data segment per process, and the task count per user.
-        rlimits += [f"--data={limits.memory}", f"--nproc={limits.processes}"]
+        # Without a cgroup, memory is bounded per process; tasks are not (RLIMIT_NPROC
+        # counts every process of the service's user, not the session's).
+        rlimits += [f"--data={limits.memory}"]
     prlimit = shutil.which("prlimit") or "prlimit"
     files = [str(f) for f in cgroups.procs_files()] if cgroups else []
     join = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; ' \

@@ -371,14 +371,21 @@ def _attach_network(
     return handle
 
 
+BORROWED_INSIDE = "/opt/binder-lite/objects"
+
+
 def _borrowed_objects(repo: Path) -> list[tuple[Path, str]]:
-    """The cache's objects a checkout borrows (git clone --shared), read-only at the
-    same path, so that git works inside the session."""
+    """The cache's objects a checkout borrows (git clone --shared), read-only in the
+    sandbox under a path of its own (the cache's path would show the state directory),
+    so that git works inside the session."""
+    alternates = repo / ".git" / "objects" / "info" / "alternates"
     try:
-        lines = (repo / ".git" / "objects" / "info" / "alternates").read_text().split()
+        lines = [Path(line) for line in alternates.read_text().split()]
     except OSError:
         return []
-    return [(Path(line), line) for line in lines if Path(line).is_dir()]
+    borrowed = [(p, f"{BORROWED_INSIDE}/{i}") for i, p in enumerate(lines) if p.is_dir()]
+    alternates.write_text("".join(f"{inside}\n" for _, inside in borrowed))
+    return borrowed
 
 
 def _jupyter_files(session_dir: Path) -> list[tuple[Path, str]]:
