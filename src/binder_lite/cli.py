@@ -251,6 +251,13 @@ def _launch_options(f: Callable[..., None]) -> Callable[..., None]:
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Repository cache [default: ~/.cache/binder-lite]."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the URLs."),
+        click.option("--network", type=click.Choice(("outbound", "none")), default="outbound",
+                     show_default=True,
+                     help="What the session may reach: the internet (never this machine's "
+                          "loopback or private networks), or nothing."),
+        click.option("--no-sandbox", "unsandboxed", is_flag=True,
+                     help="Run Jupyter unconfined, as you, on this machine's network (for "
+                          "repositories you trust)."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)

@@ -13,8 +13,8 @@ import click
 
 from binder_lite.errors import UsageError
 from binder_lite.launch import detect
-from binder_lite.launch.session import Event, Phase, Session, launch
-from binder_lite.site.model import Runtime
+from binder_lite.launch.session import Event, Isolation, Phase, Session, launch
+from binder_lite.site.model import Runtime, SessionNetwork
 
 
 def run_launcher(
@@ -28,6 +28,8 @@ def run_launcher(
     timeout: float | None,
     cache_dir: Path | None,
     quiet: bool,
+    network: str = "outbound",
+    unsandboxed: bool = False,
 ) -> None:
     def progress(event: Event) -> None:
         if not quiet and event.phase is not Phase.READY:
@@ -38,6 +40,7 @@ def run_launcher(
     session = launch(
         source, ref, runtime_kind=Runtime(runtime), open_path=open_path, kernel=kernel,
         port=port, cache_dir=cache_dir, timeout=timeout, on_event=progress,
+        isolation=Isolation(sandboxed=not unsandboxed, network=SessionNetwork(network)),
     )  # fmt: skip
     try:
         _print_urls(session)

@@ -9,23 +9,47 @@ the front's to say: X-Forwarded-*, X-Real-Ip, X-Scheme and Forwarded from a clie
 are dropped, and the front sets X-Forwarded-For and X-Forwarded-Proto itself,
 believing what a peer says only when the peer is one of the site's trusted proxies
 (`binder.trusted_proxies`).
+
+Who may use a session: its owner (the service's cookie names them), or, with logins
+off, whoever holds its token (BinderHub's way).  With `binder.session_domain`, each
+session is its own origin (origins.py) and the service's cookie, host-only, never
+reaches it: the service hands the owner over with a signed, short-lived, single-use
+`binder-lite-handoff` parameter, which the front here exchanges for a cookie of the
+session's origin alone.
+
+What serving sessions on the service's own origin (no session_domain) still allows:
+a session's code can answer its own /s/<id>/ requests with any page (it owns the
+server behind its socket), and a page there is same-origin with the service.  If
+another visitor opens it, its scripts can read that visitor's service pages
+(/sessions, provenance), use their other sessions through /s/<other>/ (the visitor's
+cookie is sent with same-origin requests), and set cookies for the whole host from
+JavaScript.  Stripping Set-Cookie headers (session_response_head), the Origin check,
+COOP and frame-ancestors on the service's pages do not stop scripts running in the
+service's origin.  Only a separate origin per session does: anyone who opens
+sessions started by others needs `binder.session_domain`.
 """
 
 from __future__ import annotations
 
 import hmac
+import http
 import ipaddress
+import json
+import re
+import secrets
+import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tornado import httputil
-from tornado.web import decode_signed_value
+from tornado.web import create_signed_value, decode_signed_value
 
 from binder_lite.errors import UsageError
 from binder_lite.web.auth import Identity
-from binder_lite.web.base import COOKIE_DAYS, USER_COOKIE
+from binder_lite.web.base import COOKIE_DAYS, USER_COOKIE, Service
 from binder_lite.web.manager import SessionManager
+from binder_lite.web.origins import Origins
 from binder_lite.web.store import Record
 from binder_lite.web.upstream import Address, Head
 
@@ -46,6 +70,14 @@ FORWARDING = frozenset({
 REPLACED = frozenset({"host", "authorization"})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+SESSION_PATH = re.compile(r"/s/([0-9a-f]{16})/")
+# At a session's own origin: the cookie naming (session, owner), and the parameter a
+# handoff comes in.  Both start with binder-lite: the cookie is never passed on to
+# Jupyter, and a session cannot set one (session_response_head).
+SESSION_COOKIE = "binder-lite-session"
+HANDOFF = "binder-lite-handoff"
+HANDOFF_SECONDS = 60
 
 
 @dataclass(frozen=True)
