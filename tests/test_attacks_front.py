@@ -17,6 +17,7 @@ import json
 import re
 import socket
 import time
+import types
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from tornado.iostream import IOStream
 from webkit import Client, Server
 
 from binder_lite.web import front, upstream
+from binder_lite.web.origins import Origins
 from binder_lite.web.upstream import MAX_BODY, MAX_HEAD, MessageError
 
 
@@ -458,7 +460,9 @@ async def _through_front(
     parts), reading one answer after each; the answers."""
     up = Upstream()
     up_server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
-    the_front = front.Front(None, "secret", up_server.sockets[0].getsockname()[1],  # type: ignore[arg-type]
+    # No sessions here: the service stands in with only where it is (origins.py).
+    service = types.SimpleNamespace(origins=Origins("http", "x", None))
+    the_front = front.Front(service, "secret", up_server.sockets[0].getsockname()[1],  # type: ignore[arg-type]
                             trusted)  # fmt: skip
     listening = await the_front.listen("127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(

@@ -526,4 +526,5 @@ def test_pending_launches_are_culled(tmp_path: Path) -> None:
     assert culled == "stopped: the launch took longer than 1 s"
     assert final == "stopped"
     assert not (tmp_path / "state" / "sessions").exists() or not any(
-        (tmp_path / "state" / "sessions").iterdir())
+        (tmp_path / "state" / "sessions").iterdir()
+    )

@@ -49,7 +49,7 @@ class Host:
         self.dir = root / "host-secrets"
         self.dir.mkdir()
         # A valid package name, a pin, Scheme and a bare token: whatever a reader keeps.
-        text = f"{self.marker}\ntoken=={self.marker}\n(define x \"{self.marker}\")\n"
+        text = f'{self.marker}\ntoken=={self.marker}\n(define x "{self.marker}")\n'
         self.secret = self.dir / "push-credential"
         for name in ("push-credential", "requirements.txt", "channels.scm", "manifest.scm"):
             (self.dir / name).write_text(text)
@@ -194,8 +194,15 @@ def test_oversized_special_and_non_utf8_files(tmp_path: Path) -> None:
 # -- launch(), as the service calls it -----------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["-r absolute", "requirements.txt symlink",
-                                  "binder/channels.scm symlink", "binder directory symlink"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "-r absolute",
+        "requirements.txt symlink",
+        "binder/channels.scm symlink",
+        "binder directory symlink",
+    ],
+)
 def test_launch_says_why_and_shows_nothing(tmp_path: Path, host: Host, case: str) -> None:
     files, links, message = attack_cases(host)[case]
     repo = attack_repo(tmp_path / "repo", files, links)

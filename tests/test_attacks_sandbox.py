@@ -220,9 +220,7 @@ def test_limits_hold_and_the_host_stays_up(target: Target, tmp_path: Path) -> No
         session.stop()
 
 
-def test_outbound_network_cannot_reach_the_hosts_loopback(
-    target: Target, tmp_path: Path
-) -> None:
+def test_outbound_network_cannot_reach_the_hosts_loopback(target: Target, tmp_path: Path) -> None:
     session = sandboxed(make_repo(tmp_path / "repo"), target.state,
                         network=SessionNetwork.OUTBOUND)  # fmt: skip
     try:

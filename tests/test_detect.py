@@ -214,8 +214,13 @@ def test_r_and_julia_names_are_checked(tmp_path: Path) -> None:
 
 
 def test_setup_py_entries_located(tmp_path: Path) -> None:
-    setup = files(tmp_path, **{"setup.py": "from setuptools import setup\nsetup(\n"
-                               "  install_requires=['numpy',\n    f'{x}', 'git+https://h/x'])\n"})
+    setup = files(
+        tmp_path,
+        **{
+            "setup.py": "from setuptools import setup\nsetup(\n"
+            "  install_requires=['numpy',\n    f'{x}', 'git+https://h/x'])\n"
+        },
+    )
     env = detect(setup)
     assert env.packages == ("python-numpy",)
     assert [(s.where, s.reason) for s in env.skipped] == [

@@ -85,7 +85,9 @@ def test_pushes_of_one_session_follow_each_other(forge_root: Path, tmp_path: Pat
     bare = forge_root / "team-403.git"
     assert git(bare, "rev-parse", f"{second.branch}^") == first.commit
     assert git(bare, "ls-tree", "--name-only", second.branch).split() == [
-        "README.md", "index.ipynb", "run.sh"
+        "README.md",
+        "index.ipynb",
+        "run.sh",
     ]
     assert git(bare, "ls-tree", second.branch, "run.sh").startswith("100755 ")
     assert (state / "push").stat().st_mode & 0o777 == 0o700

@@ -249,6 +249,7 @@ def _prepare(
     """Check the repository out, find its environment, and write down its provenance."""
     url = sources.normalise_source(plan.source)
     report(Event(Phase.FETCHING, f"repository {url}, ref {plan.ref or 'HEAD'}"))
+
     def log(line: str) -> None:
         report(Event(Phase.FETCHING, line))
 

@@ -72,7 +72,19 @@ def run(
         memory_mib=memory, cpus=cpus, accel=chosen, snapshot=snapshot,
     )  # fmt: skip
     ovmf = qemu.find_ovmf() if info.boot.firmware == "efi" else None
-    vm = qemu.start(spec, binary, ovmf)
+    try:
+        vm = qemu.start(spec, binary, ovmf)
+    except BootError as e:
+        if not (chosen == "kvm" and accel == "auto"):
+            raise
+        # KVM ran the probe, yet QEMU aborted on this guest (seen: "failed to set MSR"):
+        # boot again with TCG.
+        spec = dataclasses.replace(spec, accel="tcg")
+        vm = qemu.start(spec, binary, ovmf)
+        vm.warning = (f"KVM could not run this guest ({str(e).splitlines()[-1].strip()}); "
+                      "booted with TCG, which is slower")  # fmt: skip
+        (run_dir / "ssh-user").write_text(info.ssh_user or "")
+        return vm
     if chosen == "kvm" and accel == "auto" and not _shows_life(vm, LIFE_SIGN_SECONDS):
         # KVM ran the probe's boot sector, yet this guest printed nothing: on some
         # hosts KVM hangs once a guest leaves real mode.  Boot again with TCG.

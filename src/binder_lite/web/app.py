@@ -21,6 +21,7 @@ from binder_lite.web.auth import OAuthClient
 from binder_lite.web.base import Service
 from binder_lite.web.front import Front
 from binder_lite.web.manager import Limits, SessionManager
+from binder_lite.web.origins import Origins
 from binder_lite.web.policy import RepoPolicy
 from binder_lite.web.push import Credential
 from binder_lite.web.store import Store
@@ -108,6 +109,7 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
         policy=RepoPolicy(binder.allowed_repos, options.allow_local_repos), oauth=oauth,
         state_dir=options.state_dir, push_credential=push,
         secure_cookies=options.secure_cookies, tokens={},
+        origins=Origins.for_service(binder, options.address, options.port),
     )  # fmt: skip
     app = tornado.web.Application(
         routes(), service=service, cookie_secret=cookie_secret(options.state_dir),

@@ -14,6 +14,7 @@ from tornado.web import RequestHandler
 from binder_lite.site.model import Site
 from binder_lite.web.auth import Identity, OAuthClient
 from binder_lite.web.manager import SessionManager
+from binder_lite.web.origins import Origins
 from binder_lite.web.policy import RepoPolicy
 from binder_lite.web.push import Credential
 
@@ -36,6 +37,7 @@ class Service:
     push_credential: Credential | None
     secure_cookies: bool
     tokens: dict[str, str]  # identity id → the provider's access token, in memory only
+    origins: Origins  # where the service and its sessions are, for links (origins.py)
 
 
 @cache
@@ -99,6 +101,9 @@ class BaseMixin(RequestHandler):
                         "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                         "script-src 'self'; frame-ancestors 'none'")  # fmt: skip
         self.set_header("X-Content-Type-Options", "nosniff")
+        # A window that opens one of the service's pages (a session's page, say) gets
+        # no handle on it, and the page none on its opener.
+        self.set_header("Cross-Origin-Opener-Policy", "same-origin")
         self.finish(pages().get_template(template).render(
             site=site.site, binder=site.binder, identity=self.identity(),
             auth_off=self.auth_off, xsrf=self.xsrf_form_html(),

@@ -22,20 +22,20 @@ import asyncio
 import contextlib
 import http
 import logging
-import re
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
 from binder_lite.web.base import Service
 from binder_lite.web.proxy import (
+    NOT_FOUND,
     Client,
+    Gate,
+    Reply,
     TrustedProxies,
-    authorise,
     forwarded,
-    identity_in,
     session_headers,
-    token_in,
+    session_response_head,
     upstream_of,
 )
 from binder_lite.web.upstream import (
@@ -60,7 +60,6 @@ from binder_lite.web.upstream import (
 
 log = logging.getLogger(__name__)
 
-SESSION_PATH = re.compile(r"/s/([0-9a-f]{16})/")
 KEEPALIVE_IDLE = 300.0  # seconds a client connection may wait between requests
 UPSTREAM_TIMEOUT = 300.0  # seconds to wait for a response's head
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -93,6 +92,7 @@ class Front:
         self.cookie_secret = cookie_secret
         self.app_port = app_port
         self.trusted = TrustedProxies(trusted_proxies)
+        self.gate = Gate(service, cookie_secret)  # who may use which session (proxy.py)
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
 
@@ -139,9 +139,10 @@ class Front:
         head, framing, keep, upgrade = request
         method, target, version = head.start
         route = self._route(head, client or self.trusted.client(head, peer_ip), upgrade)
-        if route is None:
-            # The same answer for "not yours" as for "no such session".
-            _reply(writer, 404, "not found\n", close=bool(framing))
+        if isinstance(route, Reply):
+            # A refusal or a redirect: the body, if any, is not read, so the
+            # connection ends with it.
+            writer.write(route.encode(close=bool(framing)))
             return keep and not framing
         address, headers, touch = route
         if framing and version == "HTTP/1.1" and head.has_token("expect", "100-continue"):
@@ -152,18 +153,18 @@ class Front:
             return False
         return await self._exchange(reader, writer, head, out, framing, address) and keep
 
-    def _route(self, head: Head, client: Client, upgrade: bool) -> Route | None:
+    def _route(self, head: Head, client: Client, upgrade: bool) -> Route | Reply:
         """Where the request goes (a session's Jupyter, or the application), with which
-        headers; None for a session the caller may not use."""
-        m = SESSION_PATH.match(head.start[1])
-        if not m:
+        headers; or the front's own answer (a refusal, a redirect to a session's origin)."""
+        record = self.gate.target(head, upgrade)
+        if record is None:
             return self.app_port, _app_headers(head, client, upgrade), None
+        if isinstance(record, Reply):
+            return record
         manager = self.service.manager
-        record = authorise(manager, m.group(1), identity_in(head, self.cookie_secret),
-                           self.service.oauth is None, token_in(head))  # fmt: skip
-        address = upstream_of(record) if record is not None else None
-        if record is None or address is None:
-            return None
+        address = upstream_of(record)
+        if address is None:
+            return NOT_FOUND
         manager.touch(record.id)
         headers = session_headers(head, record, upgrade, client)
         return address, headers, partial(manager.touch, record.id)
@@ -213,7 +214,8 @@ class Front:
             log.warning("upstream %s: %s", address, e)
             return self._bad_gateway(writer, address, keep=True)
         try:
-            await copy_body(upstream[0], writer, framing, prefix=response.raw)
+            prefix = response.raw if address == self.app_port else session_response_head(response)
+            await copy_body(upstream[0], writer, framing, prefix=prefix)
         except (MessageError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             upstream[1].close()
             # The answer has begun: a broken body can only end the connection.
@@ -248,11 +250,13 @@ class Front:
                 log.warning("upstream %s: %s", address, e)
                 self._bad_gateway(writer, address, keep=False)
                 return
+            prefix = (response.raw if address == self.app_port
+                      else session_response_head(response))  # fmt: skip
             if response.start[1] != "101":
                 await copy_body(up_reader, writer, response_framing("GET", response),
-                                prefix=response.raw)  # fmt: skip
+                                prefix=prefix)  # fmt: skip
             else:
-                writer.write(response.raw)
+                writer.write(prefix)
                 await _splice((reader, writer), (up_reader, up_writer), touch)
         finally:
             up_writer.close()

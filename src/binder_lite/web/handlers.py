@@ -19,6 +19,7 @@ from binder_lite.launch.session import Event, Phase
 from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
 from binder_lite.web.manager import CapacityError
 from binder_lite.web.policy import RefusedError
+from binder_lite.web.proxy import Handoffs, with_handoff
 from binder_lite.web.push import Credential, PushError, PushSource, push_changes
 from binder_lite.web.store import Record
 
@@ -153,9 +154,17 @@ class SSEMixin(BaseMixin):
         if event.phase is Phase.READY:
             record = self.manager.store.get(session_id)
             assert record is not None
-            base = f"{self.request.protocol}://{self.request.host}/s/{session_id}/"
-            data.update(url=base, view=f"{base}{record.view or ''}",
-                        message=f"server running at {base}\n")  # fmt: skip
+            # From the site's settings, not the request's Host header (origins.py).
+            origins = self.service.origins
+            base = origins.session_url(session_id)
+            view = origins.session_url(session_id, record.view or "")
+            if origins.session_domain is not None:
+                # The owner is sent to the session's own origin at once (launch.js), so a
+                # handoff made now is used within its minute; `url` stays bare for
+                # BinderHub clients, which add ?token= to it.
+                secret = self.application.settings["cookie_secret"]
+                view = with_handoff(view, Handoffs(secret).issue(session_id, record.owner))
+            data.update(url=base, view=view, message=f"server running at {base}\n")
             if with_token:
                 data["token"] = record.token
         return data

@@ -214,3 +214,241 @@ def session_headers(
 def _without_our_cookies(header: str) -> str:
     kept = [c for c in header.split(";") if not c.strip().startswith("binder-lite")]
     return ";".join(kept).strip()
+
+
+# -- where a request goes, and who may use a session ----------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer the front gives itself (a refusal, or a redirect)."""
+
+    status: int
+    text: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, close: bool) -> bytes:
+        body = self.text.encode()
+        lines = [f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
+                 "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+                 "Cache-Control: no-store",
+                 *(f"{name}: {value}" for name, value in self.headers)]  # fmt: skip
+        if close:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+# The same answer for "not yours" as for "no such session".
+NOT_FOUND = Reply(404, "not found\n")
+CROSS_ORIGIN = Reply(403, "a request from another origin was refused\n")
+
+
+class Gate:
+    """Decides, for the front, where a request goes: the application (None), a
+    session (its Record), or an answer of the front's own (a Reply)."""
+
+    def __init__(self, service: Service, cookie_secret: str) -> None:
+        self.service = service
+        self.secret = cookie_secret
+        self.handoffs = Handoffs(cookie_secret)
+
+    @property
+    def origins(self) -> Origins:
+        return self.service.origins
+
+    def target(self, head: Head, upgrade: bool) -> Record | Reply | None:
+        at = self.origins.session_in_host(head.get("host"))
+        if at is not None:
+            return self._at_session_origin(head, at, upgrade)
+        m = SESSION_PATH.match(head.start[1])
+        if m is None:
+            return None
+        if self.origins.session_domain is not None:
+            return self._to_session_origin(head, m.group(1), upgrade)
+        if not self._same_origin(head, None):
+            return CROSS_ORIGIN
+        record = authorise(self.service.manager, m.group(1),
+                           identity_in(head, self.secret), self._auth_off,
+                           token_in(head))  # fmt: skip
+        return record or NOT_FOUND
+
+    @property
+    def _auth_off(self) -> bool:
+        return self.service.oauth is None
+
+    def _same_origin(self, head: Head, session_id: str | None) -> bool:
+        """Whether an Origin header, when there is one, names where the request went.
+        Jupyter checks this itself, but the proxy must rewrite Origin for it (it
+        compares Origin with the Host the proxy rewrote), so the check is made here."""
+        origin = head.get("origin")
+        if origin is None:
+            return True
+        netloc = urllib.parse.urlsplit(origin).netloc.lower() if origin != "null" else ""
+        return netloc in self.origins.origin_of(head.get("host"), session_id)
+
+    def _at_session_origin(self, head: Head, session_id: str, upgrade: bool) -> Record | Reply:
+        method, target, _ = head.start
+        path, query = _split(target)
+        identity = session_identity(head, self.secret, session_id)
+        if HANDOFF in query and method in ("GET", "HEAD") and not upgrade:
+            return self._redeem(session_id, path, query, identity)
+        if not self._same_origin(head, session_id):
+            return CROSS_ORIGIN
+        token = token_in(head)
+        record = authorise(self.service.manager, session_id, identity, self._auth_off, token)
+        if record is None:
+            return NOT_FOUND
+        if not identity and "token" in query and _navigation(head, method, upgrade):
+            # A BinderHub link (?token=) opened in a browser: the token becomes this
+            # origin's cookie, and leaves the address bar.
+            return self._enter(record, path, _without(query, "token"))
+        return record
+
+    def _redeem(
+        self, session_id: str, path: str, query: dict[str, list[str]], identity: str
+    ) -> Reply:
+        claimed = self.handoffs.redeem(query[HANDOFF][0], session_id)
+        record = self.service.manager.running.get(session_id)
+        if record is not None and identity and claimed is None and record.owner == identity:
+            # A used handoff (reloaded, say) from someone who is already in.
+            location = path + (f"?{q}" if (q := _without(query, HANDOFF)) else "")
+            return Reply(303, "", (("Location", location),))
+        if claimed is None or record is None or record.owner != claimed:
+            return Reply(403, "This link to a session has expired or was used already: "
+                              f"open it again from {self.origins.service}/sessions\n")  # fmt: skip
+        return self._enter(record, path, _without(query, HANDOFF))
+
+    def _enter(self, record: Record, path: str, query: str) -> Reply:
+        """Redirect to `path` with a cookie naming (session, owner) for this origin:
+        host-only (no Domain), HttpOnly, SameSite=Lax."""
+        value = create_signed_value(self.secret, SESSION_COOKIE,
+                                    json.dumps([record.id, record.owner])).decode()  # fmt: skip
+        cookie = f"{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax"
+        if self.service.secure_cookies:
+            cookie += "; Secure"
+        location = path + (f"?{query}" if query else "")
+        return Reply(303, "", (("Location", location), ("Set-Cookie", cookie)))
+
+    def _to_session_origin(self, head: Head, session_id: str, upgrade: bool) -> Reply:
+        """/s/<id>/… on the service's host, when sessions have origins of their own:
+        a browser is sent on (its owner with a fresh handoff: links on the service's
+        pages lead here, and a handoff made when a page was drawn would have expired)."""
+        method, target, _ = head.start
+        if method not in ("GET", "HEAD") or upgrade:
+            return NOT_FOUND
+        location = self.origins.session_origin(session_id) + target
+        record = self.service.manager.running.get(session_id)
+        identity = identity_in(head, self.secret)
+        if record is not None and identity and record.owner == identity:
+            location = with_handoff(location, self.handoffs.issue(session_id, identity))
+        return Reply(302, "", (("Location", location),))
+
+
+class Handoffs:
+    """Signed tickets that let a session's owner into the session's origin: bound to
+    the session and the identity, valid HANDOFF_SECONDS, and redeemed once."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.redeemed: dict[str, float] = {}  # nonce → when it expires anyway
+
+    def issue(self, session_id: str, identity: str) -> str:
+        claim = json.dumps([session_id, identity, secrets.token_urlsafe(12)])
+        return create_signed_value(self.secret, HANDOFF, claim).decode()
+
+    def redeem(self, value: str, session_id: str) -> str | None:
+        """The identity a handoff names, if it is good for `session_id` and unused."""
+        decoded = decode_signed_value(self.secret, HANDOFF, value,
+                                      max_age_days=HANDOFF_SECONDS / 86400)  # fmt: skip
+        if decoded is None:
+            return None
+        try:
+            claimed_session, identity, nonce = json.loads(decoded)
+        except ValueError:
+            return None
+        now = time.monotonic()
+        self.redeemed = {n: t for n, t in self.redeemed.items() if t > now}
+        if claimed_session != session_id or nonce in self.redeemed:
+            return None
+        self.redeemed[nonce] = now + HANDOFF_SECONDS + 1
+        return str(identity)
+
+
+def with_handoff(url: str, handoff: str) -> str:
+    joiner = "&" if "?" in url else "?"
+    return f"{url}{joiner}{HANDOFF}={urllib.parse.quote(handoff, safe='')}"
+
+
+def session_identity(head: Head, cookie_secret: str, session_id: str) -> str:
+    """The identity a session origin's cookie names for `session_id`, or "".  Every
+    cookie of that name is tried: a sibling session can add one for the whole domain
+    from JavaScript, which must not hide the owner's."""
+    for raw in head.all("cookie"):
+        for part in raw.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name != SESSION_COOKIE or not value:
+                continue
+            decoded = decode_signed_value(cookie_secret, SESSION_COOKIE, value,
+                                          max_age_days=COOKIE_DAYS)  # fmt: skip
+            try:
+                claimed_session, identity = json.loads(decoded) if decoded else ("", "")
+            except ValueError:
+                continue
+            if claimed_session == session_id and identity:
+                return str(identity)
+    return ""
+
+
+def _split(target: str) -> tuple[str, dict[str, list[str]]]:
+    path, _, query = target.partition("?")
+    return path, urllib.parse.parse_qs(query, keep_blank_values=True)
+
+
+def _without(query: dict[str, list[str]], name: str) -> str:
+    return urllib.parse.urlencode([(k, v) for k, vs in query.items() if k != name for v in vs])
+
+
+def _navigation(head: Head, method: str, upgrade: bool) -> bool:
+    """A browser loading a page (not a script's API call, which keeps its token)."""
+    if method != "GET" or upgrade:
+        return False
+    dest = head.get("sec-fetch-dest")
+    if dest is not None:
+        return dest == "document"
+    return "text/html" in (head.get("accept") or "")
+
+
+# -- what a session may answer --------------------------------------------------------
+
+
+_SESSION_COOKIE_PATH = re.compile(r"/s/[0-9a-f]{16}(?:/.*)?")
+
+
+def session_response_head(head: Head) -> bytes:
+    """A session's response head as the client gets it: Set-Cookie headers that could
+    reach beyond the session are left out.  Jupyter's own cookies (`_xsrf` and its
+    `username-…` login cookie) are scoped to its base_url, /s/<id>/, and kept."""
+    if not any(name == "set-cookie" for name, _ in head.headers):
+        return head.raw
+    kept = [(n, v) for n, v in head.headers if n != "set-cookie" or _cookie_stays(v)]
+    if len(kept) == len(head.headers):
+        return head.raw
+    version, status, reason = head.start
+    lines = [f"{version} {status} {reason}", *(f"{n}: {v}" for n, v in kept)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _cookie_stays(value: str) -> bool:
+    """A cookie named like the service's, set for another Domain, or for a path
+    outside /s/<id>/ (Path=/ above all) is dropped."""
+    name, *attributes = value.split(";")
+    if name.strip().lower().startswith("binder-lite"):
+        return False
+    for attribute in attributes:
+        key, _, val = attribute.strip().partition("=")
+        key = key.strip().lower()
+        if key == "domain":
+            return False
+        if key == "path" and not _SESSION_COOKIE_PATH.fullmatch(val.strip()):
+            return False
+    return True
