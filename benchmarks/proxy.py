@@ -58,7 +58,7 @@ class UnixConnection(http.client.HTTPConnection):
 class UnixResolver(Resolver):
     """Every name resolves to one Unix socket (for tornado's websocket client)."""
 
-    def initialize(self, address: str) -> None:  # type: ignore[override]
+    def initialize(self, address: str) -> None:
         self.address = address
 
     async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
@@ -174,7 +174,8 @@ def main() -> None:
     print(f"requests: {n} API ({ROUNDS} alternating rounds), {n // 4} executes; medians")
     print(ratio_line("API request", statistics.median(sum(api_direct, [])),
                      statistics.median(sum(api_proxy, []))))  # fmt: skip
-    rounds = (statistics.median(p) / statistics.median(d) for p, d in zip(api_proxy, api_direct))
+    rounds = [statistics.median(p) / statistics.median(d)
+              for p, d in zip(api_proxy, api_direct, strict=True)]  # fmt: skip
     print("  by round:    " + "  ".join(f"{r:4.2f}x" for r in rounds))
     print(ratio_line("execute 1+1", exec_direct, exec_proxy))
     print(f"idle session (sandbox: server + kernel): {session_kib / 1024:7.1f} MiB resident")

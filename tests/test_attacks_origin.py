@@ -266,8 +266,10 @@ def test_with_session_origins_a_taken_over_session_reads_nothing_of_another_visi
     assert chromium.current_url.startswith(f"http://{attacker.id}.{DOMAIN}:")  # type: ignore[attr-defined]
     assert not seen["sessions"].startswith("200:") and victim not in seen["sessions"], seen
     assert not seen["files"].startswith("200:") and marker not in seen["files"], seen
-    # The victim's own way in still works.
-    chromium.get(files)  # type: ignore[attr-defined]
+    # The victim's own way in still works, and links on the service's pages
+    # (/s/<id>/… on its host) lead them there with a fresh handoff.
+    chromium.get(f"{server.url}/s/{victim}/api/contents/diary.txt")  # type: ignore[attr-defined]
+    assert chromium.current_url == files  # type: ignore[attr-defined]
     assert marker in chromium.page_source  # type: ignore[attr-defined]
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
 from launchkit import (
@@ -25,6 +27,8 @@ from launchkit import (
 from binder_lite.errors import JupyterError, LaunchError, SourceError
 from binder_lite.launch import Event, Phase, launch
 from binder_lite.launch import runtime as runtime_module
+from binder_lite.launch.sandbox import Handle
+from binder_lite.launch.session import process_alive
 from binder_lite.site.model import Runtime
 
 
@@ -192,36 +196,85 @@ def test_jupyter_failing_shows_its_log(
     assert "config error: no such option" in str(info.value)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the launcher, before exec: SIGINT's default action.  A `&` job of a
+    non-interactive shell starts with SIGINT ignored, and the launcher would inherit
+    that (Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _lines(stream: IO[str]) -> queue.Queue[str]:
+    """The lines of `stream`, read to its end by a thread (so every wait is bounded);
+    "" marks the end."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """After a failure: SIGTERM, which the launcher handles as Ctrl-C (stopping its
+    session), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
     repo: Path, tmp_path: Path
 ) -> None:
     launcher = Path(sys.executable).parent / "guix-notebook-launcher"
-    proc = subprocess.Popen(
-        [launcher, f"file://{repo}", "--runtime", "local", "--no-browser",
-         "--cache-dir", tmp_path / "cache"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in range(5)]
-    assert lines[0] == "To access the notebook, open this file in a browser:\n"
-    assert lines[1].startswith("    file:///") and lines[1].rstrip().endswith("/open.html")
-    assert lines[2] == "Or copy and paste one of these URLs:\n"
-    assert re.fullmatch(r"    http://localhost:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[3])
-    assert re.fullmatch(
-        r" or http://127\.0\.0\.1:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[4]
-    )
-    url = lines[4].split()[-1]
-    assert http_status(url) == 200
-    session_dir = lines[1].strip().removeprefix("file://").removesuffix("/open.html")
-    assert processes_mentioning(session_dir)  # the kernel-less server, at least
-    execute(url.split("notebooks/")[0], url.split("token=")[1], "1")  # start a kernel too
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 130
-    deadline = time.monotonic() + 5
-    while processes_mentioning(session_dir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_mentioning(session_dir) == []
-    with pytest.raises(OSError):  # the server is gone
+    # Its stderr (progress, Jupyter's log while it starts) goes to a file: a pipe that
+    # nobody reads fills up and blocks the launcher.
+    stderr_path = tmp_path / "launcher.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [launcher, f"file://{repo}", "--runtime", "local", "--no-browser",
+             "--cache-dir", tmp_path / "cache"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            preexec_fn=_sigint_as_at_a_terminal,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        stdout = _lines(proc.stdout)
+        lines = [stdout.get(timeout=180) for _ in range(5)]
+        intro = "To access the notebook, open this file in a browser:\n"
+        assert lines[0] == intro, (lines, stderr_path.read_text())
+        assert lines[1].startswith("    file:///") and lines[1].rstrip().endswith("/open.html")
+        assert lines[2] == "Or copy and paste one of these URLs:\n"
+        assert re.fullmatch(r"    http://localhost:\d+/notebooks/index\.ipynb\?token=\w+\n",
+                            lines[3])  # fmt: skip
+        assert re.fullmatch(
+            r" or http://127\.0\.0\.1:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[4]
+        )
+        url = lines[4].split()[-1]
+        assert http_status(url) == 200
+        session_dir = Path(lines[1].strip().removeprefix("file://").removesuffix("/open.html"))
+        handle = Handle.load(session_dir / "sandbox.json")
+        assert handle is not None and handle.pid_namespaces
+        server = handle.members()
+        execute(url.split("notebooks/")[0], url.split("token=")[1], "1")  # start a kernel too
+        assert handle.members() - server, "no kernel process in the session's sandbox"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, stderr_path.read_text()
+    finally:
+        _end(proc)
+    assert "stopped the notebook server" in stderr_path.read_text()
+    # Nothing of the session is left: no process in its sandbox (server, kernel), none
+    # naming its files, no network helper, and nothing answering at the URL.
+    assert handle.members() == set()
+    assert processes_mentioning(str(session_dir)) == []
+    assert not any(process_alive(pid) for pid in handle.helpers)
+    with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
 
 

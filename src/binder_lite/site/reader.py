@@ -86,23 +86,39 @@ class Section:
 
     def text(self, key: str, default: Any = None, check: Callable[[str], Any] | None = None) -> Any:
         node = self._take(key, default)
+        absent = None if default is REQUIRED else default
         if node is None:
-            return None if default is REQUIRED else default
+            return absent
         value = self.scalar_text(node, key)
-        return default if value is None else self._checked(node, key, value, check)
+        return absent if value is None else self._checked(node, key, value, check)
 
     def scalar_text(self, node: RawNode, key: str) -> str | None:
         if not isinstance(node, RawScalar):
             self._wrong_type(node, key, "text")
             return None
         if isinstance(node.value, str):
-            return node.value
+            return self._writable(node, key, node.value)
         if node.plain:
             # YAML guessed a type (`keyboard: no` is a boolean, `hostname: 1234` a number);
             # for a text field the text as written is what the user meant.
-            return node.text
+            return self._writable(node, key, node.text)
         self._wrong_type(node, key, "text")
         return None
+
+    def _writable(self, node: RawNode, key: str, value: str) -> str | None:
+        """`value`, if it can be written as UTF-8 (into Scheme files, JSON, HTML).  A
+        `\\ud800` escape in a quoted scalar gives a lone surrogate, which is no character
+        (PyYAML does not join a `\\ud83d\\ude00` pair either)."""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            code = ord(value[e.start])
+            self.fail(node, key, f"contains U+{code:04X}, a lone surrogate, which is not a "
+                      "character and cannot be written as UTF-8",
+                      "write the character itself, or \\U and 8 hex digits for one beyond "
+                      "U+FFFF (e.g. \\U0001F600)")  # fmt: skip
+            return None
+        return value
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         node = self._take(key, default)

@@ -1,18 +1,26 @@
-"""HTTP/1.1 messages as the front relays them: heads parsed by h11 behind a strict
-gate, bodies copied as they arrive under framing the front checks itself.
+"""HTTP/1.1 messages as the front relays them: request heads parsed by h11 behind a
+strict gate, response heads matched whole against one grammar, bodies copied as they
+arrive under framing the front checks itself.
 
-Heads are parsed with h11 (python-hyper's HTTP/1.1 library, which does no I/O of its
-own): it is strict by design, one grammar taken from the RFCs with no lenient modes;
-it is pure Python, so nothing is compiled where the service is installed; and Guix
-packages it (python-h11).  httptools (llhttp) would parse faster, but it is a C
-extension, and what it lets through depends on flags.
+Request heads are parsed with h11 (python-hyper's HTTP/1.1 library, which does no
+I/O of its own): it is strict by design, one grammar taken from the RFCs with no
+lenient modes; it is pure Python, so nothing is compiled where the service is
+installed; and Guix packages it (python-h11).  httptools (llhttp) would parse faster,
+but it is a C extension, and what it lets through depends on flags.
+
+Response heads come from tornado too, but a session's code can replace its Jupyter:
+they are as hostile as requests.  They are matched whole by RESPONSE_HEAD, RFC 9112's
+status-line and field-lines in one regular expression, which is stricter than h11
+(tests/test_upstream.py holds the two to the same reading) and a quarter of the cost:
+h11 took a third of the front's time per proxied request (benchmarks/proxy.py).  A
+head that does not match ends its upstream connection with a 502 to the client.
 
 The servers behind the front are tornado (the application, and every session's
 Jupyter).  Where h11 and tornado read the same bytes differently, the front refuses
 them, because a difference is what request smuggling is made of:
 
-- In a head, a CR or LF outside a CRLF, any other control character, and a folded
-  line are refused before h11 sees them: h11, like tornado, ends a line at a bare LF,
+- In a request head, a CR or LF outside a CRLF, any other control character, and a
+  folded line are refused before h11 sees them: h11, like tornado, ends a line at a bare LF,
   and h11 unfolds folded lines, which tornado refuses.
 - Chunked bodies are read here, not by h11: sizes of 1 to 16 hex digits and nothing
   else on the line, no trailers.  h11 allows 20 digits, extensions and trailers;
@@ -157,7 +165,8 @@ async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> 
 
 
 async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
-    """A head's bytes, up to and including its blank line, checked byte by byte."""
+    """A request head's bytes, up to and including its blank line, checked byte by
+    byte."""
     try:
         raw = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as e:
