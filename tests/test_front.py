@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,10 +210,14 @@ def test_a_session_whose_jupyter_died_answers_502(session: Session, raw: Raw) ->
     assert ready["phase"] == "ready", ready
     sid = str(ready["url"]).rstrip("/").rsplit("/", 1)[-1]
     # The recorded pid is bubblewrap's outer process: the sandbox's handle finds
-    # Jupyter (and everything else of the session), and stop() returns once none runs.
+    # Jupyter (and everything else of the session) to kill.  What it killed may be
+    # listed a moment longer, until its new parent has reaped it.
     handle = Handle.load(Path(server.session_field(sid, "session_dir")) / "sandbox.json")
     assert handle is not None and handle.alive()
     handle.stop(grace=0)
+    deadline = time.monotonic() + 10
+    while handle.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not handle.alive()
     raw.send(request("GET", f"/s/{sid}/api/status", {"Authorization": f"token {ready['token']}"}))
     status, _, body = raw.response()

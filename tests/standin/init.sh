@@ -12,8 +12,10 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -o remount,rw /
 mkdir -p /run/sshd /var/run
-# Nothing loads modules here but us (no udev): the network card's driver.
+# Nothing loads modules here but us (no udev): the network card's driver, and TUN for
+# sessions' outbound network (slirp4netns).
 modprobe virtio_net
+modprobe tun
 hostname -F /etc/hostname
 ssh-keygen -A >/dev/null 2>&1
 {

@@ -21,6 +21,7 @@ import http.client
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -65,14 +66,14 @@ PRIVATE_ROUTES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/
                   "100.64.0.0/10", "0.0.0.0/8", "192.0.0.0/24", "198.18.0.0/15",
                   "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
 # Run first in an outbound sandbox, with CAP_NET_ADMIN of the sandbox's namespace only:
-# wait (bounded) for slirp4netns' interface, make the private ranges unreachable, then
-# run the rest without that capability.
+# make the private ranges unreachable (before any interface exists, so that they are
+# whatever happens later), wait (bounded) for slirp4netns' interface, then run the rest
+# without that capability.
 NET_SETUP = (
-    "i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
-    "if [ $i -gt 500 ]; then echo 'binder-lite: no outbound network' >&2; exit 70; fi; "
-    "sleep 0.02; done; "
     "for r in " + " ".join(PRIVATE_ROUTES) + "; do ip route add unreachable $r || exit 71; "
-    'done; exec "$@"'
+    "done; i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
+    "if [ $i -gt 500 ]; then echo 'binder-lite: starting without a network' >&2; break; fi; "
+    'sleep 0.02; done; exec "$@"'
 )
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -169,9 +170,10 @@ def bwrap_argv(
     """
     box.run_dir.mkdir(mode=0o700, exist_ok=True)
     outbound = box.network is SessionNetwork.OUTBOUND
-    # Outbound: root of the sandbox's namespace with CAP_NET_ADMIN for NET_SETUP, which
-    # then hands over to a nested sandbox as the session's user, with no capability.
-    user = ["--uid", "0", "--gid", "0", "--cap-add", "CAP_NET_ADMIN"] if outbound else \
+    # Outbound: root of the sandbox's namespace (its capabilities over the sandbox's
+    # namespaces only) for NET_SETUP and for making the nested namespace, which then
+    # runs the session as its user, with no capability.
+    user = ["--uid", "0", "--gid", "0", "--cap-add", "ALL"] if outbound else \
         ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]  # fmt: skip
     if outbound:
         inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
@@ -435,12 +437,35 @@ def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess
     child = _sandbox_child(process.pid)
     if child is None:
         raise SandboxError("the sandbox ended before its network could be attached")
-    slirp = subprocess.Popen(
-        [helper, "--configure", "--mtu=65520", "--disable-host-loopback", str(child), "tap0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    ready_read, ready_write = os.pipe()
+    log = box.session_dir / "slirp4netns.log"
+    with open(log, "wb") as errors:
+        slirp = subprocess.Popen(
+            [helper, "--configure", "--mtu=65520", "--disable-host-loopback",
+             f"--ready-fd={ready_write}", str(child), "tap0"],
+            stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, start_new_session=True,
+            pass_fds=(ready_write,),
+        )  # fmt: skip
+    os.close(ready_write)
+    try:
+        ready = _wait_readable(ready_read, SLIRP_READY_SECONDS)
+    finally:
+        os.close(ready_read)
+    if not ready:
+        slirp.kill()
+        slirp.wait()
+        tail = log.read_text(errors="replace").strip().splitlines()[-2:]
+        raise SandboxError("slirp4netns did not start: " + (" / ".join(tail) or "no output"))
     return slirp
+
+
+SLIRP_READY_SECONDS = 10.0
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    """Whether slirp4netns wrote its ready byte on `fd` within `timeout`."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return bool(ready) and os.read(fd, 1) == b"1"
 
 
 def _sandbox_child(pid: int, timeout: float = 5.0) -> int | None:

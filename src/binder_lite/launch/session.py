@@ -372,7 +372,7 @@ def _attach_network(
     return handle
 
 
-BORROWED_INSIDE = "/opt/binder-lite/objects"
+BORROWED_INSIDE = "/run/binder-lite-objects"
 
 
 def _borrowed_objects(repo: Path) -> list[tuple[Path, str]]:
@@ -467,8 +467,8 @@ def _check_port_free(port: int) -> None:
             raise LaunchError(f"port {port} is already in use; choose another") from None
 
 
-JUPYTER_CONFIG_INSIDE = "/opt/binder-lite/jupyter-config"
-LAB_SETTINGS_INSIDE = "/opt/binder-lite/lab-settings"
+JUPYTER_CONFIG_INSIDE = "/run/binder-lite-config/jupyter"
+LAB_SETTINGS_INSIDE = "/run/binder-lite-config/lab"
 
 
 def _spawn(
