@@ -123,8 +123,10 @@ def test_a_session_that_hits_its_memory_limit_is_told_why(tmp_path: Path) -> Non
                     ("--allow-local-repos", "--cull-interval", "0.5")).start()  # fmt: skip
     try:
         client, sid, base = open_session(server, make_repo(tmp_path / "repo"))
-        code = ("import subprocess, sys\n"
-                "subprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode")  # fmt: skip
+        code = (
+            "import subprocess, sys\n"
+            "subprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode"
+        )
         assert execute(base, "", code, cookie_of(client)) == "-9"
         deadline = time.monotonic() + 20
         page = client.get(f"/sessions/{sid}").text

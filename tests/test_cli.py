@@ -123,3 +123,19 @@ def test_readme_starts_with_the_two_commands() -> None:
     block = lines[lines.index("```sh") + 1 : lines.index("```sh") + 3]
     assert block[0].startswith("scripts/setup && ")
     assert block[1] == "scripts/test"
+
+
+@pytest.mark.parametrize("command", [["site", "check"], ["render", "--print"]])
+def test_lone_surrogate_is_a_located_error(
+    cli: Cli, write_site: WriteSite, command: list[str]
+) -> None:
+    # `"\ud800"` is valid YAML, but no character: it cannot be written out as UTF-8.
+    path = write_site(MINIMAL_SITE.replace("name: Test", 'name: "\\ud800"'))
+    result = cli(*command, path)
+    assert result.code == 2, result.err
+    assert "Traceback" not in result.err
+    assert result.err.splitlines()[0] == (
+        f"error: {path}:3:9: site.name: contains U+D800, a lone surrogate, which is not a "
+        "character and cannot be written as UTF-8"
+    )
+    assert result.out == ""

@@ -271,7 +271,7 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
     assert "stopped the notebook server" in stderr_path.read_text()
     # Nothing of the session is left: no process in its sandbox (server, kernel), none
     # naming its files, no network helper, and nothing answering at the URL.
-    assert handle.members() == set()
+    assert {pid for pid in handle.members() if process_alive(pid)} == set()  # zombies aside
     assert processes_mentioning(str(session_dir)) == []
     assert not any(process_alive(pid) for pid in handle.helpers)
     with pytest.raises(OSError):

@@ -300,3 +300,20 @@ def test_channels_path(write_site: WriteSite, tmp_path: Path) -> None:
     assert "guix.channels: 'channels.scm' does not exist" in one_problem(path)
     (tmp_path / "channels.scm").write_text("(list)")
     assert load_site(path).guix.channels == tmp_path / "channels.scm"
+
+
+def test_text_that_cannot_be_written_as_utf8_is_refused(write_site: WriteSite) -> None:
+    site = MINIMAL_SITE.replace("  slug: test", '  slug: test\n  tagline: "a \\udfff"')
+    site += 'packages: [git, "\\ud83d\\ude00"]\nservices:\n  - name: s\n' \
+            '    command: ["/bin/true"]\n    environment: {X: "\\ud800"}\n'  # fmt: skip
+    found = problems(write_site(site))
+    assert len(found) == 3, found
+    assert "site.tagline: contains U+DFFF, a lone surrogate" in found[0]
+    assert "packages[1]: contains U+D83D, a lone surrogate" in found[1]
+    assert "services[0].environment.X: contains U+D800, a lone surrogate" in found[2]
+    assert "hint: write the character itself, or \\U and 8 hex digits" in found[0]
+
+
+def test_required_text_of_the_wrong_type_is_one_problem(write_site: WriteSite) -> None:
+    found = one_problem(write_site(MINIMAL_SITE.replace("name: Test", "name: [Test]")))
+    assert found.endswith("site.name: expected text, got a list")

@@ -172,7 +172,7 @@ REFUSED = {
     "te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
     "te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
     "te-twice": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n",  # fmt: skip
+    b"Transfer-Encoding: chunked\r\n\r\n",  # fmt: skip
     "te-on-http10": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
     "bad-length-on-204": b"HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
     "switching-unasked": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",

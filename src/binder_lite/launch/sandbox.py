@@ -70,8 +70,13 @@ PRIVATE_ROUTES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/
 # whatever happens later), wait (bounded) for slirp4netns' interface, then run the rest
 # without that capability.
 NET_SETUP = (
-    "for r in " + " ".join(PRIVATE_ROUTES) + "; do ip route add unreachable $r || exit 71; "
-    "done; i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
+    # A few tries each (seen once, under load, to fail); failing, the session does not
+    # start: it never runs with a private range open.
+    "for r in " + " ".join(PRIVATE_ROUTES) + "; do n=0; "
+    'until ip route add unreachable $r || ip route show | grep -q "^unreachable $r "; '
+    "do n=$((n+1)); if [ $n -ge 5 ]; then "
+    'echo "binder-lite: cannot close $r to the session" >&2; exit 71; fi; sleep 0.1; '
+    "done; done; i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
     "if [ $i -gt 500 ]; then echo 'binder-lite: starting without a network' >&2; break; fi; "
     'sleep 0.02; done; exec "$@"'
 )
@@ -183,9 +188,11 @@ def bwrap_argv(
         "--unshare-net", "--unshare-cgroup-try",
         # A session of its own: no ioctl(TIOCSTI) into a terminal of the service.
         "--new-session", *user, "--hostname", "binder",
-        *_system_binds(), *_python_binds(), *_identity_files(box.session_dir),
+        *_system_binds(), *_identity_files(box.session_dir),
         "--proc", "/proc", "--dev", "/dev",
         "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
+        # After /tmp's tmpfs, which would hide a Python installed under /tmp.
+        *_python_binds(),
         "--bind", str(box.repo), WORK_DIR,
         "--bind", str(box.run_dir), RUN_DIR,
     ]  # fmt: skip
@@ -556,6 +563,7 @@ class Handle:
         return Handle(self.pid, self.cgroups, tuple(sorted(spaces)), self.helpers)
 
     def members(self) -> set[int]:
+        """The session's processes that still run (zombies only wait to be reaped)."""
         pids: set[int] = set()
         if self.cgroups:
             pids |= Cgroups(tuple(Path(d) for d in self.cgroups)).members()
@@ -565,7 +573,7 @@ class Handle:
         if self.pid_namespaces:
             pids.update(_in_namespaces(set(self.pid_namespaces)))
         pids.discard(os.getpid())
-        return pids
+        return {pid for pid in pids if _alive(pid)}
 
     def alive(self) -> bool:
         return bool(self.members())

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ class Live:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     session: Session | None = None  # set when we started it (not adopted)
     last_proxy_activity: float = field(default_factory=time.time)
+    last_answer: float = field(default_factory=time.time)  # Jupyter answered the culler
     client: str | None = None  # the address an anonymous visitor launched it from
     oom_kills: int = 0  # processes the memory limit stopped, as last seen
     pin: sources.Pin | None = None  # the addresses the policy checked, for git
@@ -123,15 +125,39 @@ class SessionManager:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def adopt(self) -> None:
-        """After a restart: take running sessions back, or stop them; none is orphaned."""
+        """After a restart: take running sessions back, or stop them; none is orphaned.
+        One record that cannot be judged (a PID reused by another user's process, a
+        file that cannot be read) is given up on its own: it never stops the start."""
         for record in self.store.with_status("pending", "running"):
-            if record.status == "running" and self._answers(record):
-                self.live[record.id] = live = Live(record.id)
-                live.done.set()
-                self.running[record.id] = record
-                log.info("adopted session %s", record.id)
-            else:
-                self._stop(record, "lost while the service was not running")
+            try:
+                self._adopt(record)
+            except Exception as e:
+                log.warning("session %s: could not be judged after the restart (%s: %s); "
+                            "stopped", record.id, type(e).__name__, e)  # fmt: skip
+                self._give_up(record, f"lost while the service was not running ({e})")
+
+    def _adopt(self, record: Record) -> None:
+        if record.status == "running" and self._answers(record):
+            self.live[record.id] = live = Live(record.id)
+            live.done.set()
+            self.running[record.id] = record
+            log.info("adopted session %s", record.id)
+        else:
+            self._stop(record, "lost while the service was not running")
+
+    def _give_up(self, record: Record, reason: str) -> None:
+        """Mark a session stopped and remove its files, signalling only processes that
+        name its folder; nothing here raises but the store."""
+        self.running.pop(record.id, None)
+        self.live.pop(record.id, None)
+        self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
+        folder = Path(record.session_dir or self.state_dir / "sessions" / record.id)
+        for step in (functools.partial(reap_strays, folder),
+                     functools.partial(self._remove_files, record.id)):  # fmt: skip
+            try:
+                step()
+            except Exception as e:
+                log.warning("session %s: %s", record.id, e)
 
     # -- launching ---------------------------------------------------------------
 
@@ -306,9 +332,12 @@ class SessionManager:
         live = self.live.get(record.id)
         launching = live is not None and self._cancel(live)
         self.running.pop(record.id, None)
+        handle = _handle(record)
         if live is not None and live.session is not None:
             live.session.stop()
-        elif record.pid:
+        elif handle is not None:
+            handle.stop()
+        elif record.pid and not _foreign(record.pid):
             stop_process_group(record.pid, Path(record.session_dir or "/nonexistent"))
         elif record.session_dir or (self.state_dir / "sessions" / record.id).exists():
             reap_strays(Path(record.session_dir or self.state_dir / "sessions" / record.id))
@@ -385,28 +414,42 @@ class SessionManager:
         now = time.time()
         for record in self.store.with_status("pending"):
             if now - record.created > self.max_pending:
-                self._stop(record, f"the launch took longer than {self.max_pending:.0f} s")
                 self.store.add_to("sessions_culled")
+                self._stop(record, f"the launch took longer than {self.max_pending:.0f} s")
         self._remove_strays()
         for record in self.store.with_status("running"):
-            status = self._jupyter_status(record)
-            if status is None:
-                if not _server_alive(record):
-                    self._stop(record, "the notebook server exited")
-                continue
-            if self._over_disk(record):
-                continue
-            self._note_memory(record)
-            last = max(_timestamp(status.get("last_activity")), record.ready or 0.0,
-                       self.live[record.id].last_proxy_activity if record.id in self.live
-                       else 0.0)  # fmt: skip
-            self.store.update(record.id, last_activity=last)
-            if now - record.created > self.limits.max_age:
-                self._stop(record, f"reached the maximum age of {self.limits.max_age:.0f} s")
-                self.store.add_to("sessions_culled")
-            elif now - last > self.limits.idle_timeout:
-                self._stop(record, f"idle for more than {self.limits.idle_timeout:.0f} s")
-                self.store.add_to("sessions_culled")
+            self._cull_running(record, now)
+
+    def _cull_running(self, record: Record, now: float) -> None:
+        """Stop a running session that exited, outgrew its disk, is too old, idle, or
+        has not answered for longer than the idle timeout (a Jupyter that hangs, or
+        was stopped, is culled by the same bounds as one that answers)."""
+        status = self._jupyter_status(record)
+        if status is None and not _server_alive(record):
+            self._stop(record, "the notebook server exited")
+            return
+        if self._over_disk(record):
+            return
+        self._note_memory(record)
+        live = self.live.get(record.id)
+        if status is not None and live is not None:
+            live.last_answer = now
+        answered = max(live.last_answer if live else 0.0, record.ready or 0.0)
+        last = max(_timestamp(status.get("last_activity")) if status else 0.0,
+                   record.last_activity or 0.0, record.ready or 0.0,
+                   live.last_proxy_activity if live else 0.0)  # fmt: skip
+        self.store.update(record.id, last_activity=last)
+        if now - record.created > self.limits.max_age:
+            reason = f"reached the maximum age of {self.limits.max_age:.0f} s"
+        elif now - answered > self.limits.idle_timeout:
+            reason = f"its notebook server did not answer for {now - answered:.0f} s"
+        elif now - last > self.limits.idle_timeout:
+            reason = f"idle for more than {self.limits.idle_timeout:.0f} s"
+        else:
+            return
+        # Counted first: the count is never behind the page that says the session ended.
+        self.store.add_to("sessions_culled")
+        self._stop(record, reason)
 
     def _remove_strays(self) -> None:
         """Folders of sessions that ended while the service was not there to tidy up."""
@@ -433,10 +476,37 @@ def _disk_usage(folder: Path) -> int:
 def _server_alive(record: Record) -> bool:
     """Whether anything of the session's server still runs (its sandbox, after a
     restart of the service: bwrap's own process may be gone while Jupyter runs)."""
-    handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+    handle = _handle(record)
     if handle is not None:
         return handle.alive()
-    return bool(record.pid) and process_alive(record.pid or 0)
+    return bool(record.pid) and process_alive(record.pid or 0) and not _foreign(record.pid or 0)
+
+
+def _handle(record: Record) -> sandbox.Handle | None:
+    """The session's sandbox as its file describes it, without the processes that are
+    another user's now: the service's PIDs, reused after it or the machine restarted."""
+    handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+    if handle is None:
+        return None
+    helpers = tuple(pid for pid in handle.helpers if not _foreign(pid))
+    if _foreign(handle.pid):
+        log.warning("session %s: process %d is another user's now", record.id, handle.pid)
+        # PID 0 is no process: the session's cgroups and namespaces still find the rest.
+        return dataclasses.replace(handle, pid=0, helpers=helpers)
+    return dataclasses.replace(handle, helpers=helpers)
+
+
+def _foreign(pid: int) -> bool:
+    """Whether `pid` runs as another user than the service (sessions, sandboxed or not,
+    run as the service's user on the host), so it is not a session's process."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False  # gone: nothing to signal either way
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1]) != os.getuid()
+    return False
 
 
 def _timestamp(value: object) -> float:
