@@ -12,6 +12,7 @@ import http.server
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -258,8 +259,10 @@ def test_links_are_committed_as_links_and_special_files_left_out(
     (source.files / "leak").symlink_to(secret)
     (source.files / "leaked-dir").symlink_to(secret.parent, target_is_directory=True)
     os.mkfifo(source.files / "a-fifo")  # a copy that read it would wait forever
-    with socket.socket(socket.AF_UNIX) as unix:
-        unix.bind(str(source.files / "a-socket"))
+    with socket.socket(socket.AF_UNIX) as unix, tempfile.TemporaryDirectory() as short:
+        # Bound where the path is short (a socket address holds 107 bytes), then moved.
+        unix.bind(os.path.join(short, "s"))
+        os.rename(os.path.join(short, "s"), source.files / "a-socket")
         pushed = push_changes(source, AUTHOR, CREDENTIAL, tmp_path / "state")
     tree = forge.tree(pushed.branch)
     assert tree["leak"] == ("120000", str(secret))
