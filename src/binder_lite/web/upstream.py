@@ -145,14 +145,9 @@ async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> 
     """The next response head from an upstream, or None if it closed before sending
     a byte of one.  A 101 is accepted only in answer to an `upgrade` request.  The
     head must match RESPONSE_HEAD whole; anything else is refused (502)."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if e.partial:
-            raise MessageError(502, "the response ended inside its head") from None
+    raw = await _head_bytes(reader, ended=502, too_large=502)
+    if raw is None:
         return None
-    except asyncio.LimitOverrunError:
-        raise MessageError(502, "the response head is too large") from None
     if not RESPONSE_HEAD.fullmatch(raw):
         raise MessageError(502, "malformed response head")
     end = raw.index(b"\r\n")
@@ -167,14 +162,9 @@ async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> 
 async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
     """A request head's bytes, up to and including its blank line, checked byte by
     byte."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if e.partial:
-            raise MessageError(400, "the message ended inside its head") from None
+    raw = await _head_bytes(reader, ended=400, too_large=431)
+    if raw is None:
         return None
-    except asyncio.LimitOverrunError:
-        raise MessageError(431, "the message head is too large") from None
     lines = raw[:-4]
     # Every CR and LF in a CRLF, and no other control character.  (Counting, and
     # deleting the allowed bytes, cost a third of a regular expression's search.)
@@ -185,6 +175,19 @@ async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
     if b"\r\n " in lines or b"\r\n\t" in lines:
         raise MessageError(400, "a folded header line")
     return raw
+
+
+async def _head_bytes(reader: asyncio.StreamReader, ended: int, too_large: int) -> bytes | None:
+    """A head's bytes up to and including its blank line; None when the peer closed
+    before its first byte; MessageError(`ended` or `too_large`) otherwise."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise MessageError(ended, "the message ended inside its head") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise MessageError(too_large, "the message head is too large") from None
 
 
 def _parse(conn: h11.Connection, raw: bytes) -> object:
