@@ -56,6 +56,7 @@ r = {
   "host_home": attempt(lambda: os.listdir("/home")),
   "visible_pids": len([p for p in os.listdir("/proc") if p.isdigit()]),
   "uid": os.getuid(),
+  "environment": dict(os.environ),
 }
 json.dumps(r)
 """
@@ -104,6 +105,8 @@ def sessions(
     target: Target, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Session, Session]]:
     base = tmp_path_factory.mktemp("repos")
+    # A secret in the launching process's environment (a service's can hold some).
+    os.environ["BINDER_LITE_PROBE_SECRET"] = target.marker
     first = sandboxed(make_repo(base / "one"), target.state, network=SessionNetwork.NONE)
     try:
         second = sandboxed(make_repo(base / "two", {"private.txt": target.marker}),
@@ -111,6 +114,7 @@ def sessions(
     except BaseException:
         first.stop()
         raise
+    del os.environ["BINDER_LITE_PROBE_SECRET"]
     yield first, second
     first.stop()
     second.stop()
@@ -133,7 +137,9 @@ def test_a_kernel_reaches_nothing_of_the_service_or_other_sessions(
                     "service_environ", "service_signal", "service_port", "host_shadow",
                     "host_var", "host_home"):  # fmt: skip
         assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
+    # Nothing of the service's environment reached the session.
     assert target.marker not in json.dumps(seen)
+    assert "BINDER_LITE_PROBE_SECRET" not in seen["environment"]  # type: ignore[operator]
     # Its own PID namespace: Jupyter, its kernel and little else, not the host's processes.
     assert isinstance(seen["visible_pids"], int) and seen["visible_pids"] < 10
     assert seen["uid"] == 1000
