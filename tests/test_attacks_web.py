@@ -116,7 +116,7 @@ def test_state_is_the_services_alone(served: tuple[Server, str], tmp_path: Path)
             assert path.stat().st_mode & 0o777 == 0o600, name
 
 
-def test_a_session_that_hits_its_memory_limit_is_told_why(tmp_path: Path) -> None:
+def test_a_session_that_hits_its_limits_is_told_why(tmp_path: Path) -> None:
     extra = ("  session_network: none\n"
              "  session_limits: {memory: 400MiB, processes: 128, disk: 64MiB}\n")  # fmt: skip
     server = Server(write_site(tmp_path, extra=extra), tmp_path / "state",
@@ -136,5 +136,22 @@ def test_a_session_that_hits_its_memory_limit_is_told_why(tmp_path: Path) -> Non
         assert "memory limit of 400 MiB" in page
         # The notebook server itself carries on.
         assert execute(base, "", "6 * 7", cookie_of(client)) == "42"
+        # Tasks: forking past the limit fails in the notebook, and the page says why.
+        forks = (
+            "import subprocess\n"
+            "procs, error = [], None\n"
+            "try:\n"
+            "    for _ in range(200): procs.append(subprocess.Popen(['sleep', '30']))\n"
+            "except OSError as e:\n"
+            "    error = type(e).__name__\n"
+            "for p in procs: p.kill(); p.wait()\n"
+            "error"
+        )
+        assert "Error" in execute(base, "", forks, cookie_of(client))
+        deadline = time.monotonic() + 20
+        while "limit of 128 processes" not in page and time.monotonic() < deadline:
+            time.sleep(0.2)
+            page = client.get(f"/sessions/{sid}").text
+        assert "limit of 128 processes" in page
     finally:
         server.stop()

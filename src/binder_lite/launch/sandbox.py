@@ -346,6 +346,16 @@ class Cgroups:
                 return int((d / "memory.failcnt").read_text())
         return 0
 
+    def tasks_refused(self) -> int:
+        """How often the task limit refused a fork or a thread (pids.events' `max`)."""
+        for d in self.dirs:
+            with contextlib.suppress(OSError, ValueError):
+                for line in (d / "pids.events").read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "max":
+                        return int(value)
+        return 0
+
     def remove(self) -> None:
         for d in self.dirs:
             with contextlib.suppress(OSError):

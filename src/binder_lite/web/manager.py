@@ -77,6 +77,7 @@ class Live:
     last_answer: float = field(default_factory=time.time)  # Jupyter answered the culler
     client: str | None = None  # the address an anonymous visitor launched it from
     oom_kills: int = 0  # processes the memory limit stopped, as last seen
+    tasks_refused: int = 0  # forks the task limit refused, as last seen
     pin: sources.Pin | None = None  # the addresses the policy checked, for git
     # Set by a stop: the launch ends what it started and never reports "running".
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -391,22 +392,30 @@ class SessionManager:
         self.store.add_to("sessions_over_limit")
         return True
 
-    def _note_memory(self, record: Record) -> None:
-        """Say on the session's page when its memory limit stopped one of its processes
-        (a kernel that died this way only says it died)."""
+    def _note_limits(self, record: Record) -> None:
+        """Say on the session's page when a limit stopped one of its processes (a kernel
+        killed for memory only says it died; a refused fork says little more)."""
         handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
-        if handle is None or not handle.cgroups:
-            return
-        kills = sandbox.Cgroups(tuple(Path(d) for d in handle.cgroups)).oom_kills()
         live = self.live.get(record.id)
-        if live is None or kills <= live.oom_kills:
+        if handle is None or not handle.cgroups or live is None:
             return
-        live.oom_kills = kills
-        limit = self.isolation.limits.memory // 1024**2
-        message = (f"a process of this session needed more than its memory limit of "
-                   f"{limit} MiB and was stopped")  # fmt: skip
+        cgroups = sandbox.Cgroups(tuple(Path(d) for d in handle.cgroups))
+        limits = self.isolation.limits
+        kills, refused = cgroups.oom_kills(), cgroups.tasks_refused()
+        if kills > live.oom_kills:
+            live.oom_kills = kills
+            self._tell(record, "sessions_memory_limit_hit",
+                       f"a process of this session needed more than its memory limit of "
+                       f"{limits.memory // 1024**2} MiB and was stopped")  # fmt: skip
+        if refused > live.tasks_refused:
+            live.tasks_refused = refused
+            self._tell(record, "sessions_task_limit_hit",
+                       f"this session reached its limit of {limits.processes} processes "
+                       "and threads; starting more failed")  # fmt: skip
+
+    def _tell(self, record: Record, counter: str, message: str) -> None:
         self.store.update(record.id, message=message)
-        self.store.add_to("sessions_memory_limit_hit")
+        self.store.add_to(counter)
 
     def cull(self) -> None:
         """Stop sessions that are idle, too old, or whose server died, and launches that
@@ -430,7 +439,7 @@ class SessionManager:
             return
         if self._over_disk(record):
             return
-        self._note_memory(record)
+        self._note_limits(record)
         live = self.live.get(record.id)
         if status is not None and live is not None:
             live.last_answer = now
