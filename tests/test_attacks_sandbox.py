@@ -62,6 +62,20 @@ json.dumps(r)
 """
 
 
+# Start 200 processes, as many as the task limit lets it: (whether it stopped short,
+# the error that stopped it).
+FORKS = (
+    "import subprocess\n"
+    "procs, error = [], None\n"
+    "try:\n"
+    "    for _ in range(200): procs.append(subprocess.Popen(['sleep', '30']))\n"
+    "except OSError as e:\n"
+    "    error = type(e).__name__\n"
+    "for p in procs: p.kill(); p.wait()\n"
+    "(len(procs) < 200, error)"
+)
+
+
 @dataclass
 class Target:
     """What the probe aims at, as the host sees it."""
@@ -201,16 +215,7 @@ def test_limits_hold_and_the_host_stays_up(target: Target, tmp_path: Path) -> No
         ))  # fmt: skip
         assert big.strip("'") in ("EFBIG", "ENOSPC")
         # Tasks: forking past the limit fails in the notebook, not on the host.
-        forks = execute(session.base_url, session.token, (
-            "import subprocess\n"
-            "procs, error = [], None\n"
-            "try:\n"
-            "    for _ in range(200): procs.append(subprocess.Popen(['sleep', '30']))\n"
-            "except OSError as e:\n"
-            "    error = type(e).__name__\n"
-            "for p in procs: p.kill(); p.wait()\n"
-            "(len(procs) < 200, error)"
-        ))  # fmt: skip
+        forks = execute(session.base_url, session.token, FORKS)
         assert forks.startswith("(True, '") and "Error" in forks
         # Memory: a process that takes too much is killed; the notebook and the host go on.
         killed = execute(session.base_url, session.token, (
