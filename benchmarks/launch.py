@@ -39,13 +39,23 @@ def by_hand(repo: Path, work: Path) -> float:
     """`jupyter notebook` on the checkout, as a person would start it."""
     port, token = free_port(), secrets.token_hex(24)
     spec = ServerSpec(port=port, base_url="/", kernel="python3", root_dir=str(repo))
-    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_CONFIG_DIR": str(work / "cfg"),
-           "JUPYTER_RUNTIME_DIR": str(work / "rt")}  # fmt: skip
+    env = {
+        **os.environ,
+        "JUPYTER_TOKEN": token,
+        "JUPYTER_CONFIG_DIR": str(work / "cfg"),
+        "JUPYTER_RUNTIME_DIR": str(work / "rt"),
+    }
     started = time.perf_counter()
-    proc = subprocess.Popen(local_argv(spec), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status",
-                                     headers={"Authorization": f"token {token}"})  # fmt: skip
+    proc = subprocess.Popen(
+        local_argv(spec),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"}
+    )
     try:
         while True:
             try:
@@ -60,8 +70,12 @@ def by_hand(repo: Path, work: Path) -> float:
 
 def launcher(repo: Path, cache: Path, sandboxed: bool = True) -> float:
     started = time.perf_counter()
-    session = launch(str(repo), runtime_kind=Runtime.LOCAL, cache_dir=cache,
-                     isolation=Isolation(sandboxed=sandboxed))  # fmt: skip
+    session = launch(
+        str(repo),
+        runtime_kind=Runtime.LOCAL,
+        cache_dir=cache,
+        isolation=Isolation(sandboxed=sandboxed),
+    )
     elapsed = time.perf_counter() - started
     session.stop()
     return elapsed
@@ -82,8 +96,10 @@ def main() -> None:
     print(f"jupyter notebook by hand:      {hand_s:6.2f} s")
     print(f"launcher, warm, no sandbox:    {bare_s:6.2f} s   ({bare_s / hand_s:.2f}x by hand)")
     print(f"launcher, cold cache:          {cold_s:6.2f} s   ({cold_s / hand_s:.2f}x by hand)")
-    print(f"launcher, warm, sandboxed:     {warm_s:6.2f} s   ({warm_s / hand_s:.2f}x by hand;"
-          " goal <= 1.3x)")  # fmt: skip
+    print(
+        f"launcher, warm, sandboxed:     {warm_s:6.2f} s   ({warm_s / hand_s:.2f}x by hand;"
+        " goal <= 1.3x)"
+    )
     print(f"warm relaunch over by hand:    {warm_s - hand_s:+6.2f} s   (goal < 0.3 s)")
 
 

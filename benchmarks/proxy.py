@@ -60,8 +60,9 @@ class UnixResolver(Resolver):
     def initialize(self, address: str) -> None:
         self.address = address
 
-    async def resolve(self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-                      ) -> list[tuple[int, object]]:  # fmt: skip
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, object]]:
         return [(socket.AF_UNIX, self.address)]
 
 
@@ -76,9 +77,12 @@ def api_time(conn: http.client.HTTPConnection, path: str, headers: dict[str, str
 
 
 def api_latencies(
-    proxied: http.client.HTTPConnection, direct: http.client.HTTPConnection, path: str,
-    headers: dict[str, str], n: int,
-) -> tuple[list[float], list[float]]:  # fmt: skip
+    proxied: http.client.HTTPConnection,
+    direct: http.client.HTTPConnection,
+    path: str,
+    headers: dict[str, str],
+    n: int,
+) -> tuple[list[float], list[float]]:
     """`n` times of each, one request through the front and one directly in turn (in
     either order), so that a busy moment of the machine slows both alike."""
     through, straight = [], []
@@ -101,8 +105,10 @@ async def execute_latency(request: HTTPRequest, n: int, resolver: Resolver | Non
         conn.write_message(json.dumps(message))
         while True:
             msg = json.loads(await conn.read_message())  # type: ignore[arg-type]
-            if (msg.get("parent_header", {}).get("msg_id") == msg_id
-                    and msg["msg_type"] == "execute_reply"):  # fmt: skip
+            if (
+                msg.get("parent_header", {}).get("msg_id") == msg_id
+                and msg["msg_type"] == "execute_reply"
+            ):
                 break
         times.append(time.perf_counter() - started)
     conn.close()
@@ -131,8 +137,10 @@ def start_kernel(sock: Path, base: str, auth: dict[str, str]) -> str:
 
 
 def ratio_line(what: str, direct: float, proxied: float) -> str:
-    return (f"{what:13} direct {direct * 1000:7.2f} ms   proxied {proxied * 1000:7.2f} ms"
-            f"   ratio {proxied / direct:5.2f}x (goal <= {GOAL}x)")  # fmt: skip
+    return (
+        f"{what:13} direct {direct * 1000:7.2f} ms   proxied {proxied * 1000:7.2f} ms"
+        f"   ratio {proxied / direct:5.2f}x (goal <= {GOAL}x)"
+    )
 
 
 def main() -> None:
@@ -160,16 +168,29 @@ def main() -> None:
             direct_conn.close()
             kernel = start_kernel(sock, base, auth)
             channels = f"{base}api/kernels/{kernel}/channels"
-            exec_proxy = asyncio.run(execute_latency(HTTPRequest(
-                f"ws://127.0.0.1:{server.port}{channels}",
-                headers={**auth, "Origin": server.url}), n // 4))  # fmt: skip
+            exec_proxy = asyncio.run(
+                execute_latency(
+                    HTTPRequest(
+                        f"ws://127.0.0.1:{server.port}{channels}",
+                        headers={**auth, "Origin": server.url},
+                    ),
+                    n // 4,
+                )
+            )
             # The socket's path may be longer than a socket address may be: connect
             # through a descriptor of it, as connect_unix does.
             fd = os.open(sock, os.O_PATH | os.O_NOFOLLOW)
             try:
-                exec_direct = asyncio.run(execute_latency(HTTPRequest(
-                    f"ws://localhost{channels}", headers={**auth, "Origin": "http://localhost"}),
-                    n // 4, UnixResolver(address=f"/proc/self/fd/{fd}")))  # fmt: skip
+                exec_direct = asyncio.run(
+                    execute_latency(
+                        HTTPRequest(
+                            f"ws://localhost{channels}",
+                            headers={**auth, "Origin": "http://localhost"},
+                        ),
+                        n // 4,
+                        UnixResolver(address=f"/proc/self/fd/{fd}"),
+                    )
+                )
             finally:
                 os.close(fd)
             time.sleep(1)
@@ -181,13 +202,17 @@ def main() -> None:
     # Other work on the machine slows the proxied path more (three processes take
     # turns on the CPUs instead of two): a run on a busy machine says so.
     load = os.getloadavg()[0]
-    print(f"requests: {n} API (interleaved), {n // 4} executes; medians; "
-          f"load average {load:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"requests: {n} API (interleaved), {n // 4} executes; medians; "
+        f"load average {load:.1f} on {os.cpu_count()} CPUs"
+    )
     print(ratio_line("API request", statistics.median(api_direct), statistics.median(api_proxy)))
     # The ratio in each fifth of the run: how steady the machine was.
     k = max(n // 5, 1)
-    fifths = [statistics.median(api_proxy[i:i + k]) / statistics.median(api_direct[i:i + k])
-              for i in range(0, k * 5, k)]  # fmt: skip
+    fifths = [
+        statistics.median(api_proxy[i : i + k]) / statistics.median(api_direct[i : i + k])
+        for i in range(0, k * 5, k)
+    ]
     print("  by fifth:    " + "  ".join(f"{r:4.2f}x" for r in fifths))
     print(ratio_line("execute 1+1", exec_direct, exec_proxy))
     print(f"idle session (sandbox: server + kernel): {session_kib / 1024:7.1f} MiB resident")

@@ -33,8 +33,9 @@ def timed(
     argv: list[str | os.PathLike[str]], env: dict[str, str] | None = None
 ) -> tuple[float, str]:
     started = time.perf_counter()
-    proc = subprocess.run([os.fspath(a) for a in argv], capture_output=True, text=True,
-                          env=env, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [os.fspath(a) for a in argv], capture_output=True, text=True, env=env, check=True
+    )
     return time.perf_counter() - started, proc.stdout + proc.stderr
 
 
@@ -55,8 +56,10 @@ def vm_times(work: Path) -> None:
     try:
         boot, output = timed([BIN / "binder-lite", "vm", "run", image, "--name", name])
         accel = re.search(r"accelerator (\w+)", output)
-        print(f"vm run to SSH ({accel.group(1) if accel else '?'}):           {boot:7.1f} s"
-              + ("   (includes a failed KVM attempt)" if "warning" in output else ""))  # fmt: skip
+        print(
+            f"vm run to SSH ({accel.group(1) if accel else '?'}):           {boot:7.1f} s"
+            + ("   (includes a failed KVM attempt)" if "warning" in output else "")
+        )
         smoke, _ = timed([BIN / "binder-lite", "smoke", name, "--site", site, "-i", key])
         print(f"smoke suite (7 checks):          {smoke:7.1f} s")
     finally:
@@ -78,8 +81,17 @@ def build_times(work: Path) -> None:
     (fake / "guix").write_text(script.split('"""', 1)[0].format(real=real))
     (fake / "guix").chmod(0o755)
     site_file = ROOT / "examples/demo.yaml"
-    build = [BIN / "binder-lite", "image", "build", site_file, "--no-grafts", "-o",
-             work / "images", "-w", work / "build"]  # fmt: skip
+    build = [
+        BIN / "binder-lite",
+        "image",
+        "build",
+        site_file,
+        "--no-grafts",
+        "-o",
+        work / "images",
+        "-w",
+        work / "build",
+    ]
     env = {**os.environ, "BINDER_LITE_GUIX": str(fake / "guix")}
     timed(build, env)  # the first build: copies the stand-in out, writes the metadata
     noop = min(timed(build, env)[0] for _ in range(3))
@@ -88,8 +100,9 @@ def build_times(work: Path) -> None:
     command = ImageCommand(site, site.images[0].type, config, grafts=False)
     plain = min(timed(command.argv(derivation=True))[0] for _ in range(3))
     print(f"guix system image -d:            {plain:7.2f} s")
-    print(f"binder-lite image build (no-op): {noop:7.2f} s   ratio {noop / plain:.2f}x "
-          "(goal <= 1.2x)")  # fmt: skip
+    print(
+        f"binder-lite image build (no-op): {noop:7.2f} s   ratio {noop / plain:.2f}x (goal <= 1.2x)"
+    )
 
 
 def main() -> None:

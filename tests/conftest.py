@@ -65,8 +65,12 @@ def cli() -> Callable[..., CliResult]:
     def run(*args: str | os.PathLike[str], cwd: Path | None = None) -> CliResult:
         proc = subprocess.run(
             [sys.executable, "-m", "binder_lite", *map(os.fspath, args)],
-            capture_output=True, text=True, cwd=cwd, check=False, timeout=600,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            check=False,
+            timeout=600,
+        )
         return CliResult(proc)
 
     return run

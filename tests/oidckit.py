@@ -76,9 +76,14 @@ class Provider:
 
     def claims(self, user: User, nonce: str | None) -> dict[str, Any]:
         now = int(time.time())
-        claims: dict[str, Any] = {"iss": self.issuer, "sub": user.sub, "aud": self.client_id,
-                                  "iat": now, "exp": now + 300,
-                                  "preferred_username": user.username}  # fmt: skip
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": user.sub,
+            "aud": self.client_id,
+            "iat": now,
+            "exp": now + 300,
+            "preferred_username": user.username,
+        }
         if nonce is not None:
             claims["nonce"] = nonce
         return claims
@@ -93,8 +98,18 @@ class Provider:
         def encode(n: int) -> str:
             return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
 
-        return {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-                          "n": encode(numbers.n), "e": encode(numbers.e)}]}  # fmt: skip
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "kid": self.kid,
+                    "n": encode(numbers.n),
+                    "e": encode(numbers.e),
+                }
+            ]
+        }
 
     def id_token(self, user: User, nonce: str | None) -> str:
         claims = self.claims(user, nonce)
@@ -122,10 +137,17 @@ class _ProviderHandler(http.server.BaseHTTPRequestHandler):
         url = urllib.parse.urlparse(self.path)
         query = dict(urllib.parse.parse_qsl(url.query))
         if url.path == "/.well-known/openid-configuration":
-            self._json(200, {"issuer": p.issuer, "authorization_endpoint": f"{p.url}/authorize",
-                             "token_endpoint": f"{p.url}/token", "jwks_uri": f"{p.url}/jwks",
-                             "userinfo_endpoint": f"{p.url}/userinfo",
-                             "id_token_signing_alg_values_supported": ["RS256"]})  # fmt: skip
+            self._json(
+                200,
+                {
+                    "issuer": p.issuer,
+                    "authorization_endpoint": f"{p.url}/authorize",
+                    "token_endpoint": f"{p.url}/token",
+                    "jwks_uri": f"{p.url}/jwks",
+                    "userinfo_endpoint": f"{p.url}/userinfo",
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                },
+            )
         elif url.path == "/jwks":
             self._json(200, p.jwks())
         elif url.path == "/authorize":
@@ -136,17 +158,28 @@ class _ProviderHandler(http.server.BaseHTTPRequestHandler):
             if user is None:
                 self._json(401, {"error": "invalid_token"})
                 return
-            self._json(200, {"sub": user.sub, "preferred_username": user.username,
-                             "name": user.name, "email": user.email})  # fmt: skip
+            self._json(
+                200,
+                {
+                    "sub": user.sub,
+                    "preferred_username": user.username,
+                    "name": user.name,
+                    "email": user.email,
+                },
+            )
         else:
             self._json(404, {"error": "not_found"})
 
     def _authorize(self, query: dict[str, str]) -> None:
         """Approve at once, as the provider's current user."""
         p = self.provider
-        ok = (query.get("client_id") == p.client_id and query.get("response_type") == "code"
-              and query.get("code_challenge_method") == "S256"
-              and query.get("code_challenge") and query.get("state"))  # fmt: skip
+        ok = (
+            query.get("client_id") == p.client_id
+            and query.get("response_type") == "code"
+            and query.get("code_challenge_method") == "S256"
+            and query.get("code_challenge")
+            and query.get("state")
+        )
         if not ok:
             self._json(400, {"error": "invalid_request"})
             return
@@ -168,12 +201,21 @@ class _ProviderHandler(http.server.BaseHTTPRequestHandler):
         asked, user = p.codes.pop(form.get("code", ""), ({}, None))
         verifier = form.get("code_verifier", "").encode()
         challenge = b64url(hashlib.sha256(verifier).digest())
-        if (user is None or form.get("client_secret") != p.client_secret
-                or form.get("redirect_uri") != asked["redirect_uri"]
-                or challenge != asked["code_challenge"]):  # fmt: skip
+        if (
+            user is None
+            or form.get("client_secret") != p.client_secret
+            or form.get("redirect_uri") != asked["redirect_uri"]
+            or challenge != asked["code_challenge"]
+        ):
             self._json(400, {"error": "invalid_grant"})
             return
         token = secrets.token_hex(16)
         p.tokens[token] = user
-        self._json(200, {"access_token": token, "token_type": "Bearer",
-                         "id_token": p.id_token(user, asked.get("nonce"))})  # fmt: skip
+        self._json(
+            200,
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "id_token": p.id_token(user, asked.get("nonce")),
+            },
+        )

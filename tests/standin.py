@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).parent / "standin"
 CACHE = Path(os.environ.get("BINDER_LITE_CACHE", "/var/cache/binder-lite"))
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("linux-image-cloud-amd64,openssh-server,shepherd,python3,python3-venv,git,"
-            "iproute2,procps,ca-certificates,sudo,tzdata,bubblewrap,slirp4netns")  # fmt: skip
+PACKAGES = (
+    "linux-image-cloud-amd64,openssh-server,shepherd,python3,python3-venv,git,"
+    "iproute2,procps,ca-certificates,sudo,tzdata,bubblewrap,slirp4netns"
+)
 RECIPE = f"sid minbase {PACKAGES} v1"
 
 
@@ -66,8 +68,15 @@ def _layer(name: str, key: str, make: object) -> Path:
 
 def debian_root() -> Path:
     def make(tmp: Path) -> None:
-        _run("debootstrap", "--variant=minbase", f"--include={PACKAGES}", "sid",
-             tmp / "root", MIRROR, stdout=subprocess.DEVNULL)  # fmt: skip
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={PACKAGES}",
+            "sid",
+            tmp / "root",
+            MIRROR,
+            stdout=subprocess.DEVNULL,
+        )
 
     return _layer("standin-debian", _key(RECIPE), make) / "root"
 
@@ -89,8 +98,14 @@ def python_root() -> Path:
         requirements = _dependencies() + ["notebook"]
         try:
             _chroot(root, "python3", "-m", "venv", "/opt/binder-lite")
-            _chroot(root, "/opt/binder-lite/bin/pip", "install", "-q",
-                    "--disable-pip-version-check", *requirements)  # fmt: skip
+            _chroot(
+                root,
+                "/opt/binder-lite/bin/pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                *requirements,
+            )
         finally:
             bundle.write_bytes(own)
 
@@ -105,8 +120,18 @@ def _dependencies() -> list[str]:
 
 
 def wheel(out: Path) -> Path:
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT,
-         stdout=subprocess.DEVNULL)  # fmt: skip
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "-w",
+        out,
+        ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     return next(out.glob("binder_lite-*.whl"))
 
 
@@ -119,8 +144,15 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
     _run("cp", "-a", "--reflink=auto", base, root)
     whl = wheel(out_dir)
     shutil.copy(whl, root / "tmp")
-    _chroot(root, "/opt/binder-lite/bin/pip", "install", "-q", "--no-deps",
-            "--disable-pip-version-check", f"/tmp/{whl.name}")  # fmt: skip
+    _chroot(
+        root,
+        "/opt/binder-lite/bin/pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--disable-pip-version-check",
+        f"/tmp/{whl.name}",
+    )
     _configure(root, site, secret)
     image = out_dir / f"{site.site.slug}-standin.img"
     image.unlink(missing_ok=True)
@@ -134,12 +166,22 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
     shutil.copy(initrd, out_dir / "initrd.img")
     shutil.rmtree(root)
     user = next(u.name for u in site.users if u.ssh_keys)
-    meta = {"image": image.name, "format": "raw", "type": "standin",
-            "boot": {"firmware": "bios", "kernel": "vmlinuz", "initrd": "initrd.img",
-                     "append": "root=/dev/vda rw console=ttyS0,115200 "
-                               "init=/sbin/standin-init net.ifnames=0 quiet"},
-            "ssh_user": user, "ssh_port": 22, "http_port": site.binder.port,
-            "site": str(site.path)}  # fmt: skip
+    meta = {
+        "image": image.name,
+        "format": "raw",
+        "type": "standin",
+        "boot": {
+            "firmware": "bios",
+            "kernel": "vmlinuz",
+            "initrd": "initrd.img",
+            "append": "root=/dev/vda rw console=ttyS0,115200 "
+            "init=/sbin/standin-init net.ifnames=0 quiet",
+        },
+        "ssh_user": user,
+        "ssh_port": 22,
+        "http_port": site.binder.port,
+        "site": str(site.path),
+    }
     image.with_name(image.name + ".json").write_text(json.dumps(meta, indent=2))
     return image
 
@@ -162,18 +204,39 @@ def _configure(root: Path, site: Site, secret: str) -> None:
     _write(root, "/etc/issue", issue_text(site))
     _write(root, "/etc/motd", motd_text(site))
     for user in site.users:
-        _chroot(root, "useradd", "-m", "-s", "/bin/sh", "-G", "sudo" if user.admin else
-             "users", user.name)  # fmt: skip
-        _write(root, f"/home/{user.name}/.ssh/authorized_keys", "\n".join(user.ssh_keys) + "\n",
-               0o600)  # fmt: skip
+        _chroot(
+            root,
+            "useradd",
+            "-m",
+            "-s",
+            "/bin/sh",
+            "-G",
+            "sudo" if user.admin else "users",
+            user.name,
+        )
+        _write(
+            root, f"/home/{user.name}/.ssh/authorized_keys", "\n".join(user.ssh_keys) + "\n", 0o600
+        )
         _chroot(root, "chown", "-R", f"{user.name}:{user.name}", f"/home/{user.name}")
     _write(root, "/etc/sudoers.d/wheel", "%sudo ALL=(ALL) NOPASSWD: ALL\n", 0o440)
-    _write(root, "/etc/ssh/sshd_config.d/binder-lite.conf",
-           f"Port {site.ssh.port}\nPermitRootLogin no\n"
-           f"PasswordAuthentication {'yes' if site.ssh.password_authentication else 'no'}\n"
-           "KbdInteractiveAuthentication no\n")  # fmt: skip
-    _chroot(root, "useradd", "--system", "-d", site.binder.state_dir, "-m",
-         "-s", "/usr/sbin/nologin", site.binder.user)  # fmt: skip
+    _write(
+        root,
+        "/etc/ssh/sshd_config.d/binder-lite.conf",
+        f"Port {site.ssh.port}\nPermitRootLogin no\n"
+        f"PasswordAuthentication {'yes' if site.ssh.password_authentication else 'no'}\n"
+        "KbdInteractiveAuthentication no\n",
+    )
+    _chroot(
+        root,
+        "useradd",
+        "--system",
+        "-d",
+        site.binder.state_dir,
+        "-m",
+        "-s",
+        "/usr/sbin/nologin",
+        site.binder.user,
+    )
     # The site file and its logo; the secret file, for the service's account only;
     # and a /gnu/store holding what Guix would put there (the service's settings).
     site_text = site.path.read_text()
@@ -186,10 +249,17 @@ def _configure(root: Path, site: Site, secret: str) -> None:
         _write(root, site.binder.push_credential_file, f"{site.binder.user}:{secret}\n", 0o600)
         _chroot(root, "chown", site.binder.user, site.binder.push_credential_file)
     _write(root, "/gnu/store/00000000000000000000000000000000-binder-lite.yaml", site_text)
-    serve = ["/opt/binder-lite/bin/binder-lite", "serve", "/etc/binder-lite/site.yaml",
-             "--runtime", "local", "--allow-local-repos", "--address", "0.0.0.0"]  # fmt: skip
-    scm = (HERE / "init.scm").read_text().replace("@SERVE@", " ".join(
-        json.dumps(a) for a in serve))  # fmt: skip
+    serve = [
+        "/opt/binder-lite/bin/binder-lite",
+        "serve",
+        "/etc/binder-lite/site.yaml",
+        "--runtime",
+        "local",
+        "--allow-local-repos",
+        "--address",
+        "0.0.0.0",
+    ]
+    scm = (HERE / "init.scm").read_text().replace("@SERVE@", " ".join(json.dumps(a) for a in serve))
     _write(root, "/etc/shepherd/init.scm", scm)
     _write(root, "/sbin/standin-init", (HERE / "init.sh").read_text(), 0o755)
     _chroot(root, "sh", "-c", "rm -f /etc/ssh/ssh_host_*")  # made at each boot

@@ -43,8 +43,9 @@ def start(tmp: Path, provider: Provider) -> Server:
     secret.chmod(0o600)
     port = free_port()
     site = tmp / "site.yaml"
-    site.write_text(SITE.format(public_url=f"http://127.0.0.1:{port}/", issuer=provider.url,
-                                secret_file=secret))  # fmt: skip
+    site.write_text(
+        SITE.format(public_url=f"http://127.0.0.1:{port}/", issuer=provider.url, secret_file=secret)
+    )
     return Server(site, tmp / "state", ("--allow-local-repos",), port=port).start()
 
 
@@ -114,23 +115,41 @@ def _header(provider: Provider, alg: str) -> dict[str, Any]:
 FORGERIES: dict[str, tuple[Callable[[Provider, dict[str, Any]], str], str]] = {
     # Signed by another key under the provider's key id.
     "another-key": (lambda p, c: p.sign(c, key=new_key()), "signature does not verify"),
-    "alg-none": (lambda p, c: jws(_header(p, "none"), c, lambda _: b""),
-                 "algorithm 'none' is not accepted"),
+    "alg-none": (
+        lambda p, c: jws(_header(p, "none"), c, lambda _: b""),
+        "algorithm 'none' is not accepted",
+    ),
     # HMAC keyed with the public key, which everyone can fetch from the JWKS.
-    "hs256-public-key": (lambda p, c: jws(_header(p, "HS256"), c, lambda data: hmac.new(
-        _public_key_pem(p), data, hashlib.sha256).digest()), "algorithm 'HS256' is not accepted"),
-    "wrong-audience": (lambda p, c: p.sign({**c, "aud": "another-client"}),
-                       "issued to another site (audience)"),
-    "expired": (lambda p, c: p.sign({**c, "iat": c["iat"] - 7200, "exp": c["iat"] - 3600}),
-                "the ID token has expired"),
-    "wrong-issuer": (lambda p, c: p.sign({**c, "iss": "http://127.0.0.1:9/evil"}),
-                     "comes from another issuer"),
-    "no-nonce": (lambda p, c: p.sign({k: v for k, v in c.items() if k != "nonce"}),
-                 "lacks the 'nonce' claim"),
-    "wrong-nonce": (lambda p, c: p.sign({**c, "nonce": "chosen-by-the-attacker"}),
-                    "belongs to another login (nonce)"),
+    "hs256-public-key": (
+        lambda p, c: jws(
+            _header(p, "HS256"),
+            c,
+            lambda data: hmac.new(_public_key_pem(p), data, hashlib.sha256).digest(),
+        ),
+        "algorithm 'HS256' is not accepted",
+    ),
+    "wrong-audience": (
+        lambda p, c: p.sign({**c, "aud": "another-client"}),
+        "issued to another site (audience)",
+    ),
+    "expired": (
+        lambda p, c: p.sign({**c, "iat": c["iat"] - 7200, "exp": c["iat"] - 3600}),
+        "the ID token has expired",
+    ),
+    "wrong-issuer": (
+        lambda p, c: p.sign({**c, "iss": "http://127.0.0.1:9/evil"}),
+        "comes from another issuer",
+    ),
+    "no-nonce": (
+        lambda p, c: p.sign({k: v for k, v in c.items() if k != "nonce"}),
+        "lacks the 'nonce' claim",
+    ),
+    "wrong-nonce": (
+        lambda p, c: p.sign({**c, "nonce": "chosen-by-the-attacker"}),
+        "belongs to another login (nonce)",
+    ),
     "no-id-token": (lambda p, c: "", "gave no ID token"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("forgery", FORGERIES)
@@ -151,8 +170,10 @@ def test_a_replayed_id_token_is_refused(server: Server, provider: Provider) -> N
 
 def test_the_redirect_uri_ignores_the_host_header(server: Server) -> None:
     client = Client(server.url)
-    for headers in ({"Host": "evil.example"}, {"Host": "evil.example", "X-Forwarded-Proto": "https",
-                                               "X-Forwarded-Host": "evil.example"}):  # fmt: skip
+    for headers in (
+        {"Host": "evil.example"},
+        {"Host": "evil.example", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"},
+    ):
         start = client.get("/login", headers=headers)
         assert start.status == 302, start.text
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(start.headers["Location"]).query))
@@ -190,8 +211,9 @@ def launch_as(server: Server, provider: Provider, user: User, repo: Path) -> tup
 def test_a_namesake_is_someone_else(server: Server, provider: Provider, tmp_path: Path) -> None:
     """Another account that took the name "carol" (after she gave it up, or in another
     realm of the provider) has another subject: it is someone else."""
-    carol, sid = launch_as(server, provider, User("1001", "carol", "Carol", "c@example.org"),
-                           tmp_path / "repo")  # fmt: skip
+    carol, sid = launch_as(
+        server, provider, User("1001", "carol", "Carol", "c@example.org"), tmp_path / "repo"
+    )
     namesake = Client(server.url)
     provider.user = User("2002", "carol", "Carol", "c@example.org")
     assert log_in(namesake).status == 302 and logged_in(namesake)
@@ -204,8 +226,9 @@ def test_a_namesake_is_someone_else(server: Server, provider: Provider, tmp_path
 def test_a_renamed_person_keeps_their_sessions(
     server: Server, provider: Provider, tmp_path: Path
 ) -> None:
-    _, sid = launch_as(server, provider, User("3003", "dana", "Dana", "d@example.org"),
-                       tmp_path / "repo")  # fmt: skip
+    _, sid = launch_as(
+        server, provider, User("3003", "dana", "Dana", "d@example.org"), tmp_path / "repo"
+    )
     renamed = Client(server.url)
     provider.user = User("3003", "dana-k", "Dana K.", "d@example.org")
     assert log_in(renamed).status == 302

@@ -92,10 +92,18 @@ async def tornado_reads(data: bytes) -> list[Message]:
 
         def finish(self) -> None:
             pairs = sorted(_header(name, value) for name, value in self.headers.get_all())
-            messages.append(Message(self.start.method, self.start.path, self.start.version,
-                                    pairs, b"".join(self.chunks)))  # fmt: skip
-            self.conn.write_headers(httputil.ResponseStartLine("HTTP/1.1", 204, "No Content"),
-                                    httputil.HTTPHeaders())  # fmt: skip
+            messages.append(
+                Message(
+                    self.start.method,
+                    self.start.path,
+                    self.start.version,
+                    pairs,
+                    b"".join(self.chunks),
+                )
+            )
+            self.conn.write_headers(
+                httputil.ResponseStartLine("HTTP/1.1", 204, "No Content"), httputil.HTTPHeaders()
+            )
             self.conn.finish()
 
         def on_connection_close(self) -> None:
@@ -177,16 +185,17 @@ def chunked(body: bytes) -> bytes:
 CORPUS: dict[str, bytes] = {
     # The issue's findings.
     "issue-desync-bare-lf": b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: b\nExpect: 100-continue"
-                            b"\r\n\r\n" + NEXT,
+    b"\r\n\r\n" + NEXT,
     "issue-negative-chunk": chunked(b"-1\r\n" + b"x" * 4096),
     "issue-client-forwarding": b"GET / HTTP/1.1\r\nHost: x\r\nX-Real-Ip: 203.0.113.7\r\n"
-                               b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 198.51.100.1\r\n"
-                               b"Forwarded: for=192.0.2.1;proto=https\r\n\r\n" + NEXT,
+    b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 198.51.100.1\r\n"
+    b"Forwarded: for=192.0.2.1;proto=https\r\n\r\n" + NEXT,
     "issue-post-with-expect": post("Content-Length: 5", "Expect: 100-continue", body=b"hello"),
     # CL.TE and TE.CL.
     "cl-te": post("Content-Length: 6", "Transfer-Encoding: chunked", body=b"0\r\n\r\nX"),
-    "te-cl": post("Transfer-Encoding: chunked", "Content-Length: 3",
-                  body=b"8\r\nSMUGGLED\r\n0\r\n\r\n"),
+    "te-cl": post(
+        "Transfer-Encoding: chunked", "Content-Length: 3", body=b"8\r\nSMUGGLED\r\n0\r\n\r\n"
+    ),
     # Transfer-Encoding obfuscations.
     "te-xchunked": te("xchunked"),
     "te-chunk": te("chunk"),
@@ -197,14 +206,15 @@ CORPUS: dict[str, bytes] = {
     "te-chunked-identity": te("chunked, identity"),
     "te-identity-chunked": te("identity, chunked"),
     "te-comma-chunked": te(",chunked"),
-    "te-twice": post("Transfer-Encoding: chunked", "Transfer-Encoding: identity",
-                     body=b"5\r\nhello\r\n0\r\n\r\n"),
+    "te-twice": post(
+        "Transfer-Encoding: chunked", "Transfer-Encoding: identity", body=b"5\r\nhello\r\n0\r\n\r\n"
+    ),
     "te-space-before-colon": post("Transfer-Encoding : chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
     "te-underscore": post("Transfer_Encoding: chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
     "te-folded": post("Transfer-Encoding:", " chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
     "te-after-fold": post("X-A: b", " Transfer-Encoding: chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
     "te-http10": b"POST /launch HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"5\r\nhello\r\n0\r\n\r\n" + NEXT,
+    b"5\r\nhello\r\n0\r\n\r\n" + NEXT,
     # Content-Length forms.
     "cl-twice-same": post("Content-Length: 5", "Content-Length: 5", body=b"hello"),
     "cl-twice-different": post("Content-Length: 5", "Content-Length: 6", body=b"hello!"),
@@ -222,7 +232,7 @@ CORPUS: dict[str, bytes] = {
     "bare-lf-everywhere": b"GET / HTTP/1.1\nHost: x\n\n" + NEXT,
     "bare-lf-request-line": b"GET / HTTP/1.1\nHost: x\r\n\r\n" + NEXT,
     "bare-lf-in-value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\nContent-Length: 5\r\n\r\n"
-                        b"hello" + NEXT,
+    b"hello" + NEXT,
     "bare-cr-in-value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\rExpect: 100-continue\r\n\r\n" + NEXT,
     "nul-in-value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\x00c\r\n\r\n" + NEXT,
     "control-in-value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\x01c\x7f\r\n\r\n" + NEXT,
@@ -266,12 +276,12 @@ CORPUS: dict[str, bytes] = {
     "connection-close": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + NEXT,
     "connection-close-listed": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x\r\n\r\n" + NEXT,
     "http10-keep-alive": b"POST /launch HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 5"
-                         b"\r\n\r\nhello" + NEXT,
+    b"\r\n\r\nhello" + NEXT,
     "upgrade-with-body": b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                         b"Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello" + NEXT,
+    b"Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello" + NEXT,
     "truncated-head": b"GET / HTTP/1.1\r\nHost: x\r\n",
     "truncated-body": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("data", CORPUS.values(), ids=CORPUS.keys())
@@ -282,12 +292,57 @@ def test_the_front_and_tornado_read_the_corpus_alike(data: bytes) -> None:
 
 # -- generated streams -------------------------------------------------------------
 
-_BYTES = st.sampled_from([b"\r", b"\n", b"\x00", b"\t", b" ", b",", b":", b";", b"-", b"+",
-                          b"0", b"5", b"a", b"\x0b", b"\x7f", b"\xe9", b"\r\n"])  # fmt: skip
-_NAMES = st.sampled_from(["Host", "Content-Length", "Transfer-Encoding", "Connection", "Expect",
-                          "X-A", "Upgrade", "content-length", "transfer-encoding"])  # fmt: skip
-_VALUES = st.sampled_from(["x", "5", "0", "chunked", "close", "keep-alive", "100-continue",
-                           "upgrade", "websocket", "5, 5", " chunked", "identity", ""])  # fmt: skip
+_BYTES = st.sampled_from(
+    [
+        b"\r",
+        b"\n",
+        b"\x00",
+        b"\t",
+        b" ",
+        b",",
+        b":",
+        b";",
+        b"-",
+        b"+",
+        b"0",
+        b"5",
+        b"a",
+        b"\x0b",
+        b"\x7f",
+        b"\xe9",
+        b"\r\n",
+    ]
+)
+_NAMES = st.sampled_from(
+    [
+        "Host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Expect",
+        "X-A",
+        "Upgrade",
+        "content-length",
+        "transfer-encoding",
+    ]
+)
+_VALUES = st.sampled_from(
+    [
+        "x",
+        "5",
+        "0",
+        "chunked",
+        "close",
+        "keep-alive",
+        "100-continue",
+        "upgrade",
+        "websocket",
+        "5, 5",
+        " chunked",
+        "identity",
+        "",
+    ]
+)
 _ENDS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r"])
 
 
@@ -330,8 +385,9 @@ def streams(draw: st.DrawFn) -> bytes:
     return _mutated(stream, draw)
 
 
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(streams())
 def test_the_front_and_tornado_read_generated_streams_alike(data: bytes) -> None:
     problem = disagreement(data)
@@ -398,8 +454,12 @@ def test_a_negative_chunk_size_is_refused_at_once_and_nothing_is_kept(server: Se
     assert _rss(server.proc.pid) - before < 20 * 1024 * 1024
 
 
-LIES = {"X-Real-Ip": "203.0.113.7", "X-Forwarded-For": "198.51.100.9",
-        "X-Forwarded-Proto": "https", "X-Scheme": "https"}  # fmt: skip
+LIES = {
+    "X-Real-Ip": "203.0.113.7",
+    "X-Forwarded-For": "198.51.100.9",
+    "X-Forwarded-Proto": "https",
+    "X-Scheme": "https",
+}
 
 
 def test_forwarding_headers_from_a_client_do_not_give_its_address(server: Server) -> None:
@@ -462,8 +522,12 @@ async def _through_front(
     up_server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
     # No sessions here: the service stands in with only where it is (origins.py).
     service = types.SimpleNamespace(origins=Origins("http", "x", None))
-    the_front = front.Front(service, "secret", up_server.sockets[0].getsockname()[1],  # type: ignore[arg-type]
-                            trusted)  # fmt: skip
+    the_front = front.Front(
+        service,
+        "secret",
+        up_server.sockets[0].getsockname()[1],  # type: ignore[arg-type]
+        trusted,
+    )
     listening = await the_front.listen("127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", listening.sockets[0].getsockname()[1]
@@ -485,8 +549,10 @@ async def _through_front(
 
 
 def test_a_post_whose_upstream_connection_died_is_sent_once() -> None:
-    exchange = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n|"
-                b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
+    exchange = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n|"
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    )
     up, received = asyncio.run(_through_front(exchange))
     assert received[0].startswith(b"HTTP/1.1 200")
     assert up.posts == 1, f"the POST reached the upstream {up.posts} times"
@@ -494,9 +560,11 @@ def test_a_post_whose_upstream_connection_died_is_sent_once() -> None:
 
 
 def test_only_the_front_says_who_the_client_is() -> None:
-    exchange = (b"GET /a HTTP/1.1\r\nHost: x\r\nX-Real-Ip: 203.0.113.7\r\nX-Scheme: https\r\n"
-                b"X-Forwarded-For: 198.51.100.9\r\nX-Forwarded-Proto: https\r\n"
-                b"X-Forwarded-Host: evil.example\r\nForwarded: for=192.0.2.1\r\n\r\n")  # fmt: skip
+    exchange = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-Real-Ip: 203.0.113.7\r\nX-Scheme: https\r\n"
+        b"X-Forwarded-For: 198.51.100.9\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Host: evil.example\r\nForwarded: for=192.0.2.1\r\n\r\n"
+    )
     up, _ = asyncio.run(_through_front(exchange))
     head = up.heads[0].decode().lower()
     for lie in ("203.0.113.7", "198.51.100.9", "https", "evil.example", "192.0.2.1"):
@@ -511,8 +579,7 @@ def test_only_the_front_says_who_the_client_is() -> None:
 
 
 def test_expect_is_answered_by_the_front_and_never_passed_on() -> None:
-    exchange = (b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue"
-                b"\r\n\r\n|{}")  # fmt: skip
+    exchange = b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n|{}"
     up, received = asyncio.run(_through_front(exchange))
     assert received[0].startswith(b"HTTP/1.1 100 ") and received[1].startswith(b"HTTP/1.1 200")
     assert b"expect" not in up.heads[0].lower()

@@ -110,8 +110,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def misbehaving(root: Path, *, trickle: bool = False, redirect: str | None = None,
-                address: str = "127.0.0.1") -> Iterator[_Behaviour]:  # fmt: skip
+def misbehaving(
+    root: Path, *, trickle: bool = False, redirect: str | None = None, address: str = "127.0.0.1"
+) -> Iterator[_Behaviour]:
     server = _Behaviour((address, 0), functools.partial(_Handler, directory=str(root)))
     server.requests, server.asked, server.release = [], threading.Event(), threading.Event()
     server.trickle, server.redirect = trickle, redirect
@@ -130,9 +131,19 @@ def url_of(server: _Behaviour, path: str) -> str:
 def git_daemon(root: Path) -> Iterator[int]:
     """`git daemon` serving the bare repositories under `root` (git://) on 127.0.0.1."""
     port = free_port()
-    proc = subprocess.Popen(["git", "daemon", "--export-all", f"--base-path={root}",
-                             "--listen=127.0.0.1", f"--port={port}", "--reuseaddr", root],
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--export-all",
+            f"--base-path={root}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            "--reuseaddr",
+            root,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: _connects(port), 10, "git daemon")
         yield port
@@ -180,8 +191,7 @@ def silent_tcp() -> Iterator[int]:
 
 
 def check_out(url: str, tmp: Path, **kw: object) -> sources.Checkout:
-    return sources.check_out(url, None, tmp / "cache", tmp / "dest", lambda line: None,
-                             **kw)  # type: ignore[arg-type]  # fmt: skip
+    return sources.check_out(url, None, tmp / "cache", tmp / "dest", lambda line: None, **kw)  # type: ignore[arg-type]
 
 
 def git_processes_for(port: int) -> list[int]:
@@ -233,8 +243,10 @@ def test_addresses_that_are_not_the_internet_are_refused(host: str, scheme: str)
         policy.check(f"{scheme}://{host}/owner/repo")
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "140.82.112.3", "2001:4860:4860::8888",
-                                     "2606:4700::1111", "2a00:1450:4001::1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "address",
+    ["8.8.8.8", "140.82.112.3", "2001:4860:4860::8888", "2606:4700::1111", "2a00:1450:4001::1"],
+)
 def test_public_addresses_are_admitted(address: str) -> None:
     import ipaddress
 
@@ -295,8 +307,7 @@ def test_redirects_are_not_followed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickling"])
-def test_a_slow_http_server_fails_the_fetch_in_bounded_time(tmp_path: Path,
-                                                            trickle: bool) -> None:  # fmt: skip
+def test_a_slow_http_server_fails_the_fetch_in_bounded_time(tmp_path: Path, trickle: bool) -> None:
     bare_copy(make_repo(tmp_path / "repo"), tmp_path / "srv")
     limits = sources.FetchLimits(low_speed_time=2, timeout=30)
     with misbehaving(tmp_path / "srv", trickle=trickle) as server:
@@ -313,8 +324,9 @@ def test_a_silent_git_protocol_server_is_bounded_by_the_overall_timeout(tmp_path
     with silent_tcp() as port:
         started = time.monotonic()
         with pytest.raises(SourceError, match="took longer than 3 s"):
-            check_out(f"git://127.0.0.1:{port}/repo.git", tmp_path,
-                      limits=sources.FetchLimits(timeout=3))  # fmt: skip
+            check_out(
+                f"git://127.0.0.1:{port}/repo.git", tmp_path, limits=sources.FetchLimits(timeout=3)
+            )
         assert time.monotonic() - started < 10
         assert git_processes_for(port) == []
 
@@ -353,8 +365,10 @@ def _peak_size(paths: list[Path], stop: threading.Event, peak: list[int]) -> Non
 
 @pytest.mark.parametrize("protocol", ["smart", "dumb"])
 def test_a_repository_over_the_size_limit_fails_and_leaves_nothing(
-    tmp_path: Path, large_repo: Path, protocol: str,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    large_repo: Path,
+    protocol: str,
+) -> None:
     limit = 10 * MiB
     bare = bare_copy(large_repo, tmp_path / "srv")
     # One pack, as forges serve them (git clone --bare of a local repository keeps its
@@ -368,8 +382,10 @@ def test_a_repository_over_the_size_limit_fails_and_leaves_nothing(
     sampler.start()
     try:
         message = r"larger than this site's limit of 10 MiB \(binder.max_repo_size\)"
-        with _server_for(protocol, tmp_path / "srv") as base, \
-                pytest.raises(sources.TooLargeError, match=message):  # fmt: skip
+        with (
+            _server_for(protocol, tmp_path / "srv") as base,
+            pytest.raises(sources.TooLargeError, match=message),
+        ):
             check_out(f"{base}/repo.git", tmp_path, limits=sources.FetchLimits(max_size=limit))
     finally:
         stop.set()
@@ -427,8 +443,11 @@ def test_the_cache_forgets_least_recently_used_mirrors(tmp_path: Path) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(write_site(tmp_path, max_sessions=6, per_user=2), tmp_path / "state",
-                 ("--allow-local-repos",)).start()  # fmt: skip
+    srv = Server(
+        write_site(tmp_path, max_sessions=6, per_user=2),
+        tmp_path / "state",
+        ("--allow-local-repos",),
+    ).start()
     yield srv
     srv.stop()
     assert processes_mentioning(str(tmp_path / "state" / "sessions")) == []
@@ -452,8 +471,11 @@ def test_a_launch_stopped_while_pending_never_comes_back(tmp_path: Path, served:
         assert _status(served, sid) == "stopped"
         # git is stopped with the launch; were it not, the answer it waits for comes now.
         slow.release.set()
-        wait_for(lambda: not (folder / sid).exists() or _status(served, sid) != "stopped", 60,
-                 "the launch to end and tidy up")  # fmt: skip
+        wait_for(
+            lambda: not (folder / sid).exists() or _status(served, sid) != "stopped",
+            60,
+            "the launch to end and tidy up",
+        )
         assert _status(served, sid) == "stopped"
         assert not (folder / sid).exists()
         assert processes_mentioning(str(folder / sid)) == []
@@ -463,8 +485,9 @@ def test_a_launch_stopped_while_pending_never_comes_back(tmp_path: Path, served:
 
 
 def test_a_server_that_never_answers_fails_the_launch_by_itself(
-    tmp_path: Path, served: Server,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    served: Server,
+) -> None:
     bare_copy(make_repo(tmp_path / "repo"), tmp_path / "srv")
     with misbehaving(tmp_path / "srv") as silent:
         started = time.monotonic()
@@ -478,8 +501,7 @@ def test_a_server_that_never_answers_fails_the_launch_by_itself(
 def _launch_from(server: Server, repo: str, source: str) -> int:
     """GET /build without cookies from `source` (a loopback address); the status."""
     port = int(server.url.rsplit(":", 1)[1])
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
-                                      source_address=(source, 0))  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
     try:
         conn.request("GET", build_path(repo))
         return conn.getresponse().status
@@ -488,8 +510,9 @@ def _launch_from(server: Server, repo: str, source: str) -> int:
 
 
 def test_cookieless_launches_from_one_address_do_not_take_every_slot(
-    tmp_path: Path, served: Server,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    served: Server,
+) -> None:
     bare_copy(make_repo(tmp_path / "repo"), tmp_path / "srv")
     with misbehaving(tmp_path / "srv") as slow:  # keeps every launch pending
         repo = url_of(slow, "repo.git")
@@ -505,8 +528,9 @@ def test_pending_launches_are_culled(tmp_path: Path) -> None:
 
     async def scenario(slow: _Behaviour) -> tuple[str, str]:
         limits = Limits(4, 4, 600, 600, 60, max_pending=1.0)
-        manager = SessionManager(Store(tmp_path / "db.sqlite"), tmp_path / "state",
-                                 Runtime.LOCAL, limits)  # fmt: skip
+        manager = SessionManager(
+            Store(tmp_path / "db.sqlite"), tmp_path / "state", Runtime.LOCAL, limits
+        )
         manager._loop = asyncio.get_running_loop()
         sid = manager.request("someone", url_of(slow, "repo.git"), "HEAD", None)
         assert await asyncio.to_thread(slow.asked.wait, 20)

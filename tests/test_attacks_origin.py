@@ -134,9 +134,16 @@ def chromium() -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -168,8 +175,13 @@ def session_host(server: Server, sid: str, domain: bool) -> str:
     return f"{sid}.{DOMAIN}:{server.port}" if domain else f"127.0.0.1:{server.port}"
 
 
-def request(server: Server, host: str, target: str, headers: dict[str, str] | None = None,
-            method: str = "GET") -> tuple[int, http.client.HTTPMessage, bytes]:  # fmt: skip
+def request(
+    server: Server,
+    host: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
+) -> tuple[int, http.client.HTTPMessage, bytes]:
     """One request to the service's port as a browser would send it to `host` (names
     under sessions.localhost are loopback for Chromium, not for this process)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
@@ -193,14 +205,18 @@ def take_over(server: Server, attacker: Launched, domain: bool) -> None:
     base = f"http://127.0.0.1:{server.port}/s/{attacker.id}/"
     assert execute(base, attacker.token, cell, headers) == "'taken'"
     token = {"Authorization": f"token {attacker.token}"}
-    wait_for(lambda: b"attack-page" in request(server, host, f"/s/{attacker.id}/x", token)[2],
-             30, "the attacker's server to answer for its session")  # fmt: skip
+    wait_for(
+        lambda: b"attack-page" in request(server, host, f"/s/{attacker.id}/x", token)[2],
+        30,
+        "the attacker's server to answer for its session",
+    )
 
 
 def cookies_passed_on(server: Server, attacker: Launched, domain: bool) -> list[str]:
     host = session_host(server, attacker.id, domain)
-    _, headers, _ = request(server, host, f"/s/{attacker.id}/",
-                            {"Authorization": f"token {attacker.token}"})  # fmt: skip
+    _, headers, _ = request(
+        server, host, f"/s/{attacker.id}/", {"Authorization": f"token {attacker.token}"}
+    )
     return headers.get_all("Set-Cookie") or []
 
 
@@ -209,8 +225,11 @@ def victim_opens_own_session(driver: object, server: Server, repo: Path) -> str:
     the running notebook; the session's id."""
     spec = urllib.parse.quote(f"file://{repo}", safe="")
     driver.get(f"{server.url}/v2/git/{spec}/HEAD")  # type: ignore[attr-defined]
-    url = wait_for(lambda: "/s/" in driver.current_url and driver.current_url,  # type: ignore[attr-defined]
-                   120, "the victim's notebook")  # fmt: skip
+    url = wait_for(
+        lambda: "/s/" in driver.current_url and driver.current_url,  # type: ignore[attr-defined]
+        120,
+        "the victim's notebook",
+    )
     sid = session_id({"url": url})
     return sid
 
@@ -220,11 +239,13 @@ def attack(
 ) -> dict[str, str]:
     """The victim opens the attacker's link; what the attacker's page read."""
     host = session_host(server, attacker.id, domain)
-    query = urllib.parse.urlencode({"token": attacker.token, "service": server.url,
-                                    "files": files})  # fmt: skip
+    query = urllib.parse.urlencode({"token": attacker.token, "service": server.url, "files": files})
     driver.get(f"http://{host}/s/{attacker.id}/?{query}")  # type: ignore[attr-defined]
-    title = wait_for(lambda: driver.title.startswith("done:") and driver.title,  # type: ignore[attr-defined]
-                     60, "the attacker's page to report")  # fmt: skip
+    title = wait_for(
+        lambda: driver.title.startswith("done:") and driver.title,  # type: ignore[attr-defined]
+        60,
+        "the attacker's page to report",
+    )
     return json.loads(str(title)[5:])  # type: ignore[no-any-return]
 
 
@@ -239,8 +260,9 @@ def test_on_a_shared_origin_a_taken_over_session_reads_another_visitors_sessions
     # The session could not set cookies for the service, even on its shared origin.
     cookies = cookies_passed_on(server, attacker, domain=False)
     assert cookies == [f"_xsrf=kept; Path=/s/{attacker.id}/"], cookies
-    seen = attack(chromium, server, attacker,
-                  f"{server.url}/s/{victim}/api/contents/diary.txt", domain=False)  # fmt: skip
+    seen = attack(
+        chromium, server, attacker, f"{server.url}/s/{victim}/api/contents/diary.txt", domain=False
+    )
     # Finding 4, as it still stands without session_domain: the page is the service's
     # origin, so it reads the victim's /sessions and their session's files.
     assert seen["sessions"].startswith("200:") and victim in seen["sessions"], seen
@@ -285,8 +307,11 @@ def test_a_handoff_is_single_use_bound_to_its_session_and_short_lived(
     mine_host = session_host(server, mine.id, domain=True)
     # On the service's host, /s/<id>/ sends the owner on with a fresh handoff.
     status, headers, _ = request(
-        server, f"127.0.0.1:{server.port}", f"/s/{mine.id}/api/status",
-        {"Cookie": cookie_header(mine.client)})  # fmt: skip
+        server,
+        f"127.0.0.1:{server.port}",
+        f"/s/{mine.id}/api/status",
+        {"Cookie": cookie_header(mine.client)},
+    )
     assert status == 302
     location = urllib.parse.urlsplit(headers["Location"])
     assert location.netloc == mine_host and location.path == f"/s/{mine.id}/api/status"
@@ -309,19 +334,25 @@ def test_a_handoff_is_single_use_bound_to_its_session_and_short_lived(
     # An hour-old handoff, signed with the service's own secret, is refused.
     secret = (server.state_dir / "cookie-secret").read_text().strip()
     claim = json.dumps([mine.id, server.session_field(mine.id, "owner"), "n0"])
-    old = create_signed_value(secret, "binder-lite-handoff", claim,
-                              clock=lambda: time.time() - 3600).decode()  # fmt: skip
+    old = create_signed_value(
+        secret, "binder-lite-handoff", claim, clock=lambda: time.time() - 3600
+    ).decode()
     stale = f"/s/{mine.id}/?binder-lite-handoff={urllib.parse.quote(old)}"
     assert request(server, mine_host, stale)[0] == 403
     # Someone else's cookie on the service's host gets a redirect without a handoff.
-    status, headers, _ = request(server, f"127.0.0.1:{server.port}", f"/s/{mine.id}/",
-                                 {"Cookie": cookie_header(other.client)})  # fmt: skip
+    status, headers, _ = request(
+        server,
+        f"127.0.0.1:{server.port}",
+        f"/s/{mine.id}/",
+        {"Cookie": cookie_header(other.client)},
+    )
     assert status == 302 and "binder-lite-handoff" not in headers["Location"]
     # BinderHub's token still works at the session's origin, from a script as from a page.
     auth = {"Authorization": f"token {mine.token}"}
     assert request(server, mine_host, f"/s/{mine.id}/api/status", auth)[0] == 200
-    status, headers, _ = request(server, mine_host, f"/s/{mine.id}/lab?token={mine.token}",
-                                 {"Sec-Fetch-Dest": "document"})  # fmt: skip
+    status, headers, _ = request(
+        server, mine_host, f"/s/{mine.id}/lab?token={mine.token}", {"Sec-Fetch-Dest": "document"}
+    )
     assert status == 303 and headers["Location"] == f"/s/{mine.id}/lab"
     # A request from a sibling origin is refused before Jupyter sees it.
     sibling = {"Origin": f"http://{other_host}", **jar}
@@ -343,8 +374,9 @@ def test_session_urls_come_from_the_settings_not_the_host_header(
     assert events[-1]["url"] == f"http://{sid}.{DOMAIN}:{server.port}/s/{sid}/"
     assert "binder-lite-handoff=" in str(events[-1]["view"])
     status, headers, body = request(server, "evil.example", build_path(f"file://{repo}"))
-    ready = [json.loads(line[6:]) for line in body.decode().splitlines()
-             if line.startswith("data: ")][-1]  # fmt: skip
+    ready = [
+        json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")
+    ][-1]
     assert status == 200 and "evil.example" not in json.dumps(ready), ready
     # The service's own cookies are host-only; its pages keep other windows away.
     status, headers, _ = request(server, f"127.0.0.1:{server.port}", "/")
@@ -358,8 +390,9 @@ def test_session_urls_come_from_the_settings_not_the_host_header(
     shared = start(tmp_path / "shared", session_domain=False)
     try:
         _, _, body = request(shared, "evil.example", build_path(f"file://{repo}"))
-        ready = [json.loads(line[6:]) for line in body.decode().splitlines()
-                 if line.startswith("data: ")][-1]  # fmt: skip
+        ready = [
+            json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")
+        ][-1]
         assert str(ready["url"]).startswith(f"{shared.url}/s/"), ready
     finally:
         shared.stop()

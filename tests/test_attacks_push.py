@@ -73,8 +73,10 @@ def listening() -> Iterator[Listener]:
                 buffered += data
                 while b"\r\n\r\n" in buffered:
                     _, _, buffered = buffered.partition(b"\r\n\r\n")
-                    conn.sendall(b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="x"'
-                                 b"\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+                    conn.sendall(
+                        b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="x"'
+                        b"\r\nContent-Length: 0\r\n\r\n"
+                    )
 
     def accept() -> None:
         while not done.is_set():
@@ -117,8 +119,12 @@ class Forge:
         return files
 
     def all_objects(self) -> bytes:
-        return subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"],
-                              cwd=self.bare, capture_output=True, check=True).stdout  # fmt: skip
+        return subprocess.run(
+            ["git", "cat-file", "--batch-all-objects", "--batch"],
+            cwd=self.bare,
+            capture_output=True,
+            check=True,
+        ).stdout
 
 
 def make_forge(tmp_path: Path) -> Path:
@@ -194,9 +200,10 @@ def plant_filter(source: PushSource, marker: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "plant", [plant_hook, plant_fsmonitor, plant_hooks_path, plant_filter],
+    "plant",
+    [plant_hook, plant_fsmonitor, plant_hooks_path, plant_filter],
     ids=["hooks", "fsmonitor", "hooksPath", "gitattributes-filter"],
-)  # fmt: skip
+)
 def test_nothing_planted_in_the_sessions_git_runs(
     plant: object, forge: Forge, tmp_path: Path
 ) -> None:
@@ -299,8 +306,11 @@ def test_a_redirect_from_the_origin_carries_no_credential(tmp_path: Path) -> Non
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    handler = type("R", (Redirecting,), {"root": root, "user": "u",
-                                         "check": staticmethod(lambda p: p == TOKEN)})  # fmt: skip
+    handler = type(
+        "R",
+        (Redirecting,),
+        {"root": root, "user": "u", "check": staticmethod(lambda p: p == TOKEN)},
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     with serving(server) as port, listening() as listener:
         origin = f"http://127.0.0.1:{port}/project.git"
@@ -341,8 +351,10 @@ def test_push_through_the_service_ignores_a_booby_trapped_git(tmp_path: Path) ->
     credential_file.write_text(f"u:{TOKEN}\n")
     credential_file.chmod(0o600)
     site = tmp_path / "site.yaml"
-    site.write_text("version: 1\nsite: {name: x, slug: x}\n"
-                    f"binder: {{push_credential_file: {credential_file}}}\n")  # fmt: skip
+    site.write_text(
+        "version: 1\nsite: {name: x, slug: x}\n"
+        f"binder: {{push_credential_file: {credential_file}}}\n"
+    )
     srv = Server(site, tmp_path / "state", ("--allow-local-repos",)).start()
     marker = tmp_path / "ran-on-the-host"
     try:

@@ -65,33 +65,63 @@ def attack_cases(host: Host) -> dict[str, tuple[dict[str, str], dict[str, str], 
     up = "../" * 40 + str(host.secret).lstrip("/")
     secret = str(host.secret)
     return {
-        "-r absolute": ({"requirements.txt": f"numpy\n-r {secret}\n"}, {},
-                        rf"^requirements\.txt:2: -r: {OUTSIDE}$"),
-        "-r dot-dot": ({"requirements.txt": f"numpy\n\n-r {up}\n"}, {},
-                       rf"^requirements\.txt:3: -r: {OUTSIDE}$"),
-        "--requirement=": ({"requirements.txt": f"--requirement={secret}\n"}, {},
-                           rf"^requirements\.txt:1: -r: {OUTSIDE}$"),
-        "-r to a symlink": ({"requirements.txt": "-r more.txt\n"}, {"more.txt": secret},
-                            rf"^requirements\.txt:1: -r: {LEAVES}$"),
-        "-c absolute": ({"requirements.txt": f"numpy\n-c {secret}\n"}, {},
-                        rf"^requirements\.txt:2: -c: {OUTSIDE}$"),
-        "requirements.txt symlink": ({}, {"requirements.txt": secret},
-                                     rf"^requirements\.txt: {LEAVES}$"),
-        "requirements.txt relative symlink": ({}, {"requirements.txt": up},
-                                              rf"^requirements\.txt: {LEAVES}$"),
-        "binder/channels.scm symlink": ({"binder/manifest.scm": MANIFEST},
-                                        {"binder/channels.scm": secret},
-                                        rf"^binder/channels\.scm: {LEAVES}$"),
+        "-r absolute": (
+            {"requirements.txt": f"numpy\n-r {secret}\n"},
+            {},
+            rf"^requirements\.txt:2: -r: {OUTSIDE}$",
+        ),
+        "-r dot-dot": (
+            {"requirements.txt": f"numpy\n\n-r {up}\n"},
+            {},
+            rf"^requirements\.txt:3: -r: {OUTSIDE}$",
+        ),
+        "--requirement=": (
+            {"requirements.txt": f"--requirement={secret}\n"},
+            {},
+            rf"^requirements\.txt:1: -r: {OUTSIDE}$",
+        ),
+        "-r to a symlink": (
+            {"requirements.txt": "-r more.txt\n"},
+            {"more.txt": secret},
+            rf"^requirements\.txt:1: -r: {LEAVES}$",
+        ),
+        "-c absolute": (
+            {"requirements.txt": f"numpy\n-c {secret}\n"},
+            {},
+            rf"^requirements\.txt:2: -c: {OUTSIDE}$",
+        ),
+        "requirements.txt symlink": (
+            {},
+            {"requirements.txt": secret},
+            rf"^requirements\.txt: {LEAVES}$",
+        ),
+        "requirements.txt relative symlink": (
+            {},
+            {"requirements.txt": up},
+            rf"^requirements\.txt: {LEAVES}$",
+        ),
+        "binder/channels.scm symlink": (
+            {"binder/manifest.scm": MANIFEST},
+            {"binder/channels.scm": secret},
+            rf"^binder/channels\.scm: {LEAVES}$",
+        ),
         "binder directory symlink": ({}, {"binder": str(host.dir)}, rf"^binder: {LEAVES}$"),
         "manifest.scm symlink": ({}, {"manifest.scm": secret}, rf"^manifest\.scm: {LEAVES}$"),
-    }  # fmt: skip
+    }
 
 
 CASES = [  # the names of attack_cases(), for parametrize (checked in the first test)
-    "-r absolute", "-r dot-dot", "--requirement=", "-r to a symlink", "-c absolute",
-    "requirements.txt symlink", "requirements.txt relative symlink",
-    "binder/channels.scm symlink", "binder directory symlink", "manifest.scm symlink",
-]  # fmt: skip
+    "-r absolute",
+    "-r dot-dot",
+    "--requirement=",
+    "-r to a symlink",
+    "-c absolute",
+    "requirements.txt symlink",
+    "requirements.txt relative symlink",
+    "binder/channels.scm symlink",
+    "binder directory symlink",
+    "manifest.scm symlink",
+]
 
 
 def attack_repo(path: Path, files: dict[str, str], links: dict[str, str]) -> Path:
@@ -108,22 +138,28 @@ def attack_repo(path: Path, files: dict[str, str], links: dict[str, str]) -> Pat
 
 def spliced_lines(marker: str) -> str:
     """Lines carrying a secret in ways that are not package names."""
-    return (f"numpy\ntoken={marker}\n-i https://user:{marker}@example.org/simple\n"
-            f"pandas ; python_version > '{marker}'\nscipy --hash=sha256:{marker}\n"
-            f"git+https://{marker}@example.org/x.git\n{marker}!!\n")  # fmt: skip
+    return (
+        f"numpy\ntoken={marker}\n-i https://user:{marker}@example.org/simple\n"
+        f"pandas ; python_version > '{marker}'\nscipy --hash=sha256:{marker}\n"
+        f"git+https://{marker}@example.org/x.git\n{marker}!!\n"
+    )
 
 
 def refused(source: str, tmp_path: Path, events: list[Event], marker: str) -> LaunchError:
     """Launch `source` (local runtime), which must fail; a session that started anyway
     is stopped, and checked for `marker` first, before the test fails."""
     try:
-        session = launch(source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache",
-                         on_event=events.append)  # fmt: skip
+        session = launch(
+            source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache", on_event=events.append
+        )
     except LaunchError as e:
         return e
     session.stop()
-    shown = [*(e.message for e in events), session.provenance.manifest,
-             session.provenance.channels or ""]  # fmt: skip
+    shown = [
+        *(e.message for e in events),
+        session.provenance.manifest,
+        session.provenance.channels or "",
+    ]
     assert not [text for text in shown if marker in text], "the host file was shown"
     pytest.fail("launched anyway")
 
@@ -164,9 +200,11 @@ def test_lines_not_understood_are_never_echoed(tmp_path: Path, host: Host) -> No
 
 def test_symlinks_inside_the_repository_are_followed(tmp_path: Path) -> None:
     """Refusing is for links that leave: one that stays inside is an ordinary file."""
-    repo = attack_repo(tmp_path / "repo", {"envs/py/requirements.txt": "numpy\n-r ../extra.txt\n",
-                                           "envs/extra.txt": "scipy\n"},
-                       {"binder": "envs/py", "envs/py/loop": "../py"})  # fmt: skip
+    repo = attack_repo(
+        tmp_path / "repo",
+        {"envs/py/requirements.txt": "numpy\n-r ../extra.txt\n", "envs/extra.txt": "scipy\n"},
+        {"binder": "envs/py", "envs/py/loop": "../py"},
+    )
     env = detect(repo)
     assert env.config_dir == repo / "envs/py"
     assert env.packages == ("python-numpy", "python-scipy")
@@ -246,9 +284,14 @@ def _assert_refused_everywhere(server: Server, url: str, host: Host, message: st
     events = client.events(f"/sessions/{sid}/events")
     built = _build_stream(client, url)
     page = client.get(f"/sessions/{sid}")
-    shown = {"events": str(events), "build API": str(built), "provenance page": page.text,
-             "sessions": client.get("/sessions").text, "health": client.get("/health").text,
-             "metrics": client.get("/metrics").text}  # fmt: skip
+    shown = {
+        "events": str(events),
+        "build API": str(built),
+        "provenance page": page.text,
+        "sessions": client.get("/sessions").text,
+        "health": client.get("/health").text,
+        "metrics": client.get("/metrics").text,
+    }
     assert [where for where, text in shown.items() if host.marker in text] == []
     for stream in (events, built):
         assert stream[-1]["phase"] == "failed", stream[-1]
@@ -270,8 +313,13 @@ def _state_holds_no_marker(server: Server, host: Host) -> None:
     assert server.log is not None and host.marker not in server.log.read_text()
 
 
-REFUSED_IN_SERVICE = ["-r absolute", "-r dot-dot", "requirements.txt symlink",
-                      "binder/channels.scm symlink", "binder directory symlink"]  # fmt: skip
+REFUSED_IN_SERVICE = [
+    "-r absolute",
+    "-r dot-dot",
+    "requirements.txt symlink",
+    "binder/channels.scm symlink",
+    "binder directory symlink",
+]
 
 
 def test_service_over_file_urls(tmp_path: Path, host: Host, service: Server) -> None:

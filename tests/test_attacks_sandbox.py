@@ -110,8 +110,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 
 
 def sandboxed(repo: Path, state: Path, **isolation: object) -> Session:
-    return launch(f"file://{repo}", runtime_kind=Runtime.LOCAL, cache_dir=state / "cache",
-                  isolation=Isolation(**isolation))  # type: ignore[arg-type]  # fmt: skip
+    return launch(
+        f"file://{repo}",
+        runtime_kind=Runtime.LOCAL,
+        cache_dir=state / "cache",
+        isolation=Isolation(**isolation),
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +127,11 @@ def sessions(
     os.environ["BINDER_LITE_PROBE_SECRET"] = target.marker
     first = sandboxed(make_repo(base / "one"), target.state, network=SessionNetwork.NONE)
     try:
-        second = sandboxed(make_repo(base / "two", {"private.txt": target.marker}),
-                           target.state, network=SessionNetwork.NONE)  # fmt: skip
+        second = sandboxed(
+            make_repo(base / "two", {"private.txt": target.marker}),
+            target.state,
+            network=SessionNetwork.NONE,
+        )
     except BaseException:
         first.stop()
         raise
@@ -144,12 +151,28 @@ def test_a_kernel_reaches_nothing_of_the_service_or_other_sessions(
 ) -> None:
     first, second = sessions
     assert second.socket is not None
-    seen = probe(first, STATE=str(target.state), SECRET=str(target.secret),
-                 OTHER_REPO=str(second.work_dir), OTHER_SOCKET=str(second.socket),
-                 SERVICE_PID=os.getpid(), PORT=target.port)  # fmt: skip
-    for attempt in ("state_listing", "state_db", "secret", "other_files", "other_socket",
-                    "service_environ", "service_signal", "service_port", "host_shadow",
-                    "host_var", "host_home"):  # fmt: skip
+    seen = probe(
+        first,
+        STATE=str(target.state),
+        SECRET=str(target.secret),
+        OTHER_REPO=str(second.work_dir),
+        OTHER_SOCKET=str(second.socket),
+        SERVICE_PID=os.getpid(),
+        PORT=target.port,
+    )
+    for attempt in (
+        "state_listing",
+        "state_db",
+        "secret",
+        "other_files",
+        "other_socket",
+        "service_environ",
+        "service_signal",
+        "service_port",
+        "host_shadow",
+        "host_var",
+        "host_home",
+    ):
         assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
     # Nothing of the service's environment reached the session.
     assert target.marker not in json.dumps(seen)
@@ -161,20 +184,24 @@ def test_a_kernel_reaches_nothing_of_the_service_or_other_sessions(
 
 def test_the_session_sees_only_its_own_checkout(sessions: tuple[Session, Session]) -> None:
     first, _ = sessions
-    listing = execute(first.base_url, first.token,
-                      "import os; sorted(os.listdir('/notebooks')), os.getcwd()")  # fmt: skip
+    listing = execute(
+        first.base_url, first.token, "import os; sorted(os.listdir('/notebooks')), os.getcwd()"
+    )
     assert "index.ipynb" in listing and "private.txt" not in listing
     assert "'/notebooks'" in listing
     # git works on the checkout (its objects are borrowed from the cache, read-only).
-    log = execute(first.base_url, first.token, "import subprocess; subprocess.run("
-                  "['git', 'log', '--format=%s', '-1'], capture_output=True, text=True,"
-                  " cwd='/notebooks').stdout.strip()")  # fmt: skip
+    log = execute(
+        first.base_url,
+        first.token,
+        "import subprocess; subprocess.run("
+        "['git', 'log', '--format=%s', '-1'], capture_output=True, text=True,"
+        " cwd='/notebooks').stdout.strip()",
+    )
     assert log not in ("''", "")
 
 
 def test_nothing_outlives_a_stopped_session(target: Target, tmp_path: Path) -> None:
-    session = sandboxed(make_repo(tmp_path / "repo"), target.state,
-                        network=SessionNetwork.NONE)  # fmt: skip
+    session = sandboxed(make_repo(tmp_path / "repo"), target.state, network=SessionNetwork.NONE)
     marker = f"survivor-{secrets.token_hex(6)}"
     # A daemon in a session of its own (double fork), and a plain background process.
     code = (
@@ -201,27 +228,36 @@ def test_nothing_outlives_a_stopped_session(target: Target, tmp_path: Path) -> N
 
 def test_limits_hold_and_the_host_stays_up(target: Target, tmp_path: Path) -> None:
     limits = SessionLimits(memory=400 * 1024**2, processes=128, disk=32 * 1024**2)
-    session = sandboxed(make_repo(tmp_path / "repo"), target.state,
-                        network=SessionNetwork.NONE, limits=limits)  # fmt: skip
+    session = sandboxed(
+        make_repo(tmp_path / "repo"), target.state, network=SessionNetwork.NONE, limits=limits
+    )
     try:
         # Files: one larger than the disk limit fails as it is written.
-        big = execute(session.base_url, session.token, (
-            "import errno\n"
-            "try:\n"
-            "    open('/notebooks/big', 'wb').write(b'x' * (40 * 2**20)); r = 'written'\n"
-            "except OSError as e:\n"
-            "    r = errno.errorcode[e.errno]\n"
-            "r"
-        ))  # fmt: skip
+        big = execute(
+            session.base_url,
+            session.token,
+            (
+                "import errno\n"
+                "try:\n"
+                "    open('/notebooks/big', 'wb').write(b'x' * (40 * 2**20)); r = 'written'\n"
+                "except OSError as e:\n"
+                "    r = errno.errorcode[e.errno]\n"
+                "r"
+            ),
+        )
         assert big.strip("'") in ("EFBIG", "ENOSPC")
         # Tasks: forking past the limit fails in the notebook, not on the host.
         forks = execute(session.base_url, session.token, FORKS)
         assert forks.startswith("(True, '") and "Error" in forks
         # Memory: a process that takes too much is killed; the notebook and the host go on.
-        killed = execute(session.base_url, session.token, (
-            "import subprocess, sys\n"
-            "subprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode"
-        ))  # fmt: skip
+        killed = execute(
+            session.base_url,
+            session.token,
+            (
+                "import subprocess, sys\n"
+                "subprocess.run([sys.executable, '-c', 'b = bytearray(2**30)']).returncode"
+            ),
+        )
         assert killed == "-9"
         handle = session.handle
         assert handle is not None
@@ -232,21 +268,25 @@ def test_limits_hold_and_the_host_stays_up(target: Target, tmp_path: Path) -> No
 
 
 def test_outbound_network_cannot_reach_the_hosts_loopback(target: Target, tmp_path: Path) -> None:
-    session = sandboxed(make_repo(tmp_path / "repo"), target.state,
-                        network=SessionNetwork.OUTBOUND)  # fmt: skip
+    session = sandboxed(make_repo(tmp_path / "repo"), target.state, network=SessionNetwork.OUTBOUND)
     try:
         handle = session.handle
         assert handle is not None and handle.helpers, "no user-mode network was attached"
-        seen = execute(session.base_url, session.token, (
-            "import socket, os\n"
-            "def attempt(address):\n"
-            "    try:\n"
-            f"        socket.create_connection((address, {target.port}), timeout=3)\n"
-            "        return 'ok'\n"
-            "    except OSError as e:\n"
-            "        return type(e).__name__\n"
-            "('tap0' in open('/proc/net/dev').read(), attempt('127.0.0.1'), attempt('10.0.2.2'))"
-        ))  # fmt: skip
+        seen = execute(
+            session.base_url,
+            session.token,
+            (
+                "import socket, os\n"
+                "def attempt(address):\n"
+                "    try:\n"
+                f"        socket.create_connection((address, {target.port}), timeout=3)\n"
+                "        return 'ok'\n"
+                "    except OSError as e:\n"
+                "        return type(e).__name__\n"
+                "('tap0' in open('/proc/net/dev').read(),\n"
+                " attempt('127.0.0.1'), attempt('10.0.2.2'))"
+            ),
+        )
         assert seen.startswith("(True,")  # the user-mode stack is there
         assert "'ok'" not in seen  # and the host's loopback is not reachable through it
     finally:
@@ -256,22 +296,25 @@ def test_outbound_network_cannot_reach_the_hosts_loopback(target: Target, tmp_pa
 def test_outbound_network_cannot_reach_private_ranges(target: Target, tmp_path: Path) -> None:
     """A cloud's metadata service, the host's LAN: unreachable, and the session's code
     cannot make them reachable again."""
-    session = sandboxed(make_repo(tmp_path / "repo"), target.state,
-                        network=SessionNetwork.OUTBOUND)  # fmt: skip
+    session = sandboxed(make_repo(tmp_path / "repo"), target.state, network=SessionNetwork.OUTBOUND)
     try:
-        seen = execute(session.base_url, session.token, (
-            "import socket, subprocess, os\n"
-            "def attempt(address):\n"
-            "    s = socket.socket(); s.settimeout(3)\n"
-            "    try:\n"
-            "        s.connect((address, 80)); return 'ok'\n"
-            "    except OSError as e:\n"
-            "        return os.strerror(e.errno)\n"
-            "undo = subprocess.run(['ip', 'route', 'del', 'unreachable', '169.254.0.0/16'],"
-            " capture_output=True).returncode\n"
-            "([attempt(a) for a in ('169.254.169.254', '10.1.2.3', '172.17.0.1',"
-            " '192.168.1.1', '100.64.0.1')], undo, os.getuid())"
-        ))  # fmt: skip
+        seen = execute(
+            session.base_url,
+            session.token,
+            (
+                "import socket, subprocess, os\n"
+                "def attempt(address):\n"
+                "    s = socket.socket(); s.settimeout(3)\n"
+                "    try:\n"
+                "        s.connect((address, 80)); return 'ok'\n"
+                "    except OSError as e:\n"
+                "        return os.strerror(e.errno)\n"
+                "undo = subprocess.run(['ip', 'route', 'del', 'unreachable', '169.254.0.0/16'],"
+                " capture_output=True).returncode\n"
+                "([attempt(a) for a in ('169.254.169.254', '10.1.2.3', '172.17.0.1',"
+                " '192.168.1.1', '100.64.0.1')], undo, os.getuid())"
+            ),
+        )
         reached, undo, uid = ast.literal_eval(seen)
         assert reached == ["No route to host"] * 5
         assert undo != 0 and uid == 1000  # the route stayed

@@ -30,8 +30,9 @@ def served(tmp_path: Path) -> Iterator[tuple[Server, str]]:
     credential = tmp_path / "push-credential"
     credential.write_text(f"git:{marker}")
     extra = f"  push_credential_file: {credential}\n  session_network: none\n"
-    srv = Server(write_site(tmp_path, extra=extra), tmp_path / "state",
-                 ("--allow-local-repos",)).start()  # fmt: skip
+    srv = Server(
+        write_site(tmp_path, extra=extra), tmp_path / "state", ("--allow-local-repos",)
+    ).start()
     yield srv, marker
     srv.stop()
     assert processes_mentioning(str(tmp_path / "state" / "sessions")) == []
@@ -56,19 +57,35 @@ def test_a_kernel_cannot_reach_the_service_or_another_session(
     server, marker = served
     assert server.proc is not None
     mallory, _, base = open_session(server, make_repo(tmp_path / "attacker"))
-    alice, other, _ = open_session(server, make_repo(tmp_path / "victim",
-                                                     {"diary.txt": marker}))  # fmt: skip
+    alice, other, _ = open_session(server, make_repo(tmp_path / "victim", {"diary.txt": marker}))
     other_socket = server.session_field(other, "socket")
     other_dir = server.session_field(other, "work_dir")
     assert other_socket and other_dir
-    code = "".join(f"{k} = {v!r}\n" for k, v in {
-        "STATE": str(server.state_dir), "SECRET": str(tmp_path / "push-credential"),
-        "OTHER_REPO": other_dir, "OTHER_SOCKET": other_socket,
-        "SERVICE_PID": server.proc.pid, "PORT": server.port,
-    }.items()) + PROBE  # fmt: skip
+    code = (
+        "".join(
+            f"{k} = {v!r}\n"
+            for k, v in {
+                "STATE": str(server.state_dir),
+                "SECRET": str(tmp_path / "push-credential"),
+                "OTHER_REPO": other_dir,
+                "OTHER_SOCKET": other_socket,
+                "SERVICE_PID": server.proc.pid,
+                "PORT": server.port,
+            }.items()
+        )
+        + PROBE
+    )
     seen = json.loads(ast.literal_eval(execute(base, "", code, cookie_of(mallory))))
-    refused = ("state_listing", "state_db", "secret", "other_files", "other_socket",
-               "service_environ", "service_signal", "service_port")  # fmt: skip
+    refused = (
+        "state_listing",
+        "state_db",
+        "secret",
+        "other_files",
+        "other_socket",
+        "service_environ",
+        "service_signal",
+        "service_port",
+    )
     for attempt in refused:
         assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
     assert marker not in json.dumps(seen)
@@ -89,9 +106,9 @@ def test_stopping_a_session_ends_everything_it_started(
         "start_new_session=True)\n"
         f"subprocess.Popen(['python3', '-c', '# {tag}\\n"
         "import socket, time\\ns = socket.socket(socket.AF_UNIX)\\n"
-        "s.bind(\"/notebooks/listener.sock\"); s.listen(); time.sleep(600)'])\n"
+        's.bind("/notebooks/listener.sock"); s.listen(); time.sleep(600)\'])\n'
         "'started'"
-    )  # fmt: skip
+    )
     assert execute(base, "", code, cookie_of(client)) == "'started'"
     deadline = time.monotonic() + 10
     while len(processes_mentioning(tag)) < 2 and time.monotonic() < deadline:
@@ -109,18 +126,21 @@ def test_state_is_the_services_alone(served: tuple[Server, str], tmp_path: Path)
     server, _ = served
     open_session(server, make_repo(tmp_path / "repo"))
     assert server.state_dir.stat().st_mode & 0o777 == 0o700
-    for name in ("sessions.sqlite", "sessions.sqlite-wal", "sessions.sqlite-shm",
-                 "cookie-secret"):  # fmt: skip
+    for name in ("sessions.sqlite", "sessions.sqlite-wal", "sessions.sqlite-shm", "cookie-secret"):
         path = server.state_dir / name
         if path.exists():
             assert path.stat().st_mode & 0o777 == 0o600, name
 
 
 def test_a_session_that_hits_its_limits_is_told_why(tmp_path: Path) -> None:
-    extra = ("  session_network: none\n"
-             "  session_limits: {memory: 400MiB, processes: 128, disk: 64MiB}\n")  # fmt: skip
-    server = Server(write_site(tmp_path, extra=extra), tmp_path / "state",
-                    ("--allow-local-repos", "--cull-interval", "0.5")).start()  # fmt: skip
+    extra = (
+        "  session_network: none\n  session_limits: {memory: 400MiB, processes: 128, disk: 64MiB}\n"
+    )
+    server = Server(
+        write_site(tmp_path, extra=extra),
+        tmp_path / "state",
+        ("--allow-local-repos", "--cull-interval", "0.5"),
+    ).start()
     try:
         client, sid, base = open_session(server, make_repo(tmp_path / "repo"))
         code = (

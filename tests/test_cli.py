@@ -12,8 +12,15 @@ from conftest import EXAMPLES, MINIMAL_SITE, ROOT, SSH_KEY, CliResult
 Cli = Callable[..., CliResult]
 WriteSite = Callable[..., Path]
 
-COMMANDS = [[], ["site"], ["site", "init"], ["site", "check"], ["render"], ["image"],
-            ["image", "build"]]  # fmt: skip
+COMMANDS = [
+    [],
+    ["site"],
+    ["site", "init"],
+    ["site", "check"],
+    ["render"],
+    ["image"],
+    ["image", "build"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")

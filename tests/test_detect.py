@@ -21,11 +21,18 @@ def files(root: Path, **contents: str) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "guix"),
-    [("numpy", "python-numpy"), ("Scikit_Learn", "python-scikit-learn"),
-     ("python-dateutil", "python-dateutil"), ("ruamel.yaml", "python-ruamel-yaml"),
-     ("torch", "python-pytorch"), ("opencv-python", "opencv"), ("jupyterlab", None),
-     ("PyYAML", "python-pyyaml"), ("jupyter", "jupyter")],
-)  # fmt: skip
+    [
+        ("numpy", "python-numpy"),
+        ("Scikit_Learn", "python-scikit-learn"),
+        ("python-dateutil", "python-dateutil"),
+        ("ruamel.yaml", "python-ruamel-yaml"),
+        ("torch", "python-pytorch"),
+        ("opencv-python", "opencv"),
+        ("jupyterlab", None),
+        ("PyYAML", "python-pyyaml"),
+        ("jupyter", "jupyter"),
+    ],
+)
 def test_pypi_names(name: str, guix: str | None) -> None:
     assert pypi_to_guix(name) == guix
 
@@ -46,8 +53,7 @@ def test_requirements_txt(tmp_path: Path) -> None:
     )
     env = detect(repo)
     assert env.kind == "requirements"
-    assert env.packages == ("python-numpy", "python-pandas", "python-requests",
-                            "python-matplotlib")  # fmt: skip
+    assert env.packages == ("python-numpy", "python-pandas", "python-requests", "python-matplotlib")
     assert "==1.26.4 asked; Guix provides one version per channel" in env.manifest
     assert [r.source for r in env.unavailable] == ["jupyterlab"]
     # A URL is reported by its place, not repeated: it could carry a token.
@@ -64,14 +70,25 @@ def test_binder_folder_takes_precedence(tmp_path: Path) -> None:
     repo = files(tmp_path, **{"requirements.txt": "numpy\n", "binder__requirements.txt": "scipy\n"})
     env = detect(repo)
     assert env.config_dir == repo / "binder" and env.packages == ("python-scipy",)
-    dot = files(tmp_path / "b", **{".binder__manifest.scm": "(specifications->manifest '())",
-                                   "requirements.txt": "numpy\n"})  # fmt: skip
+    dot = files(
+        tmp_path / "b",
+        **{
+            ".binder__manifest.scm": "(specifications->manifest '())",
+            "requirements.txt": "numpy\n",
+        },
+    )
     assert detect(dot).kind == "manifest"
 
 
 def test_manifest_wins_and_is_wrapped(tmp_path: Path) -> None:
-    repo = files(tmp_path, **{"manifest.scm": "(specifications->manifest '(\"python\"))",
-                              "channels.scm": "(list)", "requirements.txt": "numpy\n"})  # fmt: skip
+    repo = files(
+        tmp_path,
+        **{
+            "manifest.scm": '(specifications->manifest \'("python"))',
+            "channels.scm": "(list)",
+            "requirements.txt": "numpy\n",
+        },
+    )
     env = detect(repo)
     assert env.kind == "manifest" and env.channels == repo / "channels.scm"
     assert env.channels_text == "(list)"
@@ -85,17 +102,22 @@ def test_setup_py_and_pyproject(tmp_path: Path) -> None:
     )
     setup = files(tmp_path / "s", **{"setup.py": setup_py})
     assert detect(setup).packages == ("python-numpy", "python-scipy")
-    pyproject = files(tmp_path / "p", **{"pyproject.toml": "[project]\nname='x'\n"
-                                         "dependencies = ['pandas', 'seaborn<1']\n"})  # fmt: skip
+    pyproject = files(
+        tmp_path / "p",
+        **{"pyproject.toml": "[project]\nname='x'\ndependencies = ['pandas', 'seaborn<1']\n"},
+    )
     assert detect(pyproject).packages == ("python-pandas", "python-seaborn")
 
 
 def test_r_and_julia(tmp_path: Path) -> None:
-    r = files(tmp_path / "r", **{
-        "DESCRIPTION": "Package: x\nDepends: R (>= 4.0), methods\n"
-        "Imports: dplyr,\n  ggplot2 (>= 3)\n",
-        "install.R": 'install.packages(c("data.table", "dplyr"))\n',
-    })  # fmt: skip
+    r = files(
+        tmp_path / "r",
+        **{
+            "DESCRIPTION": "Package: x\nDepends: R (>= 4.0), methods\n"
+            "Imports: dplyr,\n  ggplot2 (>= 3)\n",
+            "install.R": 'install.packages(c("data.table", "dplyr"))\n',
+        },
+    )
     env = detect(r)
     assert env.kind == "R"
     assert env.packages == ("r", "r-irkernel", "r-dplyr", "r-ggplot2", "r-data-table")
@@ -128,15 +150,33 @@ def test_bad_files_are_located_errors(tmp_path: Path) -> None:
 
 
 def test_pip_options_are_options_not_packages(tmp_path: Path) -> None:
-    lines = ["-e .", "--pre", "-i https://user:pw@example.org/simple",
-             "--index-url=https://example.org/simple", "--extra-index-url https://example.org/",
-             "-f ./wheels", "--find-links=wheels", "numpy==1.26 --hash=sha256:abc",
-             "--no-binary :all:", "--frobnicate", "not a requirement!!", "${SECRET}",
-             "scipy ; python_version < '3.9'", "pandas \\", "  >=2", "Foo[bar, baz] (>=1,<2)",
-             "attrs @ https://example.org/attrs.whl"]  # fmt: skip
+    lines = [
+        "-e .",
+        "--pre",
+        "-i https://user:pw@example.org/simple",
+        "--index-url=https://example.org/simple",
+        "--extra-index-url https://example.org/",
+        "-f ./wheels",
+        "--find-links=wheels",
+        "numpy==1.26 --hash=sha256:abc",
+        "--no-binary :all:",
+        "--frobnicate",
+        "not a requirement!!",
+        "${SECRET}",
+        "scipy ; python_version < '3.9'",
+        "pandas \\",
+        "  >=2",
+        "Foo[bar, baz] (>=1,<2)",
+        "attrs @ https://example.org/attrs.whl",
+    ]
     env = detect(files(tmp_path, **{"requirements.txt": "\n".join(lines) + "\n"}))
-    assert env.packages == ("python-numpy", "python-scipy", "python-pandas", "python-foo",
-                            "python-attrs")  # fmt: skip
+    assert env.packages == (
+        "python-numpy",
+        "python-scipy",
+        "python-pandas",
+        "python-foo",
+        "python-attrs",
+    )
     assert env.unavailable == ()  # nothing above is "not in Guix"
     skipped = {s.where: s.reason for s in env.skipped}
     assert skipped == {
@@ -159,40 +199,64 @@ def test_pip_options_are_options_not_packages(tmp_path: Path) -> None:
 
 
 def test_includes_relative_to_the_including_file(tmp_path: Path) -> None:
-    repo = files(tmp_path, **{
-        "binder__requirements.txt": "-r ../reqs/base.txt\n--constraint=../reqs/pins.txt\nscipy\n",
-        "reqs__base.txt": "--requirement base2.txt\n",
-        "reqs__base2.txt": "numpy\n",
-        "reqs__pins.txt": "numpy==1.26\npandas<2\nbad line here\n",
-    })  # fmt: skip
+    repo = files(
+        tmp_path,
+        **{
+            "binder__requirements.txt": (
+                "-r ../reqs/base.txt\n--constraint=../reqs/pins.txt\nscipy\n"
+            ),
+            "reqs__base.txt": "--requirement base2.txt\n",
+            "reqs__base2.txt": "numpy\n",
+            "reqs__pins.txt": "numpy==1.26\npandas<2\nbad line here\n",
+        },
+    )
     env = detect(repo)
     assert env.packages == ("python-numpy", "python-scipy")  # constraints add nothing
     assert [(s.where, s.reason) for s in env.skipped] == [
-        ("binder/requirements.txt:2",
-         "constraints in reqs/pins.txt not applied (Guix has one version per channel)"),
+        (
+            "binder/requirements.txt:2",
+            "constraints in reqs/pins.txt not applied (Guix has one version per channel)",
+        ),
         ("reqs/pins.txt:3", "not understood"),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize(
     ("contents", "message"),
     [
-        ({"requirements.txt": "-r requirements.txt\n"},
-         r"^requirements.txt:1: -r: requirements.txt includes itself \(a cycle\)$"),
-        ({"requirements.txt": "numpy\n-r a.txt\n", "a.txt": "-c requirements.txt\n"},
-         r"^a.txt:1: -c: requirements.txt includes itself \(a cycle\)$"),
-        ({"requirements.txt": "-r 0.txt\n", **{f"{i}.txt": f"-r {i + 1}.txt\n" for i in range(9)}},
-         r"^4.txt:1: -r: includes nested more than 5 deep$"),
-        ({"requirements.txt": "".join(f"-r {i}.txt\n" for i in range(30)),
-          **{f"{i}.txt": "numpy\n" for i in range(30)}},
-         r"^requirements.txt:20: -r: more than 20 requirements files$"),
-        ({"requirements.txt": "\n\n-r missing.txt\n"},
-         r"^requirements.txt:3: -r: no such file in the repository$"),
-        ({"requirements.txt": "-r https://example.org/r.txt\n"},
-         r"^requirements.txt:1: -r: a URL is not fetched"),
+        (
+            {"requirements.txt": "-r requirements.txt\n"},
+            r"^requirements.txt:1: -r: requirements.txt includes itself \(a cycle\)$",
+        ),
+        (
+            {"requirements.txt": "numpy\n-r a.txt\n", "a.txt": "-c requirements.txt\n"},
+            r"^a.txt:1: -c: requirements.txt includes itself \(a cycle\)$",
+        ),
+        (
+            {
+                "requirements.txt": "-r 0.txt\n",
+                **{f"{i}.txt": f"-r {i + 1}.txt\n" for i in range(9)},
+            },
+            r"^4.txt:1: -r: includes nested more than 5 deep$",
+        ),
+        (
+            {
+                "requirements.txt": "".join(f"-r {i}.txt\n" for i in range(30)),
+                **{f"{i}.txt": "numpy\n" for i in range(30)},
+            },
+            r"^requirements.txt:20: -r: more than 20 requirements files$",
+        ),
+        (
+            {"requirements.txt": "\n\n-r missing.txt\n"},
+            r"^requirements.txt:3: -r: no such file in the repository$",
+        ),
+        (
+            {"requirements.txt": "-r https://example.org/r.txt\n"},
+            r"^requirements.txt:1: -r: a URL is not fetched",
+        ),
         ({"requirements.txt": "numpy\n" * 1001}, r"more than 1000 entries"),
     ],
-)  # fmt: skip
+)
 def test_includes_are_bounded(tmp_path: Path, contents: dict[str, str], message: str) -> None:
     from binder_lite.errors import EnvironmentSpecError
 
@@ -201,8 +265,12 @@ def test_includes_are_bounded(tmp_path: Path, contents: dict[str, str], message:
 
 
 def test_r_and_julia_names_are_checked(tmp_path: Path) -> None:
-    r = files(tmp_path / "r", **{"DESCRIPTION": "Package: x\nImports: dplyr (>=\n  1.0),\n"
-                                 "  no such thing!,\n  ggplot2\n"})  # fmt: skip
+    r = files(
+        tmp_path / "r",
+        **{
+            "DESCRIPTION": "Package: x\nImports: dplyr (>=\n  1.0),\n  no such thing!,\n  ggplot2\n"
+        },
+    )
     env = detect(r)
     assert env.packages == ("r", "r-irkernel", "r-dplyr", "r-ggplot2")
     assert [(s.where, s.reason) for s in env.skipped] == [("DESCRIPTION:4", "not understood")]
@@ -240,7 +308,7 @@ def test_setup_py_entries_located(tmp_path: Path) -> None:
         ("DESCRIPTION", "Imports: " + "a," * (1 << 18)),
         ("install.R", "install.packages(" * (1 << 15)),
     ],
-)  # fmt: skip
+)
 def test_hostile_files_are_read_quickly(tmp_path: Path, name: str, text: str) -> None:
     """Near 1 MiB made to make regular expressions backtrack: read in well under a
     second each here; the bound is generous for a loaded machine."""

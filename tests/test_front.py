@@ -126,8 +126,12 @@ def test_one_connection_carries_service_and_session_requests(session: Session, r
 
 def test_chunked_upload_after_100_continue(session: Session, raw: Raw) -> None:
     content = json.dumps({"type": "file", "format": "text", "content": "chunked ✓\n"}).encode()
-    headers = {"Authorization": f"token {session.token}", "Content-Type": "application/json",
-               "Transfer-Encoding": "chunked", "Expect": "100-continue"}  # fmt: skip
+    headers = {
+        "Authorization": f"token {session.token}",
+        "Content-Type": "application/json",
+        "Transfer-Encoding": "chunked",
+        "Expect": "100-continue",
+    }
     raw.send(request("PUT", f"/s/{session.id}/api/contents/upload.txt", headers))
     assert raw.response()[0] == 100  # the body is wanted before any is sent
     pieces = [content[:10], content[10:25], content[25:]]
@@ -140,15 +144,20 @@ def test_chunked_upload_after_100_continue(session: Session, raw: Raw) -> None:
 def test_a_large_download_arrives_whole(session: Session, raw: Raw) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     (session.repo / "big.bin").write_bytes(data)
-    raw.send(request("GET", f"/s/{session.id}/files/big.bin",
-                     {"Authorization": f"token {session.token}"}))  # fmt: skip
+    raw.send(
+        request(
+            "GET", f"/s/{session.id}/files/big.bin", {"Authorization": f"token {session.token}"}
+        )
+    )
     status, _, body = raw.response()
     assert status == 200 and body == data
 
 
 def test_an_http10_client_gets_its_answer_then_the_close(session: Session, raw: Raw) -> None:
-    raw.send(f"GET /s/{session.id}/api/status HTTP/1.0\r\n"
-             f"Authorization: token {session.token}\r\n\r\n".encode())  # fmt: skip
+    raw.send(
+        f"GET /s/{session.id}/api/status HTTP/1.0\r\n"
+        f"Authorization: token {session.token}\r\n\r\n".encode()
+    )
     status, _, body = raw.response()
     assert status == 200 and "kernels" in json.loads(body)
     assert raw.closed()
@@ -177,7 +186,7 @@ def test_an_http10_client_gets_its_answer_then_the_close(session: Session, raw: 
         "no-version",
         "http2",
         "huge-head",
-    ],  # fmt: skip
+    ],
 )
 def test_malformed_requests_are_refused_and_closed(raw: Raw, head: str, status: int) -> None:
     raw.send(head.encode() + b"\r\n\r\n")
@@ -194,9 +203,13 @@ def test_an_unknown_session_with_a_body_is_refused_and_closed(raw: Raw) -> None:
 
 
 def test_a_refused_websocket_upgrade_is_answered_plainly(session: Session, raw: Raw) -> None:
-    headers = {"Authorization": f"token {session.token}", "Connection": "Upgrade",
-               "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    headers = {
+        "Authorization": f"token {session.token}",
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     missing = "00000000-0000-0000-0000-000000000000"
     raw.send(request("GET", f"/s/{session.id}/api/kernels/{missing}/channels", headers))
     status, _, _ = raw.response()

@@ -34,16 +34,26 @@ CASES = [
 
 
 def guix_run(guix: str, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([guix, *map(os.fspath, args)], capture_output=True, text=True,
-                          check=False, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [guix, *map(os.fspath, args)], capture_output=True, text=True, check=False, timeout=600
+    )
 
 
 @pytest.mark.parametrize(("site_file", "image_type"), CASES)
 def test_every_image_type_lowers_to_a_derivation(
     guix: str, cli: Cli, tmp_path: Path, site_file: Path, image_type: ImageType
 ) -> None:
-    result = cli("image", "build", site_file, "--type", image_type, "--dry-run", "--no-grafts",
-                 "--work-dir", tmp_path)  # fmt: skip
+    result = cli(
+        "image",
+        "build",
+        site_file,
+        "--type",
+        image_type,
+        "--dry-run",
+        "--no-grafts",
+        "--work-dir",
+        tmp_path,
+    )
     assert result.code == 0, result.err
     assert f"guix system image --image-type={image_type} " in result.out
     assert DRV.search(result.out), result.out
@@ -53,15 +63,33 @@ def test_every_image_type_lowers_to_a_derivation(
 def test_installed_system_lowers(guix: str, cli: Cli, tmp_path: Path, site_file: Path) -> None:
     """system.scm, the configuration for init, reconfigure and deploy."""
     assert cli("render", site_file, "-o", tmp_path).code == 0
-    proc = guix_run(guix, "system", "build", "-d", "--no-grafts", "-L", ROOT / "services",
-                    tmp_path / "system.scm")  # fmt: skip
+    proc = guix_run(
+        guix,
+        "system",
+        "build",
+        "-d",
+        "--no-grafts",
+        "-L",
+        ROOT / "services",
+        tmp_path / "system.scm",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("-system.drv")
 
 
 def test_channel_module_in_a_handwritten_config(guix: str) -> None:
-    proc = guix_run(guix, "system", "image", "-t", "qcow2", "-d", "--no-grafts",
-                    "-L", ROOT / "services", EXAMPLES / "channel-os.scm")  # fmt: skip
+    proc = guix_run(
+        guix,
+        "system",
+        "image",
+        "-t",
+        "qcow2",
+        "-d",
+        "--no-grafts",
+        "-L",
+        ROOT / "services",
+        EXAMPLES / "channel-os.scm",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(".drv")
 
@@ -91,8 +119,13 @@ def test_bootloader_mismatch_is_what_guix_refuses(guix: str, tmp_path: Path) -> 
     site = load_site(EXAMPLES / "bare-metal.yaml")
     config = write_files({"efi.scm": render_image_config(site, ImageType.EFI_RAW)}, tmp_path)[0]
     wrong = ImageCommand(site, ImageType.QCOW2, config, grafts=False)
-    proc = subprocess.run(wrong.argv(derivation=True), capture_output=True, text=True,
-                          check=False, env={**os.environ, "BINDER_LITE_GUIX": guix})  # fmt: skip
+    proc = subprocess.run(
+        wrong.argv(derivation=True),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "BINDER_LITE_GUIX": guix},
+    )
     assert proc.returncode != 0
     assert "EFI bootloader required with GPT partitioning" in proc.stderr
 
@@ -169,7 +202,10 @@ def test_service_configuration_round_trip(
     # The preloaded packages reach the service as store items, not names.
     assert served.binder == dataclasses.replace(site.binder, preload=())
     assert (served.site.name, served.site.slug, served.site.tagline) == (
-        site.site.name, site.site.slug, site.site.tagline)  # fmt: skip
+        site.site.name,
+        site.site.slug,
+        site.site.tagline,
+    )
     assert served.site.primary_color == site.site.primary_color
     assert (served.site.logo is None) == (site.site.logo is None)
     assert served.jupyter_profile == str(stand_in)
@@ -204,10 +240,25 @@ def test_image_build_copies_describes_and_skips_unchanged(
 
     def build() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "binder_lite", "image", "build", str(site), "--no-grafts",
-             "-o", str(tmp_path / "images"), "-w", str(tmp_path / "build")],
-            capture_output=True, text=True, env=env, check=False, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "binder_lite",
+                "image",
+                "build",
+                str(site),
+                "--no-grafts",
+                "-o",
+                str(tmp_path / "images"),
+                "-w",
+                str(tmp_path / "build"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=600,
+        )
 
     first = build()
     assert first.returncode == 0, first.stderr
@@ -227,7 +278,10 @@ def test_image_build_copies_describes_and_skips_unchanged(
     again = build()
     assert again.returncode == 0
     assert f"{image}: up to date (derivation {meta['derivation']} unchanged)" in again.stdout
-    listed = subprocess.run([sys.executable, "-m", "binder_lite", "image", "list", "-o",
-                             str(tmp_path / "images")], capture_output=True, text=True,
-                            check=True).stdout  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, "-m", "binder_lite", "image", "list", "-o", str(tmp_path / "images")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(image) in listed and meta["derivation"] in listed

@@ -34,9 +34,13 @@ def sandboxed_command(
 ) -> list[str]:
     """The exact command the guix runtime runs for a session: bubblewrap around
     `guix shell --container …`."""
-    spec = runtime.ServerSpec(port=None, base_url="/s/0123456789abcdef/", kernel="guix",
-                              root_dir=runtime.CONTAINER_WORK_DIR,
-                              socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}")  # fmt: skip
+    spec = runtime.ServerSpec(
+        port=None,
+        base_url="/s/0123456789abcdef/",
+        kernel="guix",
+        root_dir=runtime.CONTAINER_WORK_DIR,
+        socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}",
+    )
     session_dir = repo.parent / "session"
     session_dir.mkdir(exist_ok=True)
     box = sandbox.Sandbox("0123456789abcdef", session_dir, repo, network)
@@ -45,11 +49,16 @@ def sandboxed_command(
 
 def check_command(argv: list[str], repo: Path, manifest: Path) -> list[str]:
     """What the launch dry-runs for `argv`: the same command, offline."""
-    spec = runtime.ServerSpec(port=None, base_url="/s/0123456789abcdef/", kernel="guix",
-                              root_dir=runtime.CONTAINER_WORK_DIR,
-                              socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}")  # fmt: skip
-    box = sandbox.Sandbox("0123456789abcdef", repo.parent / "session", repo,
-                          SessionNetwork.OUTBOUND)  # fmt: skip
+    spec = runtime.ServerSpec(
+        port=None,
+        base_url="/s/0123456789abcdef/",
+        kernel="guix",
+        root_dir=runtime.CONTAINER_WORK_DIR,
+        socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}",
+    )
+    box = sandbox.Sandbox(
+        "0123456789abcdef", repo.parent / "session", repo, SessionNetwork.OUTBOUND
+    )
     return session_module._guix_check_command(spec, box, manifest, None, True, argv)
 
 
@@ -81,8 +90,9 @@ def test_unsandboxed_command_is_accepted_by_guix(guix: str, tmp_path: Path) -> N
     repo = make_repo(tmp_path / "repo", REPOS["requirements"])
     manifest = tmp_path / "manifest.scm"
     manifest.write_text(detect.detect(repo).manifest)
-    spec = runtime.ServerSpec(port=8899, base_url="/", kernel="guix",
-                              root_dir=runtime.CONTAINER_WORK_DIR)  # fmt: skip
+    spec = runtime.ServerSpec(
+        port=8899, base_url="/", kernel="guix", root_dir=runtime.CONTAINER_WORK_DIR
+    )
     argv = runtime.guix_argv(spec, runtime.GuixPaths(repo, manifest, None, None, network=True))
     assert argv[1:5] == ["shell", "--container", "--network", "--no-cwd"]
     guix_module.dry_run_shell(argv)
@@ -97,7 +107,10 @@ def test_a_manifest_is_evaluated_where_it_reaches_nothing_of_the_host(
     secret.parent.mkdir()
     secret.write_text("s3cret")
     marker = tmp_path / "state" / "written-by-a-manifest"
-    repo = make_repo(tmp_path / "repo", {"manifest.scm": f"""\
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            "manifest.scm": f"""\
 (use-modules (ice-9 textual-ports))
 (define secret
   (false-if-exception (call-with-input-file {str(secret)!r} get-string-all)))
@@ -105,15 +118,19 @@ def test_a_manifest_is_evaluated_where_it_reaches_nothing_of_the_host(
   (call-with-output-file {str(marker)!r} (lambda (port) (display "here" port))))
 (specifications->manifest
   (list (if secret "python-the-secret-was-readable" "python") "jupyter"))
-""".replace("'", '"')})  # fmt: skip
+""".replace("'", '"')
+        },
+    )
     argv = sandboxed_command(repo, repo / "manifest.scm", SessionNetwork.NONE)
     guix_module.dry_run_shell(argv, sandbox.guix_environment({}))
     assert not marker.exists()
     # The same manifest evaluated on the host (as before the sandbox) reads the secret.
-    spec = runtime.ServerSpec(port=8899, base_url="/", kernel="guix",
-                              root_dir=runtime.CONTAINER_WORK_DIR)  # fmt: skip
-    host = runtime.guix_argv(spec, runtime.GuixPaths(repo, repo / "manifest.scm", None, None,
-                                                     network=True))  # fmt: skip
+    spec = runtime.ServerSpec(
+        port=8899, base_url="/", kernel="guix", root_dir=runtime.CONTAINER_WORK_DIR
+    )
+    host = runtime.guix_argv(
+        spec, runtime.GuixPaths(repo, repo / "manifest.scm", None, None, network=True)
+    )
     with pytest.raises(GuixError, match="python-the-secret-was-readable"):
         guix_module.dry_run_shell(host)
     marker.unlink()
@@ -135,13 +152,18 @@ def test_every_name_in_the_exception_table_exists(guix: str) -> None:
 
 
 def test_a_manifest_guix_rejects_is_a_clear_error(guix: str, tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", {
-        "manifest.scm": '(specifications->manifest (list "python-numpyy-typo"))\n'
-    })  # fmt: skip
+    repo = make_repo(
+        tmp_path / "repo",
+        {"manifest.scm": '(specifications->manifest (list "python-numpyy-typo"))\n'},
+    )
     events = []
     with pytest.raises(EnvironmentSpecError) as info:
-        launch(str(repo), runtime_kind=Runtime.GUIX, cache_dir=tmp_path / "cache",
-               on_event=events.append)  # fmt: skip
+        launch(
+            str(repo),
+            runtime_kind=Runtime.GUIX,
+            cache_dir=tmp_path / "cache",
+            on_event=events.append,
+        )
     message = str(info.value)
     assert message.startswith("Guix rejected the repository's environment:")
     assert "python-numpyy-typo" in message and "unknown package" in message

@@ -33,8 +33,7 @@ from binder_lite.site.model import Runtime
 
 
 def local(source: str, tmp_path: Path, **kwargs: object) -> object:
-    return launch(source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache",
-                  **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return launch(source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -44,8 +43,12 @@ def repo(tmp_path: Path) -> Path:
 
 def test_launch_serves_the_notebook_with_its_token_only(repo: Path, tmp_path: Path) -> None:
     events: list[Event] = []
-    session = launch(f"file://{repo}", runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "c",
-                     on_event=events.append)  # fmt: skip
+    session = launch(
+        f"file://{repo}",
+        runtime_kind=Runtime.LOCAL,
+        cache_dir=tmp_path / "c",
+        on_event=events.append,
+    )
     try:
         assert re.fullmatch(
             rf"http://127\.0\.0\.1:{session.port}/notebooks/index\.ipynb\?token=[0-9a-f]{{48}}",
@@ -186,8 +189,11 @@ def test_jupyter_failing_shows_its_log(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(spec: runtime_module.ServerSpec) -> list[str]:
-        return [sys.executable, "-c", "import sys; print('config error: no such option');"
-                " sys.exit(3)"]  # fmt: skip
+        return [
+            sys.executable,
+            "-c",
+            "import sys; print('config error: no such option'); sys.exit(3)",
+        ]
 
     monkeypatch.setattr(runtime_module, "local_argv", broken)
     with pytest.raises(JupyterError) as info:
@@ -238,11 +244,20 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
     stderr_path = tmp_path / "launcher.stderr"
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(
-            [launcher, f"file://{repo}", "--runtime", "local", "--no-browser",
-             "--cache-dir", tmp_path / "cache"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
+            [
+                launcher,
+                f"file://{repo}",
+                "--runtime",
+                "local",
+                "--no-browser",
+                "--cache-dir",
+                tmp_path / "cache",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
             preexec_fn=_sigint_as_at_a_terminal,
-        )  # fmt: skip
+        )
     try:
         assert proc.stdout is not None
         stdout = _lines(proc.stdout)
@@ -251,8 +266,9 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
         assert lines[0] == intro, (lines, stderr_path.read_text())
         assert lines[1].startswith("    file:///") and lines[1].rstrip().endswith("/open.html")
         assert lines[2] == "Or copy and paste one of these URLs:\n"
-        assert re.fullmatch(r"    http://localhost:\d+/notebooks/index\.ipynb\?token=\w+\n",
-                            lines[3])  # fmt: skip
+        assert re.fullmatch(
+            r"    http://localhost:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[3]
+        )
         assert re.fullmatch(
             r" or http://127\.0\.0\.1:\d+/notebooks/index\.ipynb\?token=\w+\n", lines[4]
         )
@@ -282,14 +298,25 @@ def test_manifest_command(repo: Path, tmp_path: Path) -> None:
     env = dict(os.environ)
     env["BINDER_LITE_GUIX"] = str(tmp_path / "no-guix")
     binder_lite = Path(sys.executable).parent / "binder-lite"
-    shown = subprocess.run([binder_lite, "manifest", repo], capture_output=True, text=True,
-                           env=env, check=False)  # fmt: skip
+    shown = subprocess.run(
+        [binder_lite, "manifest", repo], capture_output=True, text=True, env=env, check=False
+    )
     assert shown.returncode == 0, shown.stderr
     assert '"python-numpy"' in shown.stdout and "no guix here" in shown.stderr
-    written = subprocess.run([binder_lite, "manifest", repo, "--write", "--no-check"],
-                             capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    written = subprocess.run(
+        [binder_lite, "manifest", repo, "--write", "--no-check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert written.returncode == 0
     assert (repo / "manifest.scm").read_text() == shown.stdout
-    again = subprocess.run([binder_lite, "manifest", repo, "--write"], capture_output=True,
-                           text=True, env=env, check=False)  # fmt: skip
+    again = subprocess.run(
+        [binder_lite, "manifest", repo, "--write"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert again.returncode == 2 and "exists; nothing to write" in again.stderr

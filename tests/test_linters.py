@@ -23,11 +23,15 @@ def _tool(name: str) -> str:
 
 @pytest.mark.parametrize(
     "args",
-    [["ruff", "check", "src", "tests", "benchmarks"], ["ruff", "format", "--check", "src",
-     "tests", "benchmarks"], ["mypy"]],
+    [
+        ["ruff", "check", "src", "tests", "benchmarks"],
+        ["ruff", "format", "--check", "src", "tests", "benchmarks"],
+        ["mypy"],
+    ],
     ids=["ruff", "ruff-format", "mypy"],
-)  # fmt: skip
+)
 def test_linter(args: list[str]) -> None:
-    proc = subprocess.run([_tool(args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    proc = subprocess.run(
+        [_tool(args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -24,8 +24,9 @@ from binder_lite.web.store import Record, Store
 
 def test_events_replay_then_heartbeat_then_end(tmp_path: Path) -> None:
     async def scenario() -> list[object]:
-        manager = SessionManager(Store(tmp_path / "db.sqlite"), tmp_path, Runtime.LOCAL,
-                                 Limits(2, 2, 60, 600, 60))  # fmt: skip
+        manager = SessionManager(
+            Store(tmp_path / "db.sqlite"), tmp_path, Runtime.LOCAL, Limits(2, 2, 60, 600, 60)
+        )
         manager._loop = asyncio.get_running_loop()
         manager.live["abc"] = Live("abc")
         manager._deliver("abc", Event(Phase.FETCHING, "one"))
@@ -48,9 +49,13 @@ def test_events_replay_then_heartbeat_then_end(tmp_path: Path) -> None:
 def manager(tmp_path: Path, idle: float = 3600, max_age: float = 3600) -> SessionManager:
     """A manager over tmp_path's state (a second one over the same state is the service
     after a restart); it culls only when a test says so."""
-    return SessionManager(Store(tmp_path / "state" / "db.sqlite"), tmp_path / "state",
-                          Runtime.LOCAL, Limits(4, 4, idle, max_age, 3600),
-                          Isolation(network=SessionNetwork.NONE))  # fmt: skip
+    return SessionManager(
+        Store(tmp_path / "state" / "db.sqlite"),
+        tmp_path / "state",
+        Runtime.LOCAL,
+        Limits(4, 4, idle, max_age, 3600),
+        Isolation(network=SessionNetwork.NONE),
+    )
 
 
 async def running(sessions: SessionManager, repo: Path) -> Record:
@@ -88,10 +93,12 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("idle", "max_age", "reason"),
-    [(3, 3600, "its notebook server did not answer for"),
-     (3600, 1, "reached the maximum age of 1 s")],
+    [
+        (3, 3600, "its notebook server did not answer for"),
+        (3600, 1, "reached the maximum age of 1 s"),
+    ],
     ids=["not-answering", "max-age"],
-)  # fmt: skip
+)
 def test_a_jupyter_that_does_not_answer_is_culled(
     tmp_path: Path, repo: Path, idle: float, max_age: float, reason: str
 ) -> None:
@@ -120,17 +127,22 @@ def test_a_jupyter_that_does_not_answer_is_culled(
 @pytest.fixture
 def foreign() -> Iterator[subprocess.Popen[bytes]]:
     """A process of another user (as a PID the service recorded may be after a restart)."""
-    proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             "sleep", "120"], start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "120"],
+        start_new_session=True,
+    )
     yield proc
     proc.kill()
     proc.wait()
 
 
 def test_restart_gives_up_what_it_cannot_judge_and_adopts_the_rest(
-    tmp_path: Path, repo: Path, foreign: subprocess.Popen[bytes],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    repo: Path,
+    foreign: subprocess.Popen[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ours = subprocess.Popen(["sleep", "120"], start_new_session=True)
     state = tmp_path / "state"
 
@@ -139,10 +151,19 @@ def test_restart_gives_up_what_it_cannot_judge_and_adopts_the_rest(
         folder.mkdir(parents=True)
         if handle is not None:
             handle.save(folder / "sandbox.json")
-        return Record(id=session_id, owner="bob", repository="file:///x", ref="HEAD",
-                      open_path=None, status="running", pid=pid, token="t",
-                      socket=str(folder / "run" / "jupyter.sock"),
-                      session_dir=str(folder), created=1.0)  # fmt: skip
+        return Record(
+            id=session_id,
+            owner="bob",
+            repository="file:///x",
+            ref="HEAD",
+            open_path=None,
+            status="running",
+            pid=pid,
+            token="t",
+            socket=str(folder / "run" / "jupyter.sock"),
+            session_dir=str(folder),
+            created=1.0,
+        )
 
     # A PID that passes the check but is another user's by the time it is signalled
     # (a race only; the check keeps a non-root service from a real PermissionError).
@@ -162,9 +183,11 @@ def test_restart_gives_up_what_it_cannot_judge_and_adopts_the_rest(
         assert before._culler is not None
         before._culler.cancel()
         # Records older than the live one: adoption judges them first.
-        for bad in (record("pid-reused", foreign.pid),
-                    record("sandbox-pid-reused", foreign.pid, Handle(foreign.pid)),
-                    record("signal-refused", ours.pid)):  # fmt: skip
+        for bad in (
+            record("pid-reused", foreign.pid),
+            record("sandbox-pid-reused", foreign.pid, Handle(foreign.pid)),
+            record("signal-refused", ours.pid),
+        ):
             before.store.add(bad)
         monkeypatch.setattr(os, "killpg", killpg)
         after = manager(tmp_path)

@@ -17,10 +17,15 @@ from binder_lite.vm import qemu, ssh
 
 def spec(tmp_path: Path, **changes: object) -> qemu.VMSpec:
     values: dict[str, object] = {
-        "name": "demo", "image": tmp_path / "demo.qcow2", "image_format": "qcow2",
-        "boot": qemu.Boot(), "run_dir": tmp_path / "run", "ssh_port": 2222,
-        "http_port": 8888, "guest_http_port": 8080,
-    }  # fmt: skip
+        "name": "demo",
+        "image": tmp_path / "demo.qcow2",
+        "image_format": "qcow2",
+        "boot": qemu.Boot(),
+        "run_dir": tmp_path / "run",
+        "ssh_port": 2222,
+        "http_port": 8888,
+        "guest_http_port": 8080,
+    }
     values.update(changes)
     return qemu.VMSpec(**values)  # type: ignore[arg-type]
 
@@ -30,8 +35,9 @@ def test_disk_image_command_line(tmp_path: Path) -> None:
     drive = argv[argv.index("-drive") + 1]
     assert drive == f"file={tmp_path}/demo.qcow2,format=qcow2,if=virtio,snapshot=on"
     nic = argv[argv.index("-nic") + 1]
-    assert nic == ("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22,"
-                   "hostfwd=tcp:127.0.0.1:8888-:8080")  # fmt: skip
+    assert nic == (
+        "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8888-:8080"
+    )
     assert argv[argv.index("-serial") + 1] == f"file:{tmp_path}/run/serial.log"
     assert argv[argv.index("-accel") + 1] == "tcg" and "-bios" not in argv
 
@@ -44,8 +50,11 @@ def test_persistent_efi_kvm_and_kernel_boot(tmp_path: Path) -> None:
     assert argv[argv.index("-cpu") + 1] == "max"
     with pytest.raises(Exception, match="needs OVMF"):
         qemu.qemu_argv("qemu", efi)
-    direct = spec(tmp_path, image_format="raw",
-                  boot=qemu.Boot(kernel="/k", initrd="/i", append="root=/dev/vda"))  # fmt: skip
+    direct = spec(
+        tmp_path,
+        image_format="raw",
+        boot=qemu.Boot(kernel="/k", initrd="/i", append="root=/dev/vda"),
+    )
     argv = qemu.qemu_argv("qemu", direct)
     assert argv[-6:] == ["-kernel", "/k", "-initrd", "/i", "-append", "root=/dev/vda"]
     iso = qemu.qemu_argv("qemu", spec(tmp_path, image_format="iso"))
@@ -91,8 +100,9 @@ def test_pinned_channels_go_through_time_machine(tmp_path: Path) -> None:
     assert argv[5:7] == ["system", "image"]
     assert argv[-2:] == ["--derivation", str(tmp_path / "os.scm")]
     server = runtime.ServerSpec(port=1, base_url="/", kernel="guix", root_dir="/notebooks")
-    paths = runtime.GuixPaths(tmp_path, tmp_path / "m.scm", tmp_path / "channels.scm", None,
-                              network=True)  # fmt: skip
+    paths = runtime.GuixPaths(
+        tmp_path, tmp_path / "m.scm", tmp_path / "channels.scm", None, network=True
+    )
     shell = runtime.guix_argv(server, paths)
     assert shell[1:4] == ["time-machine", f"--channels={tmp_path / 'channels.scm'}", "--"]
 

@@ -32,11 +32,12 @@ def datums(path: Path) -> int:
         f"(read-hash-extend #\\{c} (lambda (c port) (list 'gexp-syntax (read port))))" for c in "~$"
     )
     program = hashes + (
-        f'(call-with-input-file {scm_str(str(path))} (lambda (port) (let loop ((n 0)) '
+        f"(call-with-input-file {scm_str(str(path))} (lambda (port) (let loop ((n 0)) "
         "(if (eof-object? (read port)) (begin (display n) (newline)) (loop (+ n 1))))))"
-    )  # fmt: skip
-    proc = subprocess.run([GUILE, "--no-auto-compile", "-c", program],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    )
+    proc = subprocess.run(
+        [GUILE, "--no-auto-compile", "-c", program], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout)
 
@@ -119,31 +120,48 @@ def test_write_files_is_atomic(tmp_path: Path) -> None:
 def test_installed_wheel_works_outside_the_checkout(tmp_path: Path) -> None:
     """Build a wheel, install it into a fresh venv and render from elsewhere."""
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                    "-q", "-w", dist, ROOT], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, ROOT],
+        check=True,
+        capture_output=True,
+    )
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=True)
     python = env_dir / "bin" / "python"
     wheel = next(dist.glob("*.whl"))
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", wheel], check=True, capture_output=True
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
     shutil.copytree(EXAMPLES, work / "examples")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [env_dir / "bin" / "binder-lite", "render", "examples/genenetwork.yaml", "-o", "out"],
-        cwd=work, capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (work / "out" / "genenetwork-iso9660.scm").exists()
     located = subprocess.run(
         [python, "-c", "from binder_lite.paths import data_dir; print(data_dir())"],
-        cwd=work, capture_output=True, text=True, env=env, check=True,
-    ).stdout.strip()  # fmt: skip
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.strip()
     assert located.startswith(str(env_dir)), located
     data = Path(located)
-    for name in ("services/binder-lite/services.scm", "services/binder-lite/packages.scm",
-                 "system/operating-system.scm.j2", "images/efi.scm.j2", "pyproject.toml",
-                 "src/binder_lite/cli.py"):  # fmt: skip
+    for name in (
+        "services/binder-lite/services.scm",
+        "services/binder-lite/packages.scm",
+        "system/operating-system.scm.j2",
+        "images/efi.scm.j2",
+        "pyproject.toml",
+        "src/binder_lite/cli.py",
+    ):
         assert (data / name).is_file(), name

@@ -32,9 +32,12 @@ def guile_lines(tmp: Path, body: str) -> list[str]:
     program.write_text(PRELUDE + body, encoding="utf-8")
     proc = subprocess.run(
         [GUILE, "--no-auto-compile", str(program)],
-        capture_output=True, text=True, check=False, timeout=30,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
         env={"LANG": "C", "PATH": "/usr/bin:/bin"},  # a locale that is not UTF-8 on purpose
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 

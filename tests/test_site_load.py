@@ -94,9 +94,13 @@ def test_all_problems_are_reported_in_file_order(write_site: WriteSite) -> None:
     )
     found = problems(path)
     assert [f.split(": ")[1] for f in found] == [
-        "site.slug", "site.primary_color", "host.hostname", "host.timezone",
-        "users[0].ssh_keys[0]", "ssh.port",
-    ]  # fmt: skip
+        "site.slug",
+        "site.primary_color",
+        "host.hostname",
+        "host.timezone",
+        "users[0].ssh_keys[0]",
+        "ssh.port",
+    ]
     assert f"{path}:4:9: site.slug: 'Not_A_Slug' is not a valid slug" in found[0]
     assert "did you mean `Europe/Amsterdam`?" in found[3]
     assert f"{path}:13:9: ssh.port: expected a whole number, got the text 'eighty'" in found
@@ -148,8 +152,10 @@ def test_wrong_types(write_site: WriteSite) -> None:
         + "packages: git\n"
     )
     found = problems(path)
-    assert any("ssh.password_authentication: expected true or false, got the text 'maybe'"
-               in f for f in found)  # fmt: skip
+    assert any(
+        "ssh.password_authentication: expected true or false, got the text 'maybe'" in f
+        for f in found
+    )
     assert any("binder.port: expected a whole number, got a list" in f for f in found)
     assert any("packages: expected a list, got the text 'git'" in f for f in found)
 
@@ -221,10 +227,13 @@ def test_unknown_image_type_lists_the_valid_ones(write_site: WriteSite) -> None:
 def test_image_sizes(write_site: WriteSite) -> None:
     site = load_site(write_site(MINIMAL_SITE + "images:\n  - {type: efi-raw, size: 8 GiB}\n"))
     assert site.images[0].size == "8GiB"
-    found = problems(write_site(
-        MINIMAL_SITE + "images:\n  - {type: qcow2, size: 10MiB}\n  - {type: iso9660, size: 4G}\n"
-        "  - {type: qcow2}\n"
-    ))  # fmt: skip
+    found = problems(
+        write_site(
+            MINIMAL_SITE
+            + "images:\n  - {type: qcow2, size: 10MiB}\n  - {type: iso9660, size: 4G}\n"
+            "  - {type: qcow2}\n"
+        )
+    )
     assert any("too small" in f for f in found)
     assert any("size does not apply" in f for f in found)
     assert any("image type qcow2 is listed twice" in f for f in found)
@@ -276,14 +285,18 @@ def test_nobody_can_log_in(write_site: WriteSite) -> None:
 
 
 def test_network(write_site: WriteSite) -> None:
-    site = load_site(write_site(
-        MINIMAL_SITE + "network:\n  static: {address: 192.0.2.10/24, gateway: 192.0.2.1}\n"
-    ))  # fmt: skip
+    site = load_site(
+        write_site(
+            MINIMAL_SITE + "network:\n  static: {address: 192.0.2.10/24, gateway: 192.0.2.1}\n"
+        )
+    )
     assert site.network.static is not None and site.network.static.interface == "eth0"
-    found = problems(write_site(
-        MINIMAL_SITE + "network:\n  dhcp: true\n  static:\n    address: 192.0.2.10\n"
-        "    gateway: 198.51.100.1\n    dns: [dns.example]\n"
-    ))  # fmt: skip
+    found = problems(
+        write_site(
+            MINIMAL_SITE + "network:\n  dhcp: true\n  static:\n    address: 192.0.2.10\n"
+            "    gateway: 198.51.100.1\n    dns: [dns.example]\n"
+        )
+    )
     joined = "\n".join(found)
     assert "`dhcp: true` and a `static:` block exclude each other" in joined
     assert "'192.0.2.10' has no prefix length" in joined
@@ -304,8 +317,10 @@ def test_channels_path(write_site: WriteSite, tmp_path: Path) -> None:
 
 def test_text_that_cannot_be_written_as_utf8_is_refused(write_site: WriteSite) -> None:
     site = MINIMAL_SITE.replace("  slug: test", '  slug: test\n  tagline: "a \\udfff"')
-    site += 'packages: [git, "\\ud83d\\ude00"]\nservices:\n  - name: s\n' \
-            '    command: ["/bin/true"]\n    environment: {X: "\\ud800"}\n'  # fmt: skip
+    site += (
+        'packages: [git, "\\ud83d\\ude00"]\nservices:\n  - name: s\n'
+        '    command: ["/bin/true"]\n    environment: {X: "\\ud800"}\n'
+    )
     found = problems(write_site(site))
     assert len(found) == 3, found
     assert "site.tagline: contains U+DFFF, a lone surrogate" in found[0]

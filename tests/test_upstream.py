@@ -74,8 +74,11 @@ def h11_reads(raw: bytes, method: str = "GET", upgrade: bool = False) -> Reading
     if not isinstance(event, h11.Response | h11.InformationalResponse):
         return None
     headers = [(n.decode("ascii"), v.decode("latin-1")) for n, v in event.headers]
-    start = ("HTTP/" + event.http_version.decode(), str(event.status_code),
-             event.reason.decode("latin-1"))  # fmt: skip
+    start = (
+        "HTTP/" + event.http_version.decode(),
+        str(event.status_code),
+        event.reason.decode("latin-1"),
+    )
     return start, headers, _framing(method, event.status_code, headers)
 
 
@@ -113,10 +116,12 @@ def disagreement(raw: bytes, method: str = "GET", upgrade: bool = False) -> str 
 
 # -- corpus ------------------------------------------------------------------------
 
-TORNADO = (b"HTTP/1.1 200 OK\r\nServer: TornadoServer/6.6.1\r\n"
-           b"Content-Type: application/json\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
-           b"Content-Security-Policy: frame-ancestors 'self'; report-uri /api/security/csp\r\n"
-           b"Etag: \"5c2c5c9b0b4b1f0a\"\r\nContent-Length: 11\r\n\r\n")  # fmt: skip
+TORNADO = (
+    b"HTTP/1.1 200 OK\r\nServer: TornadoServer/6.6.1\r\n"
+    b"Content-Type: application/json\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
+    b"Content-Security-Policy: frame-ancestors 'self'; report-uri /api/security/csp\r\n"
+    b'Etag: "5c2c5c9b0b4b1f0a"\r\nContent-Length: 11\r\n\r\n'
+)
 
 ACCEPTED = [
     TORNADO,
@@ -172,7 +177,7 @@ REFUSED = {
     "te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
     "te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
     "te-twice": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n",  # fmt: skip
+    b"Transfer-Encoding: chunked\r\n\r\n",
     "te-on-http10": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
     "bad-length-on-204": b"HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
     "switching-unasked": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
@@ -189,8 +194,10 @@ def test_heads_servers_send_are_read_as_h11_reads_them(raw: bytes) -> None:
 
 
 def test_a_switch_of_protocols_is_read_only_after_an_upgrade() -> None:
-    raw = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")  # fmt: skip
+    raw = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
     assert ours(raw, upgrade=True) is not None
     assert disagreement(raw, upgrade=True) is None
     assert ours(raw) is None
@@ -217,17 +224,55 @@ def test_a_refusal_is_a_502() -> None:
 
 # Mostly what servers send, with now and then a piece a hostile one would try: a
 # generated head is accepted often enough for the comparison to mean something.
-_NAMES = st.sampled_from(["Content-Length", "content-length", "Transfer-Encoding",
-                          "Connection", "Set-Cookie", "X-A", "ETag"] * 3
-                         + ["X A", "X:A", "", "X\xe9", "X\x00"])  # fmt: skip
-_VALUE_BYTES = st.sampled_from(["5", "0", "12", "chunked", "gzip", "close", ",", " ", "\t",
-                                "\xe9", "+", "-", "a", "b=c; Path=/", '"x"'] * 3
-                               + ["\r", "\n", "\r\n", "\x00", "\x01", "\x7f"])  # fmt: skip
+_NAMES = st.sampled_from(
+    [
+        "Content-Length",
+        "content-length",
+        "Transfer-Encoding",
+        "Connection",
+        "Set-Cookie",
+        "X-A",
+        "ETag",
+    ]
+    * 3
+    + ["X A", "X:A", "", "X\xe9", "X\x00"]
+)
+_VALUE_BYTES = st.sampled_from(
+    [
+        "5",
+        "0",
+        "12",
+        "chunked",
+        "gzip",
+        "close",
+        ",",
+        " ",
+        "\t",
+        "\xe9",
+        "+",
+        "-",
+        "a",
+        "b=c; Path=/",
+        '"x"',
+    ]
+    * 3
+    + ["\r", "\n", "\r\n", "\x00", "\x01", "\x7f"]
+)
 _SEPARATORS = st.sampled_from([": ", ":", ":\t", ":  "] * 3 + [" : ", " :"])
-_STATUS_LINES = st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.0 200 OK", "HTTP/1.1 204 No Content",
-                                 "HTTP/1.1 304 Not Modified", "HTTP/1.1 100 Continue",
-                                 "HTTP/1.1 200", "HTTP/1.1 404 Not\tFound", "HTTP/1.1 200 O\rK",
-                                 "HTTP/1.1 20 OK", "HTTP/1.1 101 Switching"])  # fmt: skip
+_STATUS_LINES = st.sampled_from(
+    [
+        "HTTP/1.1 200 OK",
+        "HTTP/1.0 200 OK",
+        "HTTP/1.1 204 No Content",
+        "HTTP/1.1 304 Not Modified",
+        "HTTP/1.1 100 Continue",
+        "HTTP/1.1 200",
+        "HTTP/1.1 404 Not\tFound",
+        "HTTP/1.1 200 O\rK",
+        "HTTP/1.1 20 OK",
+        "HTTP/1.1 101 Switching",
+    ]
+)
 _LINE_ENDS = st.sampled_from(["\r\n"] * 12 + ["\n", "\r", " \r\n", "\r\n "])
 
 
@@ -241,8 +286,9 @@ def response_heads(draw: st.DrawFn) -> bytes:
     return ("".join(lines) + "\r\n").encode("latin-1")
 
 
-@settings(max_examples=400, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(response_heads(), st.sampled_from(["GET", "HEAD"]), st.booleans())
 def test_the_front_and_h11_read_generated_heads_alike(
     raw: bytes, method: str, upgrade: bool
@@ -287,10 +333,19 @@ async def _through_front(
 ) -> None:
     path = str(tmp / "jupyter.sock")
     up_server = await asyncio.start_unix_server(session.handle, path)
-    record = Record(id=SID, owner="someone", repository="r", ref="HEAD", open_path=None,
-                    status="running", socket=path, token=TOKEN)  # fmt: skip
-    service = types.SimpleNamespace(manager=Manager(record), oauth=None,
-                                    origins=Origins("http", "x", None))  # fmt: skip
+    record = Record(
+        id=SID,
+        owner="someone",
+        repository="r",
+        ref="HEAD",
+        open_path=None,
+        status="running",
+        socket=path,
+        token=TOKEN,
+    )
+    service = types.SimpleNamespace(
+        manager=Manager(record), oauth=None, origins=Origins("http", "x", None)
+    )
     the_front = front.Front(service, "secret", 1)  # type: ignore[arg-type]
     listening = await the_front.listen("127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(
@@ -300,8 +355,10 @@ async def _through_front(
     try:
         async with asyncio.timeout(20):
             for n in range(requests):
-                writer.write(f"GET /s/{SID}/api/{n} HTTP/1.1\r\nHost: x\r\n"
-                             f"Authorization: token {TOKEN}\r\n\r\n".encode())  # fmt: skip
+                writer.write(
+                    f"GET /s/{SID}/api/{n} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: token {TOKEN}\r\n\r\n".encode()
+                )
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                 answers.append(head + await reader.readexactly(length))
@@ -321,8 +378,10 @@ def test_a_malformed_answer_is_a_502_and_the_client_stays_in_step(tmp_path: Path
 
     def answer(connection: int, head: bytes) -> bytes:
         if connection == 1:
-            return (b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 2\r\n\r\n"
-                    b"okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")  # fmt: skip
+            return (
+                b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 2\r\n\r\n"
+                b"okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+            )
         return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + head.split(b" ")[1][-4:]
 
     session = Session(answer)

@@ -64,8 +64,13 @@ class Machine:
 def binder_lite(
     *args: str | os.PathLike[str], timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN / "binder-lite", *map(os.fspath, args)], capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [BIN / "binder-lite", *map(os.fspath, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def qemu_running(name: str) -> bool:
@@ -138,14 +143,20 @@ def test_vm_run_proves_its_accelerator(machine: Machine) -> None:
 
 def test_smoke_passes_with_junit_and_summary(machine: Machine, tmp_path: Path) -> None:
     junit = tmp_path / "smoke.xml"
-    result = binder_lite("smoke", machine.name, "--site", machine.site, "-i", machine.key,
-                         "--junit-xml", junit)  # fmt: skip
+    result = binder_lite(
+        "smoke", machine.name, "--site", machine.site, "-i", machine.key, "--junit-xml", junit
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed, 0 failed, 0 skipped" in result.stdout
-    for check in ("sshd_answers_and_refuses_passwords", "binder_lite_service_is_running",
-                  "page_shows_the_sites_branding", "issue_hostname_and_time_zone",
-                  "a_notebook_runs_a_cell", "no_secret_is_in_the_store",
-                  "service_comes_back_after_kill_9"):  # fmt: skip
+    for check in (
+        "sshd_answers_and_refuses_passwords",
+        "binder_lite_service_is_running",
+        "page_shows_the_sites_branding",
+        "issue_hostname_and_time_zone",
+        "a_notebook_runs_a_cell",
+        "no_secret_is_in_the_store",
+        "service_comes_back_after_kill_9",
+    ):
         assert re.search(rf"ok\s+test_{check}", result.stdout), result.stdout
     suite = ET.parse(junit).getroot()
     cases = suite.findall(".//testcase")
@@ -161,48 +172,76 @@ def test_vm_ssh_checks_the_host_key(machine: Machine) -> None:
 
 def test_a_wrong_or_unknown_host_key_is_refused(machine: Machine, tmp_path: Path) -> None:
     target = f"ssh://tester@127.0.0.1:{machine.ssh_port}"
-    wrong = binder_lite("smoke", target, "--site", machine.site, "-i", machine.key,
-                        "--host-key", SSH_KEY)  # fmt: skip
+    wrong = binder_lite(
+        "smoke", target, "--site", machine.site, "-i", machine.key, "--host-key", SSH_KEY
+    )
     assert wrong.returncode == 1
     assert "host key does not match" in wrong.stderr and "refusing to connect" in wrong.stderr
     assert "Traceback" not in wrong.stderr
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    unknown = binder_lite("smoke", target, "--site", machine.site, "-i", machine.key,
-                          "--known-hosts", empty)  # fmt: skip
+    unknown = binder_lite(
+        "smoke", target, "--site", machine.site, "-i", machine.key, "--known-hosts", empty
+    )
     assert unknown.returncode == 1 and "no known host key" in unknown.stderr
 
 
 def test_a_stopped_service_fails_with_its_status(machine: Machine) -> None:
-    stop = binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--",
-                       "sudo", "-n", "herd", "stop", "binder-lite")  # fmt: skip
+    stop = binder_lite(
+        "vm",
+        "ssh",
+        machine.name,
+        "-i",
+        machine.key,
+        "--",
+        "sudo",
+        "-n",
+        "herd",
+        "stop",
+        "binder-lite",
+    )
     assert stop.returncode == 0, stop.stderr
     try:
         result = binder_lite("smoke", machine.name, "--site", machine.site, "-i", machine.key)
         assert result.returncode == 1
-        assert re.search(r"FAIL test_binder_lite_service_is_running\s+AssertionError: herd "
-                         r"status binder-lite:", result.stdout), result.stdout  # fmt: skip
+        assert re.search(
+            r"FAIL test_binder_lite_service_is_running\s+AssertionError: herd "
+            r"status binder-lite:",
+            result.stdout,
+        ), result.stdout
         assert "smoke tests failed" in result.stderr
     finally:
-        binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--",
-                    "sudo", "-n", "herd", "start", "binder-lite")  # fmt: skip
+        binder_lite(
+            "vm",
+            "ssh",
+            machine.name,
+            "-i",
+            machine.key,
+            "--",
+            "sudo",
+            "-n",
+            "herd",
+            "start",
+            "binder-lite",
+        )
 
 
-def test_a_vm_that_never_reaches_ssh(standin: tuple[Path, Path, Path], vms_home: Path,
-                                     tmp_path: Path) -> None:  # fmt: skip
+def test_a_vm_that_never_reaches_ssh(
+    standin: tuple[Path, Path, Path], vms_home: Path, tmp_path: Path
+) -> None:
     image, _, _ = standin
     broken = tmp_path / "broken.img"
     broken.symlink_to(image)
     meta = json.loads(image.with_name(image.name + ".json").read_text())
-    meta["boot"]["append"] = meta["boot"]["append"].replace("init=/sbin/standin-init",
-                                                            "init=/nonexistent")  # fmt: skip
+    meta["boot"]["append"] = meta["boot"]["append"].replace(
+        "init=/sbin/standin-init", "init=/nonexistent"
+    )
     for name in ("kernel", "initrd"):
         meta["boot"][name] = str(image.parent / meta["boot"][name])
     broken.with_name("broken.img.json").write_text(json.dumps(meta))
     name = f"t-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    result = binder_lite("vm", "run", broken, "--name", name, "--accel", "tcg",
-                         "--timeout", "45")  # fmt: skip
+    result = binder_lite("vm", "run", broken, "--name", name, "--accel", "tcg", "--timeout", "45")
     assert result.returncode == 1
     assert "no SSH server answered" in result.stderr
     assert "the end of the serial console" in result.stderr
@@ -211,13 +250,15 @@ def test_a_vm_that_never_reaches_ssh(standin: tuple[Path, Path, Path], vms_home:
     assert not qemu_running(name)
 
 
-def test_vm_smoke_boots_checks_and_stops(standin: tuple[Path, Path, Path], vms_home: Path,
-                                         tmp_path: Path) -> None:  # fmt: skip
+def test_vm_smoke_boots_checks_and_stops(
+    standin: tuple[Path, Path, Path], vms_home: Path, tmp_path: Path
+) -> None:
     """The one-command path (with the stand-in instead of a Guix build)."""
     image, site, key = standin
     junit = tmp_path / "smoke.xml"
-    result = binder_lite("vm", "smoke", site, "--image", image, "--accel", "tcg", "-i", key,
-                         "--junit-xml", junit)  # fmt: skip
+    result = binder_lite(
+        "vm", "smoke", site, "--image", image, "--accel", "tcg", "-i", key, "--junit-xml", junit
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "7 passed, 0 failed, 0 skipped" in result.stdout
     stopped = re.search(r"stopped (\S+)", result.stderr)

@@ -132,8 +132,9 @@ def test_binderhub_launch_links(server: Server, repo: Path) -> None:
 def test_form_launch_progress_sessions_stop(server: Server, repo: Path) -> None:
     client = Client(server.url)
     assert client.post("/launch", {"repo": f"file://{repo}"}, xsrf=False).status == 403
-    response = client.post("/launch", {"repo": f"file://{repo}", "ref": "main",
-                                       "path": "index.ipynb"})  # fmt: skip
+    response = client.post(
+        "/launch", {"repo": f"file://{repo}", "ref": "main", "path": "index.ipynb"}
+    )
     assert response.status == 303
     progress = response.headers["Location"]
     sid = progress.split("/")[2]
@@ -160,8 +161,9 @@ def test_metrics(server: Server, repo: Path) -> None:
 
 
 def test_capacity_answer(tmp_path: Path, repo: Path) -> None:
-    srv = Server(write_site(tmp_path, max_sessions=1), tmp_path / "state",
-                 ("--allow-local-repos",)).start()  # fmt: skip
+    srv = Server(
+        write_site(tmp_path, max_sessions=1), tmp_path / "state", ("--allow-local-repos",)
+    ).start()
     try:
         client = Client(srv.url)
         launch(client, repo)
@@ -176,8 +178,11 @@ def test_capacity_answer(tmp_path: Path, repo: Path) -> None:
 
 
 def test_twenty_concurrent_launches(tmp_path: Path, repo: Path) -> None:
-    srv = Server(write_site(tmp_path, max_sessions=3, per_user=3), tmp_path / "state",
-                 ("--allow-local-repos",)).start()  # fmt: skip
+    srv = Server(
+        write_site(tmp_path, max_sessions=3, per_user=3),
+        tmp_path / "state",
+        ("--allow-local-repos",),
+    ).start()
     try:
 
         def one(_: int) -> str:
@@ -209,8 +214,9 @@ def test_twenty_concurrent_launches(tmp_path: Path, repo: Path) -> None:
     ],
 )
 def test_abuse_is_refused(tmp_path: Path, repo_url: str, message: str) -> None:
-    srv = Server(write_site(tmp_path, extra="  allowed_repos: ['https://*']\n"),
-                 tmp_path / "state").start()  # fmt: skip
+    srv = Server(
+        write_site(tmp_path, extra="  allowed_repos: ['https://*']\n"), tmp_path / "state"
+    ).start()
     try:
         client = Client(srv.url)
         page = client.post("/launch", {"repo": repo_url})

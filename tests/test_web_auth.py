@@ -139,10 +139,14 @@ def test_push_changes_to_a_new_branch(server: Server, provider: Provider, tmp_pa
         # Edit the notebook through the proxied Jupyter API, as the browser would.
         body = b'{"type": "file", "format": "text", "content": "results\\n"}'
         request = urllib.request.Request(
-            f"{server.url}/s/{sid}/api/contents/results.txt", data=body, method="PUT",
-            headers={"Content-Type": "application/json",
-                     "Cookie": "; ".join(f"{c.name}={c.value}" for c in alice.jar)},
-        )  # fmt: skip
+            f"{server.url}/s/{sid}/api/contents/results.txt",
+            data=body,
+            method="PUT",
+            headers={
+                "Content-Type": "application/json",
+                "Cookie": "; ".join(f"{c.name}={c.value}" for c in alice.jar),
+            },
+        )
         with urllib.request.urlopen(request) as response:
             assert response.status in (200, 201)
         pushed = alice.post(f"/sessions/{sid}/push")
@@ -202,10 +206,24 @@ def test_serve_refuses_logins_without_a_public_url_beyond_loopback(
     site.write_text(SITE.format(issuer=provider.url, secret_file=secret))
     binder_lite = Path(sys.executable).parent / "binder-lite"
     done = subprocess.run(
-        [binder_lite, "serve", site, "--address", "0.0.0.0", "--port", str(free_port()),
-         "--runtime", "local", "--state-dir", tmp_path / "state"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            binder_lite,
+            "serve",
+            site,
+            "--address",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+            "--runtime",
+            "local",
+            "--state-dir",
+            tmp_path / "state",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     assert "logins need binder.public_url" in done.stderr
     assert "Traceback" not in done.stderr

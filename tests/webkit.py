@@ -49,10 +49,24 @@ class Server:
         self.log = self.state_dir.parent / f"serve-{self.port}-{time.time_ns()}.log"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binder_lite, "serve", self.site_file, "--port", str(self.port), "--address",
-             "127.0.0.1", "--runtime", "local", "--state-dir", self.state_dir, *self.args],
-            stdout=open(self.log, "w"), stderr=subprocess.STDOUT, text=True,  # noqa: SIM115
-        )  # fmt: skip
+            [
+                binder_lite,
+                "serve",
+                self.site_file,
+                "--port",
+                str(self.port),
+                "--address",
+                "127.0.0.1",
+                "--runtime",
+                "local",
+                "--state-dir",
+                self.state_dir,
+                *self.args,
+            ],
+            stdout=open(self.log, "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -68,8 +82,9 @@ class Server:
         """One column of a session's row in the service's store (its pid, port, token)."""
         db = sqlite3.connect(self.state_dir / "sessions.sqlite")
         try:
-            (value,) = db.execute(f"SELECT {column} FROM sessions WHERE id = ?",
-                                  (session_id,)).fetchone()  # fmt: skip
+            (value,) = db.execute(
+                f"SELECT {column} FROM sessions WHERE id = ?", (session_id,)
+            ).fetchone()
         finally:
             db.close()
         return value
@@ -86,11 +101,17 @@ class Client:
     def __init__(self, base: str) -> None:
         self.base = base
         self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar),
-                                                  _NoRedirect)  # fmt: skip
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect
+        )
 
-    def request(self, method: str, path: str, data: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> Response:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        path: str,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         url = path if path.startswith("http") else self.base + path
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -143,8 +164,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def git_http_server(root: Path, user: str, password_ok: object) -> Iterator[str]:
     """Serve bare repositories under `root` through `git http-backend` (smart HTTP).
     Pushes need Basic credentials `user` and a password for which `password_ok(p)` holds."""
-    handler = type("G", (_GitHandler,), {"root": root, "user": user,
-                                         "check": staticmethod(password_ok)})  # fmt: skip
+    handler = type(
+        "G", (_GitHandler,), {"root": root, "user": user, "check": staticmethod(password_ok)}
+    )
     with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
         yield f"http://127.0.0.1:{port}"
 
@@ -169,8 +191,9 @@ class _GitHandler(http.server.BaseHTTPRequestHandler):
         remote_user = ""
         if pushing:
             auth = self.headers.get("Authorization", "")
-            user, _, password = (base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ")
-                                 else "").partition(":")  # fmt: skip
+            user, _, password = (
+                base64.b64decode(auth[6:]).decode() if auth.startswith("Basic ") else ""
+            ).partition(":")
             if user != self.user or not self.check(password):  # type: ignore[operator]
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Basic realm="git"')
@@ -180,16 +203,24 @@ class _GitHandler(http.server.BaseHTTPRequestHandler):
             remote_user = user
         length = int(self.headers.get("Content-Length", "0") or 0)
         body = self.rfile.read(length) if length else b""
-        env = {**os.environ, "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
-               "PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": self.command,
-               "CONTENT_TYPE": self.headers.get("Content-Type", ""),
-               "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": remote_user,
-               "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
-               "GIT_HTTP_MAX_REQUEST_BUFFER": "100M"}  # fmt: skip
+        env = {
+            **os.environ,
+            "GIT_PROJECT_ROOT": str(self.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": self.command,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_USER": remote_user,
+            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            "GIT_HTTP_MAX_REQUEST_BUFFER": "100M",
+        }
         if not remote_user:
             env.pop("REMOTE_USER")
-        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True,
-                             check=False).stdout  # fmt: skip
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
+        ).stdout
         head, _, payload = out.partition(b"\r\n\r\n")
         status = 200
         headers = []

@@ -50,9 +50,15 @@ def read_metadata(image: Path) -> dict[str, object] | None:
 
 
 def build(
-    site: Site, image_type: ImageType, out_dir: Path, work_dir: Path, *, size: str | None,
-    grafts: bool, progress: Progress,
-) -> Built:  # fmt: skip
+    site: Site,
+    image_type: ImageType,
+    out_dir: Path,
+    work_dir: Path,
+    *,
+    size: str | None,
+    grafts: bool,
+    progress: Progress,
+) -> Built:
     started = time.monotonic()
     config = work_dir / site.site.slug / render.image_config_name(site, image_type)
     render.write_files({config.name: render.render_image_config(site, image_type)}, config.parent)
@@ -116,25 +122,37 @@ def _copy_out(item: str, target: Path) -> str:
 
 
 def _describe(
-    site: Site, image_type: ImageType, target: Path, drv: str, digest: str, size: str | None,
+    site: Site,
+    image_type: ImageType,
+    target: Path,
+    drv: str,
+    digest: str,
+    size: str | None,
     seconds: float,
-) -> None:  # fmt: skip
+) -> None:
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
     channels = site.guix.channels.read_text() if site.guix.channels else None
     stat = target.stat()
     meta = {
-        "image": target.name, "type": str(image_type), "sha256": digest,
-        "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "size": size or site.image(image_type).size, "derivation": drv,
+        "image": target.name,
+        "type": str(image_type),
+        "sha256": digest,
+        "bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "size": size or site.image(image_type).size,
+        "derivation": drv,
         "site": str(site.path),
         "site_sha256": hashlib.sha256(site.path.read_bytes()).hexdigest(),
-        "guix_version": guix.version(), "channels": channels,
-        "build_seconds": round(seconds, 1), "built_at": time.time(),
+        "guix_version": guix.version(),
+        "channels": channels,
+        "build_seconds": round(seconds, 1),
+        "built_at": time.time(),
         "boot": {"firmware": "efi" if image_type.firmware is Firmware.EFI else "bios"},
         "format": {"qcow2": "qcow2", "iso": "iso"}.get(image_type.extension, "raw"),
         "ssh_user": next((u.name for u in site.users if u.ssh_keys), None),
-        "ssh_port": site.ssh.port, "http_port": site.binder.port,
-    }  # fmt: skip
+        "ssh_port": site.ssh.port,
+        "http_port": site.binder.port,
+    }
     metadata_path(target).write_text(json.dumps(meta, indent=2) + "\n")
 
 

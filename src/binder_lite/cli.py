@@ -20,9 +20,14 @@ if TYPE_CHECKING:  # the stages are imported when a command runs: start-up stays
     from binder_lite.site.model import ImageType, Site
 
 IMAGE_TYPES = (
-    "iso9660", "uncompressed-iso9660", "qcow2", "qcow2-gpt", "mbr-raw", "mbr-hybrid-raw",
+    "iso9660",
+    "uncompressed-iso9660",
+    "qcow2",
+    "qcow2-gpt",
+    "mbr-raw",
+    "mbr-hybrid-raw",
     "efi-raw",
-)  # fmt: skip
+)
 
 site_argument = click.argument(
     "site_file", metavar="SITE", type=click.Path(dir_okay=False, path_type=Path)
@@ -75,9 +80,11 @@ def site_init(path: Path, name: str, ssh_key: Path | None, force: bool) -> None:
 @site.command("check")
 @site_argument
 @click.option(
-    "--guix", "with_guix", is_flag=True,
+    "--guix",
+    "with_guix",
+    is_flag=True,
     help="Also have the real Guix lower every image type to a derivation.",
-)  # fmt: skip
+)
 def site_check(site_file: Path, with_guix: bool) -> None:
     """Validate SITE and report every problem with its line and column."""
     site = _load(site_file)
@@ -92,14 +99,18 @@ def site_check(site_file: Path, with_guix: bool) -> None:
 @cli.command()
 @site_argument
 @click.option(
-    "-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Write system.scm and one <slug>-<type>.scm per image type here.",
-)  # fmt: skip
+)
 @click.option("--print", "print_", is_flag=True, help="Print the result instead of writing it.")
 @click.option(
-    "--type", "image_type", type=click.Choice(IMAGE_TYPES),
+    "--type",
+    "image_type",
+    type=click.Choice(IMAGE_TYPES),
     help="With --print: the configuration for this image type [default: system.scm].",
-)  # fmt: skip
+)
 def render(site_file: Path, output: Path | None, print_: bool, image_type: str | None) -> None:
     """Render SITE into Guix operating-system files."""
     from binder_lite import render as r
@@ -129,26 +140,42 @@ def image() -> None:
 @image.command("build")
 @site_argument
 @click.option(
-    "-t", "--type", "types", multiple=True, type=click.Choice(IMAGE_TYPES),
+    "-t",
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice(IMAGE_TYPES),
     help="Image type to build; repeatable [default: the site's images].",
-)  # fmt: skip
+)
 @click.option("--size", help="Image size, e.g. 20GiB [default: the site's, else Guix's guess].")
 @click.option(
-    "-n", "--dry-run", is_flag=True,
+    "-n",
+    "--dry-run",
+    is_flag=True,
     help="Print the Guix command and the derivation Guix returns; build nothing.",
-)  # fmt: skip
+)
 @click.option(
-    "--grafts/--no-grafts", default=True, show_default=True,
+    "--grafts/--no-grafts",
+    default=True,
+    show_default=True,
     help="Apply security grafts (turn off only for tests and offline checks).",
-)  # fmt: skip
+)
 @click.option(
-    "-w", "--work-dir", type=click.Path(file_okay=False, path_type=Path),
-    default=Path("build"), show_default=True, help="Where rendered files go.",
-)  # fmt: skip
+    "-w",
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("build"),
+    show_default=True,
+    help="Where rendered files go.",
+)
 @click.option(
-    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-    default=Path("images"), show_default=True, help="Where images are copied to.",
-)  # fmt: skip
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("images"),
+    show_default=True,
+    help="Where images are copied to.",
+)
 def image_build(
     site_file: Path,
     types: tuple[str, ...],
@@ -191,16 +218,22 @@ def _dry_run(
 
 
 def _build(
-    site: Site, image_type: ImageType, work_dir: Path, output_dir: Path, *,
-    size: str | None, grafts: bool,
-) -> None:  # fmt: skip
+    site: Site,
+    image_type: ImageType,
+    work_dir: Path,
+    output_dir: Path,
+    *,
+    size: str | None,
+    grafts: bool,
+) -> None:
     from binder_lite import build
 
     def progress(line: str) -> None:
         click.echo(line, err=True)
 
-    built = build.build(site, image_type, output_dir, work_dir, size=size, grafts=grafts,
-                        progress=progress)  # fmt: skip
+    built = build.build(
+        site, image_type, output_dir, work_dir, size=size, grafts=grafts, progress=progress
+    )
     if built.up_to_date:
         click.echo(f"{built.image}: up to date (derivation {built.derivation} unchanged)")
     else:
@@ -209,9 +242,13 @@ def _build(
 
 @image.command("list")
 @click.option(
-    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-    default=Path("images"), show_default=True, help="Where images were copied to.",
-)  # fmt: skip
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("images"),
+    show_default=True,
+    help="Where images were copied to.",
+)
 def image_list(output_dir: Path) -> None:
     """Show the images built into OUTPUT_DIR."""
     import datetime
@@ -226,8 +263,10 @@ def image_list(output_dir: Path) -> None:
         when = datetime.datetime.fromtimestamp(float(meta.get("built_at") or 0))  # type: ignore[arg-type]
         size = int(meta.get("bytes") or 0) / 2**20  # type: ignore[call-overload]
         state = "" if meta["present"] else "  (missing)"
-        click.echo(f"{meta['path']}  {meta['type']}  {size:,.0f} MiB  "
-                   f"{when:%Y-%m-%d %H:%M}  {meta['derivation']}{state}")  # fmt: skip
+        click.echo(
+            f"{meta['path']}  {meta['type']}  {size:,.0f} MiB  "
+            f"{when:%Y-%m-%d %H:%M}  {meta['derivation']}{state}"
+        )
 
 
 RUNTIMES = ("guix", "local")
@@ -238,27 +277,47 @@ def _launch_options(f: Callable[..., None]) -> Callable[..., None]:
     options = [
         click.argument("source"),
         click.option("--ref", help="Branch, tag or commit [default: the remote's HEAD]."),
-        click.option("--open", "open_path", metavar="PATH",
-                     help="Notebook or file to show [default: index.ipynb, else the first]."),
-        click.option("--runtime", type=click.Choice(RUNTIMES), default="guix",
-                     show_default=True,
-                     help="guix: Jupyter in a Guix container; local: this Python's Jupyter."),
+        click.option(
+            "--open",
+            "open_path",
+            metavar="PATH",
+            help="Notebook or file to show [default: index.ipynb, else the first].",
+        ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIMES),
+            default="guix",
+            show_default=True,
+            help="guix: Jupyter in a Guix container; local: this Python's Jupyter.",
+        ),
         click.option("--kernel", help="Kernel to preselect [default: guix, or python3 locally]."),
-        click.option("--port", type=click.IntRange(1, 65535),
-                     help="Port on 127.0.0.1 [default: a free one]."),
+        click.option(
+            "--port", type=click.IntRange(1, 65535), help="Port on 127.0.0.1 [default: a free one]."
+        ),
         click.option("--no-browser", is_flag=True, help="Do not open a browser."),
         click.option("--timeout", type=float, help="Seconds to wait for Jupyter."),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="Repository cache [default: ~/.cache/binder-lite]."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Repository cache [default: ~/.cache/binder-lite].",
+        ),
         click.option("-q", "--quiet", is_flag=True, help="Print only the URLs."),
-        click.option("--network", type=click.Choice(("outbound", "none")), default="outbound",
-                     show_default=True,
-                     help="What the session may reach: the internet (never this machine's "
-                          "loopback or private networks), or nothing."),
-        click.option("--no-sandbox", "unsandboxed", is_flag=True,
-                     help="Run Jupyter unconfined, as you, on this machine's network (for "
-                          "repositories you trust)."),
-    ]  # fmt: skip
+        click.option(
+            "--network",
+            type=click.Choice(("outbound", "none")),
+            default="outbound",
+            show_default=True,
+            help="What the session may reach: the internet (never this machine's "
+            "loopback or private networks), or nothing.",
+        ),
+        click.option(
+            "--no-sandbox",
+            "unsandboxed",
+            is_flag=True,
+            help="Run Jupyter unconfined, as you, on this machine's network (for "
+            "repositories you trust).",
+        ),
+    ]
     for option in reversed(options):
         f = option(f)
     return f
@@ -278,8 +337,12 @@ def launch_command(**options: Any) -> None:
 @cli.command("manifest")
 @click.argument("repo", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--write", is_flag=True, help="Write manifest.scm into the repository.")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Check every name against the Guix at hand, when there is one.")  # fmt: skip
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Check every name against the Guix at hand, when there is one.",
+)
 def manifest_command(repo: Path, write: bool, check: bool) -> None:
     """Print the Guix manifest for REPO's environment (requirements.txt, setup.py,
     pyproject.toml, DESCRIPTION, install.R, Project.toml), or --write it."""
@@ -292,27 +355,60 @@ def manifest_command(repo: Path, write: bool, check: bool) -> None:
 @site_argument
 @click.option("--port", type=click.IntRange(1, 65535), help="[default: the site's binder.port]")
 @click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--runtime", type=click.Choice(RUNTIMES),
-              help="Where sessions run [default: the site's binder.runtime].")  # fmt: skip
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Its sessions, caches, database [default: binder.state_dir].")  # fmt: skip
-@click.option("--allow-local-repos", is_flag=True,
-              help="Development only: admit file:// URLs, loopback and private hosts.")  # fmt: skip
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    help="Where sessions run [default: the site's binder.runtime].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Its sessions, caches, database [default: binder.state_dir].",
+)
+@click.option(
+    "--allow-local-repos",
+    is_flag=True,
+    help="Development only: admit file:// URLs, loopback and private hosts.",
+)
 @click.option("--max-sessions", type=click.IntRange(1), help="[default: binder.max_sessions]")
-@click.option("--idle-timeout", type=click.IntRange(1),
-              help="Idle seconds before stopping [default: binder.idle_timeout].")  # fmt: skip
-@click.option("--cull-interval", type=float, default=60.0, show_default=True,
-              help="Seconds between checks for idle sessions.")  # fmt: skip
-@click.option("--secure-cookies/--no-secure-cookies", default=False, show_default=True,
-              help="Mark cookies Secure (when served over HTTPS).")  # fmt: skip
-@click.option("--no-sandbox", "unsandboxed", is_flag=True,
-              help="Development only: sessions run unconfined, as this user, on the "
-                   "host's network (refused with logins or more than one session).")  # fmt: skip
+@click.option(
+    "--idle-timeout",
+    type=click.IntRange(1),
+    help="Idle seconds before stopping [default: binder.idle_timeout].",
+)
+@click.option(
+    "--cull-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between checks for idle sessions.",
+)
+@click.option(
+    "--secure-cookies/--no-secure-cookies",
+    default=False,
+    show_default=True,
+    help="Mark cookies Secure (when served over HTTPS).",
+)
+@click.option(
+    "--no-sandbox",
+    "unsandboxed",
+    is_flag=True,
+    help="Development only: sessions run unconfined, as this user, on the "
+    "host's network (refused with logins or more than one session).",
+)
 def serve(
-    site_file: Path, port: int | None, address: str, runtime: str | None,
-    state_dir: Path | None, allow_local_repos: bool, max_sessions: int | None,
-    idle_timeout: int | None, cull_interval: float, secure_cookies: bool, unsandboxed: bool,
-) -> None:  # fmt: skip
+    site_file: Path,
+    port: int | None,
+    address: str,
+    runtime: str | None,
+    state_dir: Path | None,
+    allow_local_repos: bool,
+    max_sessions: int | None,
+    idle_timeout: int | None,
+    cull_interval: float,
+    secure_cookies: bool,
+    unsandboxed: bool,
+) -> None:
     """Run the binder-lite web service for SITE (a site file, or the file the
     binder-lite service type writes): a page to launch repositories, BinderHub's
     API, and a proxy to every session."""
@@ -334,12 +430,15 @@ def serve(
     )
     site = dataclasses.replace(site, binder=binder)
     options = ServeOptions(
-        port=port or site.binder.port, address=address,
+        port=port or site.binder.port,
+        address=address,
         runtime=Runtime(runtime) if runtime else site.binder.runtime,
         state_dir=(state_dir or Path(site.binder.state_dir)).absolute(),
-        allow_local_repos=allow_local_repos, cull_interval=cull_interval,
-        secure_cookies=secure_cookies, sandboxed=not unsandboxed,
-    )  # fmt: skip
+        allow_local_repos=allow_local_repos,
+        cull_interval=cull_interval,
+        secure_cookies=secure_cookies,
+        sandboxed=not unsandboxed,
+    )
     if unsandboxed:
         _check_unsandboxed(site)
     # OAuth redirects come from binder.public_url, never from a request's Host header;
@@ -353,11 +452,15 @@ def _check_unsandboxed(site: Site) -> None:
     """An unconfined session can read the service's secrets and every other session:
     acceptable for one developer on their own machine, never for other people."""
     if site.binder.auth.provider.value != "none":
-        raise UsageError("--no-sandbox cannot be used with logins (binder.auth): "
-                         "sessions would reach everyone's sessions and the secrets")  # fmt: skip
+        raise UsageError(
+            "--no-sandbox cannot be used with logins (binder.auth): "
+            "sessions would reach everyone's sessions and the secrets"
+        )
     if site.binder.max_sessions > 1:
-        raise UsageError("--no-sandbox runs one session at most: add --max-sessions 1 "
-                         "(unconfined sessions can reach each other)")  # fmt: skip
+        raise UsageError(
+            "--no-sandbox runs one session at most: add --max-sessions 1 "
+            "(unconfined sessions can reach each other)"
+        )
 
 
 def _register_stage_commands() -> None:

@@ -44,10 +44,12 @@ class ImageCommand:
             prefix += ["time-machine", "-C", os.fspath(self.site.guix.channels), "--"]
         # Guix's long options take their value after "=", never as the next argument.
         argv = [
-            *prefix, "system", "image",
+            *prefix,
+            "system",
+            "image",
             f"--image-type={self.image_type}",
             f"--load-path={os.fspath(guile_load_path())}",
-        ]  # fmt: skip
+        ]
         size = self.size or self.site.image(self.image_type).size
         if size is not None and self.image_type.firmware is not Firmware.HYBRID:
             argv.append(f"--image-size={size}")
@@ -96,5 +98,10 @@ def dry_run_shell(argv: list[str], env: dict[str, str] | None = None) -> str:
     and lists what it would build, running nothing.  Returns its report.  `env`: the
     whole environment (a sandboxed command gets nothing of ours)."""
     at = argv.index("shell") + 1
-    return run.run([*argv[:at], "--dry-run", *argv[at:]], error=GuixError, with_stderr=True,
-                   env=env, inherit_env=env is None)  # fmt: skip
+    return run.run(
+        [*argv[:at], "--dry-run", *argv[at:]],
+        error=GuixError,
+        with_stderr=True,
+        env=env,
+        inherit_env=env is None,
+    )

@@ -13,15 +13,18 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 
-def run_cell(base: str, token: str, code: str, headers: dict[str, str] | None = None,
-             timeout: float = 120.0) -> str:  # fmt: skip
+def run_cell(
+    base: str, token: str, code: str, headers: dict[str, str] | None = None, timeout: float = 120.0
+) -> str:
     """Start a kernel on the server at `base` (…/ with a trailing slash), run `code`
     there, return its text/plain result; raise AssertionError on a kernel error."""
     extra = {"Authorization": f"token {token}", **(headers or {})}
     request = urllib.request.Request(
-        f"{base}api/kernels", data=b"{}", method="POST",
+        f"{base}api/kernels",
+        data=b"{}",
+        method="POST",
         headers={"Content-Type": "application/json", **extra},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         kernel = json.loads(response.read())["id"]
     url = re.sub(r"^http", "ws", base) + f"api/kernels/{kernel}/channels"
@@ -34,12 +37,24 @@ def execute_request(code: str) -> tuple[str, dict[str, object]]:
     """A Jupyter messaging execute_request for `code`: (its id, the message)."""
     msg_id = uuid.uuid4().hex
     return msg_id, {
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "binder-lite",
-                   "session": uuid.uuid4().hex, "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False,
-                    "user_expressions": {}, "allow_stdin": False},
-    }  # fmt: skip
+        "header": {
+            "msg_id": msg_id,
+            "msg_type": "execute_request",
+            "username": "binder-lite",
+            "session": uuid.uuid4().hex,
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "channel": "shell",
+        "content": {
+            "code": code,
+            "silent": False,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+        },
+    }
 
 
 async def _execute(url: str, headers: dict[str, str], code: str, timeout: float) -> str:

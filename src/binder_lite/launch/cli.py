@@ -38,10 +38,17 @@ def run_launcher(
     # A service manager stops us with SIGTERM: clean up as for Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     session = launch(
-        source, ref, runtime_kind=Runtime(runtime), open_path=open_path, kernel=kernel,
-        port=port, cache_dir=cache_dir, timeout=timeout, on_event=progress,
+        source,
+        ref,
+        runtime_kind=Runtime(runtime),
+        open_path=open_path,
+        kernel=kernel,
+        port=port,
+        cache_dir=cache_dir,
+        timeout=timeout,
+        on_event=progress,
         isolation=Isolation(sandboxed=not unsandboxed, network=SessionNetwork(network)),
-    )  # fmt: skip
+    )
     try:
         _print_urls(session)
         if not no_browser:
@@ -65,16 +72,22 @@ def _print_urls(session: Session) -> None:
         f"    {local}\n"
         f" or {session.url}"
     )
-    click.echo(f"Repository {session.provenance.repository} at {session.provenance.commit}, "
-               f"files in {session.work_dir}; Ctrl-C stops the server.", err=True)  # fmt: skip
+    click.echo(
+        f"Repository {session.provenance.repository} at {session.provenance.commit}, "
+        f"files in {session.work_dir}; Ctrl-C stops the server.",
+        err=True,
+    )
     sys.stdout.flush()
 
 
 def _serve(session: Session) -> None:
     while session.alive():
         time.sleep(0.5)
-    click.echo(f"the notebook server exited (status {session.process.returncode}); "
-               f"its log: {session.log_file}", err=True)  # fmt: skip
+    click.echo(
+        f"the notebook server exited (status {session.process.returncode}); "
+        f"its log: {session.log_file}",
+        err=True,
+    )
     raise SystemExit(1)
 
 

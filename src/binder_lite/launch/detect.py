@@ -38,13 +38,19 @@ from binder_lite.launch.requirements import (
 )
 from binder_lite.scheme import scm_comment, scm_str
 
-__all__ = ["Environment", "Requirement", "Skipped", "detect", "render_manifest",
-           "with_checked_names", "wrap_manifest"]  # fmt: skip
+__all__ = [
+    "Environment",
+    "Requirement",
+    "Skipped",
+    "detect",
+    "render_manifest",
+    "with_checked_names",
+    "wrap_manifest",
+]
 
 # What every session needs besides the repository's own packages.
 JUPYTER = ("jupyter", "python-ipykernel", "guix-jupyter")
-DEFAULT_PACKAGES = ("python", "python-numpy", "python-pandas", "python-matplotlib",
-                    "python-scipy")  # fmt: skip
+DEFAULT_PACKAGES = ("python", "python-numpy", "python-pandas", "python-matplotlib", "python-scipy")
 R_KERNEL = ("r", "r-irkernel")
 JULIA = ("julia",)
 
@@ -187,8 +193,12 @@ def _setup_py(tree: RepoTree, where: PurePosixPath) -> Environment | None:
 
 def _install_requires(value: ast.expr, name: str) -> list[PyPI | Skipped]:
     if not isinstance(value, ast.List | ast.Tuple):
-        return [Skipped(f"{name}:{value.lineno}", "install_requires is computed when setup.py "
-                                                  "runs: not read")]  # fmt: skip
+        return [
+            Skipped(
+                f"{name}:{value.lineno}",
+                "install_requires is computed when setup.py runs: not read",
+            )
+        ]
     return [
         parse_requirement(item.value, f"{name}:{item.lineno}")
         if isinstance(item, ast.Constant) and isinstance(item.value, str)
@@ -206,12 +216,14 @@ def _pyproject(tree: RepoTree, where: PurePosixPath) -> Environment | None:
     if not isinstance(deps, list):
         return None
     reqs, skipped = _pypi_entries(
-        parse_requirement(d, f"{file.name}: dependency {i}") if isinstance(d, str)
+        parse_requirement(d, f"{file.name}: dependency {i}")
+        if isinstance(d, str)
         else Skipped(f"{file.name}: dependency {i}", "not understood")
         for i, d in enumerate(deps, start=1)
-    )  # fmt: skip
-    return _generated("pyproject.toml", tree, where, tuple(reqs), skipped,
-                      "pyproject.toml [project] dependencies")  # fmt: skip
+    )
+    return _generated(
+        "pyproject.toml", tree, where, tuple(reqs), skipped, "pyproject.toml [project] dependencies"
+    )
 
 
 def _toml(file: RepoFile) -> dict[str, object]:
@@ -275,8 +287,9 @@ def _julia(tree: RepoTree, where: PurePosixPath) -> Environment | None:
     if file is None:
         return None
     deps = _toml(file).get("deps", {})
-    reqs = [Requirement(p, p, "Julia (Guix has no IJulia kernel; use the Guix kernel)")
-            for p in JULIA]  # fmt: skip
+    reqs = [
+        Requirement(p, p, "Julia (Guix has no IJulia kernel; use the Guix kernel)") for p in JULIA
+    ]
     skipped: list[Skipped] = []
     for i, name in enumerate(deps if isinstance(deps, dict) else (), start=1):
         if _JULIA_NAME.fullmatch(name):
@@ -297,15 +310,27 @@ DETECTORS: tuple[tuple[str, Callable[[RepoTree, PurePosixPath], Environment | No
 
 
 def _generated(
-    kind: str, tree: RepoTree, where: PurePosixPath, reqs: tuple[Requirement, ...],
-    skipped: Iterable[Skipped], origin: str,
-) -> Environment:  # fmt: skip
+    kind: str,
+    tree: RepoTree,
+    where: PurePosixPath,
+    reqs: tuple[Requirement, ...],
+    skipped: Iterable[Skipped],
+    origin: str,
+) -> Environment:
     skipped = tuple(skipped)
     if len(reqs) + len(skipped) > MAX_ENTRIES:
-        raise EnvironmentSpecError(f"{where / origin.split()[0]}: more than {MAX_ENTRIES} "
-                                   "entries; binder-lite reads at most that many")  # fmt: skip
-    return Environment(kind, tree.root / where, render_manifest(reqs, origin, skipped),
-                       requirements=reqs, skipped=skipped, origin=origin)  # fmt: skip
+        raise EnvironmentSpecError(
+            f"{where / origin.split()[0]}: more than {MAX_ENTRIES} "
+            "entries; binder-lite reads at most that many"
+        )
+    return Environment(
+        kind,
+        tree.root / where,
+        render_manifest(reqs, origin, skipped),
+        requirements=reqs,
+        skipped=skipped,
+        origin=origin,
+    )
 
 
 def render_manifest(
@@ -332,9 +357,9 @@ def with_checked_names(env: Environment, available: Callable[[list[str]], set[st
     names = [r.guix for r in env.requirements if r.guix]
     known = available(names)
     reqs = tuple(
-        r if r.guix is None or r.guix in known
+        r
+        if r.guix is None or r.guix in known
         else Requirement(r.source, None, f"{r.guix} is not a Guix package")
         for r in env.requirements
-    )  # fmt: skip
-    return replace(env, manifest=render_manifest(reqs, env.origin, env.skipped),
-                   requirements=reqs)  # fmt: skip
+    )
+    return replace(env, manifest=render_manifest(reqs, env.origin, env.skipped), requirements=reqs)

@@ -31,10 +31,25 @@ PYPI_REASONS = {
 }
 
 # R packages that come with R itself.
-R_BASE = frozenset({
-    "R", "base", "compiler", "datasets", "graphics", "grDevices", "grid", "methods",
-    "parallel", "splines", "stats", "stats4", "tcltk", "tools", "utils",
-})  # fmt: skip
+R_BASE = frozenset(
+    {
+        "R",
+        "base",
+        "compiler",
+        "datasets",
+        "graphics",
+        "grDevices",
+        "grid",
+        "methods",
+        "parallel",
+        "splines",
+        "stats",
+        "stats4",
+        "tcltk",
+        "tools",
+        "utils",
+    }
+)
 
 
 def normalise_pypi(name: str) -> str:

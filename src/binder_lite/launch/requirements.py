@@ -31,21 +31,40 @@ _REQUIREMENT = re.compile(
     rf"(?:(?P<spec>{_SPEC}(?:\s*,\s*{_SPEC})*)|\(\s*(?P<pspec>{_SPEC}(?:\s*,\s*{_SPEC})*)\s*\)"
     rf"|@\s*(?P<url>\S+))?\s*"
     r"(?:;.*)?"  # an environment marker: not evaluated, not repeated
-)  # fmt: skip
+)
 _OPTION = re.compile(r"(--[A-Za-z][A-Za-z-]*|-[A-Za-z])(?:=|\s*)(.*)")
 
 # pip options that include another file: -r adds requirements, -c only constrains them.
 INCLUDES = {"-r": "-r", "--requirement": "-r", "-c": "-c", "--constraint": "-c"}
 # pip options that say how to install, not what: meaningless for Guix packages.
-IGNORED_OPTIONS = frozenset({
-    "-e", "--editable", "-i", "--index-url", "--extra-index-url", "--no-index", "-f",
-    "--find-links", "--pre", "--prefer-binary", "--only-binary", "--no-binary",
-    "--require-hashes", "--trusted-host", "--use-feature", "--hash", "-Z", "--always-unzip",
-    "--use-pep517", "--no-use-pep517", "--config-settings", "--global-option",
-})  # fmt: skip
+IGNORED_OPTIONS = frozenset(
+    {
+        "-e",
+        "--editable",
+        "-i",
+        "--index-url",
+        "--extra-index-url",
+        "--no-index",
+        "-f",
+        "--find-links",
+        "--pre",
+        "--prefer-binary",
+        "--only-binary",
+        "--no-binary",
+        "--require-hashes",
+        "--trusted-host",
+        "--use-feature",
+        "--hash",
+        "-Z",
+        "--always-unzip",
+        "--use-pep517",
+        "--no-use-pep517",
+        "--config-settings",
+        "--global-option",
+    }
+)
 # Options pip allows after a requirement on its line.
-PER_REQUIREMENT = frozenset({"--hash", "--config-settings", "--global-option",
-                             "--install-option"})  # fmt: skip
+PER_REQUIREMENT = frozenset({"--hash", "--config-settings", "--global-option", "--install-option"})
 
 
 @dataclass(frozen=True)
@@ -106,17 +125,23 @@ def read_requirements(tree: RepoTree, name: str) -> Parsed | None:
 
 
 def _read_file(
-    tree: RepoTree, file: RepoFile, shown: str, parsed: Parsed,
-    stack: tuple[PurePosixPath, ...], constraints: bool,
-) -> None:  # fmt: skip
+    tree: RepoTree,
+    file: RepoFile,
+    shown: str,
+    parsed: Parsed,
+    stack: tuple[PurePosixPath, ...],
+    constraints: bool,
+) -> None:
     for number, line in _logical_lines(file.text):
         where = f"{shown}:{number}"
         if len(parsed.packages) + len(parsed.skipped) >= MAX_ENTRIES:
-            raise RepositoryFileError(where, f"more than {MAX_ENTRIES} entries; binder-lite "
-                                             "reads at most that many")  # fmt: skip
+            raise RepositoryFileError(
+                where, f"more than {MAX_ENTRIES} entries; binder-lite reads at most that many"
+            )
         if len(line) > MAX_LINE:
-            parsed.skipped.append(Skipped(where, f"not understood (longer than {MAX_LINE} "
-                                                 "characters)"))  # fmt: skip
+            parsed.skipped.append(
+                Skipped(where, f"not understood (longer than {MAX_LINE} characters)")
+            )
             continue
         line = " ".join(line.split())
         if line.startswith("-"):
@@ -171,19 +196,35 @@ def _split_options(line: str) -> tuple[str, str]:
 
 
 def _per_requirement_options_ok(options: str) -> bool:
-    return all(token.split("=", 1)[0] in PER_REQUIREMENT
-               for token in options.split() if token.startswith("-"))  # fmt: skip
+    return all(
+        token.split("=", 1)[0] in PER_REQUIREMENT
+        for token in options.split()
+        if token.startswith("-")
+    )
 
 
 def _option(
-    tree: RepoTree, file: RepoFile, where: str, line: str, parsed: Parsed,
-    stack: tuple[PurePosixPath, ...], constraints: bool,
-) -> None:  # fmt: skip
+    tree: RepoTree,
+    file: RepoFile,
+    where: str,
+    line: str,
+    parsed: Parsed,
+    stack: tuple[PurePosixPath, ...],
+    constraints: bool,
+) -> None:
     m = _OPTION.fullmatch(line)
     option = m[1] if m else ""
     if option in INCLUDES:
-        _include(tree, file, where, INCLUDES[option], m[2].strip() if m else "", parsed, stack,
-                 constraints or INCLUDES[option] == "-c")  # fmt: skip
+        _include(
+            tree,
+            file,
+            where,
+            INCLUDES[option],
+            m[2].strip() if m else "",
+            parsed,
+            stack,
+            constraints or INCLUDES[option] == "-c",
+        )
     elif option in IGNORED_OPTIONS:
         parsed.skipped.append(Skipped(where, f"option {option} ignored (Guix packages are used)"))
     else:
@@ -191,16 +232,23 @@ def _option(
 
 
 def _include(
-    tree: RepoTree, file: RepoFile, where: str, option: str, target: str, parsed: Parsed,
-    stack: tuple[PurePosixPath, ...], constraints: bool,
-) -> None:  # fmt: skip
+    tree: RepoTree,
+    file: RepoFile,
+    where: str,
+    option: str,
+    target: str,
+    parsed: Parsed,
+    stack: tuple[PurePosixPath, ...],
+    constraints: bool,
+) -> None:
     """Follow `option target` from `file`: only to a file inside the checkout."""
     if not target or re.search(r"\s", target):
         parsed.skipped.append(Skipped(where, "not understood"))
         return
     if "://" in target:
-        raise RepositoryFileError(where, f"{option}: a URL is not fetched; only files inside "
-                                         "the repository are read")  # fmt: skip
+        raise RepositoryFileError(
+            where, f"{option}: a URL is not fetched; only files inside the repository are read"
+        )
     if target.startswith("/"):
         raise RepositoryFileError(where, f"{option}: {OUTSIDE}")
     if len(stack) > MAX_DEPTH:

@@ -102,15 +102,22 @@ def guix_argv(spec: ServerSpec, paths: GuixPaths, program: str | None = None) ->
         prefix += ["time-machine", f"--channels={paths.channels}", "--"]
     shares = [f"--share={paths.run_dir}={RUN_DIR}"] if paths.run_dir is not None else []
     return [
-        *prefix, "shell",
-        "--container", *(["--network"] if paths.network else []), "--no-cwd",
-        f"--share={paths.repo}={CONTAINER_WORK_DIR}", *shares,
+        *prefix,
+        "shell",
+        "--container",
+        *(["--network"] if paths.network else []),
+        "--no-cwd",
+        f"--share={paths.repo}={CONTAINER_WORK_DIR}",
+        *shares,
         # The Guix kernel builds each notebook's environment through the daemon.
         f"--expose={GUIX_DAEMON_SOCKET}",
         "--preserve=^JUPYTER_TOKEN$",
         f"--manifest={paths.manifest}",
-        "--", "jupyter", "notebook", *jupyter_options(spec, "classic"),
-    ]  # fmt: skip
+        "--",
+        "jupyter",
+        "notebook",
+        *jupyter_options(spec, "classic"),
+    ]
 
 
 def guix_available() -> bool:

@@ -53,18 +53,49 @@ SANDBOX_UID = 1000
 
 # What of the host a local-runtime session may read: programs and libraries, and the
 # few files of /etc that programs need to start.  Never /home, /root, /var or /srv.
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/gnu/store",
-               "/run/current-system")  # fmt: skip
-ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "ssl",
-             "ca-certificates", "ca-certificates.conf", "localtime", "mime.types",
-             "nsswitch.conf", "fonts", "matplotlibrc", "R", "jupyter")  # fmt: skip
+SYSTEM_DIRS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/gnu/store",
+    "/run/current-system",
+)
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "fonts",
+    "matplotlibrc",
+    "R",
+    "jupyter",
+)
 # Outbound traffic must not reach the host's networks (its LAN, a cloud's metadata
 # service at 169.254.169.254): these are unreachable inside the sandbox.  slirp4netns'
 # own network, 10.0.2.0/24 (its gateway and DNS), is more specific and stays reachable;
 # the host's loopback is refused by slirp4netns itself (--disable-host-loopback).
-PRIVATE_ROUTES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-                  "100.64.0.0/10", "0.0.0.0/8", "192.0.0.0/24", "198.18.0.0/15",
-                  "224.0.0.0/4", "240.0.0.0/4")  # fmt: skip
+PRIVATE_ROUTES = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "0.0.0.0/8",
+    "192.0.0.0/24",
+    "198.18.0.0/15",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+)
 # Run first in an outbound sandbox, with CAP_NET_ADMIN of the sandbox's namespace only:
 # make the private ranges unreachable (before any interface exists, so that they are
 # whatever happens later), wait (bounded) for slirp4netns' interface, then run the rest
@@ -178,24 +209,47 @@ def bwrap_argv(
     # Outbound: root of the sandbox's namespace (its capabilities over the sandbox's
     # namespaces only) for NET_SETUP and for making the nested namespace, which then
     # runs the session as its user, with no capability.
-    user = ["--uid", "0", "--gid", "0", "--cap-add", "ALL"] if outbound else \
-        ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]  # fmt: skip
+    user = (
+        ["--uid", "0", "--gid", "0", "--cap-add", "ALL"]
+        if outbound
+        else ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+    )
     if outbound:
         inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
     args = [
         bubblewrap(),
-        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-        "--unshare-net", "--unshare-cgroup-try",
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup-try",
         # A session of its own: no ioctl(TIOCSTI) into a terminal of the service.
-        "--new-session", *user, "--hostname", "binder",
-        *_system_binds(), *_identity_files(box.session_dir),
-        "--proc", "/proc", "--dev", "/dev",
-        "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
+        "--new-session",
+        *user,
+        "--hostname",
+        "binder",
+        *_system_binds(),
+        *_identity_files(box.session_dir),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(box.limits.disk),
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        HOME,
         # After /tmp's tmpfs, which would hide a Python installed under /tmp.
         *_python_binds(),
-        "--bind", str(box.repo), WORK_DIR,
-        "--bind", str(box.run_dir), RUN_DIR,
-    ]  # fmt: skip
+        "--bind",
+        str(box.repo),
+        WORK_DIR,
+        "--bind",
+        str(box.run_dir),
+        RUN_DIR,
+    ]
     if box.network is SessionNetwork.OUTBOUND:
         args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
     for host_path, inside in readonly:
@@ -216,9 +270,13 @@ def guix_stage(box: Sandbox, channels: bool, network: bool) -> GuixPaths:
     from binder_lite.launch.runtime import GuixPaths
 
     stage = Path(GUIX_STAGE)
-    return GuixPaths(repo=stage / "notebooks", manifest=stage / "manifest.scm",
-                     channels=stage / "channels.scm" if channels else None,
-                     run_dir=stage / "run", network=network)  # fmt: skip
+    return GuixPaths(
+        repo=stage / "notebooks",
+        manifest=stage / "manifest.scm",
+        channels=stage / "channels.scm" if channels else None,
+        run_dir=stage / "run",
+        network=network,
+    )
 
 
 def guix_program_inside() -> str:
@@ -230,8 +288,7 @@ def guix_program_inside() -> str:
 def _guix_binds(program: str) -> list[str]:
     """The store, the daemon's socket, and the Guix installation `program` belongs to
     (scripts/guix-chroot.sh's wrapper names its chroot in a store-root file)."""
-    args = ["--ro-bind-try", "/gnu/store", "/gnu/store",
-            "--ro-bind-try", "/var/guix", "/var/guix"]  # fmt: skip
+    args = ["--ro-bind-try", "/gnu/store", "/gnu/store", "--ro-bind-try", "/var/guix", "/var/guix"]
     home = Path(program).parent
     marker = home / "store-root"
     if marker.is_file():
@@ -254,15 +311,42 @@ def guix_bwrap_argv(
         files += ["--ro-bind", str(channels), f"{stage}/channels.scm"]
     args = [
         bubblewrap(),
-        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-        "--unshare-net", "--unshare-cgroup-try", "--new-session",
-        "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--hostname", "binder",
-        *_system_binds(), *_guix_binds(inner[0]), *_identity_files(box.session_dir),
-        "--proc", "/proc", "--dev", "/dev",
-        "--size", str(box.limits.disk), "--tmpfs", "/tmp", "--dir", HOME,
-        "--bind", str(box.repo), f"{stage}/notebooks",
-        "--bind", str(box.run_dir), f"{stage}/run", *files,
-    ]  # fmt: skip
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--unshare-cgroup-try",
+        "--new-session",
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--cap-add",
+        "ALL",
+        "--hostname",
+        "binder",
+        *_system_binds(),
+        *_guix_binds(inner[0]),
+        *_identity_files(box.session_dir),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(box.limits.disk),
+        "--tmpfs",
+        "/tmp",
+        "--dir",
+        HOME,
+        "--bind",
+        str(box.repo),
+        f"{stage}/notebooks",
+        "--bind",
+        str(box.run_dir),
+        f"{stage}/run",
+        *files,
+    ]
     if not _needs_root(inner[0]):
         # A Guix of its own makes an unprivileged container (its own user namespace):
         # nothing in it holds a capability over the sandbox's network or mounts.
@@ -290,9 +374,23 @@ def guix_environment(extra: dict[str, str]) -> dict[str, str]:
 def _drop_to_user(inner: list[str], chdir: str = WORK_DIR) -> list[str]:
     """`inner` in a nested user namespace as the session's user, without capabilities
     (so it cannot undo NET_SETUP's routes)."""
-    return [bubblewrap(), "--unshare-user", "--uid", str(SANDBOX_UID), "--gid",
-            str(SANDBOX_UID), "--bind", "/", "/", "--cap-drop", "ALL", "--chdir", chdir,
-            "--", *inner]  # fmt: skip
+    return [
+        bubblewrap(),
+        "--unshare-user",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--bind",
+        "/",
+        "/",
+        "--cap-drop",
+        "ALL",
+        "--chdir",
+        chdir,
+        "--",
+        *inner,
+    ]
 
 
 def session_environment(extra: dict[str, str]) -> dict[str, str]:
@@ -368,8 +466,9 @@ def _v2_base() -> Path | None:
     if not (CGROUP_ROOT / "cgroup.controllers").exists():
         return None
     try:
-        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines()
-                    if x.startswith("0::"))  # fmt: skip
+        line = next(
+            x for x in Path("/proc/self/cgroup").read_text().splitlines() if x.startswith("0::")
+        )
     except (OSError, StopIteration):
         return None
     base = CGROUP_ROOT / line[3:].lstrip("/")
@@ -417,8 +516,11 @@ def make_cgroups(session_id: str, limits: SessionLimits) -> Cgroups | None:
         (pids / "pids.max").write_text(str(limits.processes))
         return Cgroups((memory, pids))
     except OSError as e:
-        log.warning("no cgroup for session %s (%s): memory and task limits are per process",
-                    session_id, e.strerror or e)  # fmt: skip
+        log.warning(
+            "no cgroup for session %s (%s): memory and task limits are per process",
+            session_id,
+            e.strerror or e,
+        )
         return None
 
 
@@ -432,8 +534,10 @@ def limited(argv: list[str], cgroups: Cgroups | None, limits: SessionLimits) -> 
         rlimits += [f"--data={limits.memory}"]
     prlimit = shutil.which("prlimit") or "prlimit"
     files = [str(f) for f in cgroups.procs_files()] if cgroups else []
-    join = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; ' \
-           'n=$((n-1)); done; exec "$@"'  # fmt: skip
+    join = (
+        'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; '
+        'n=$((n-1)); done; exec "$@"'
+    )
     return [prlimit, *rlimits, "--", "/bin/sh", "-c", join, "sh", str(len(files)), *files, *argv]
 
 
@@ -458,11 +562,21 @@ def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess
     log = box.session_dir / "slirp4netns.log"
     with open(log, "wb") as errors:
         slirp = subprocess.Popen(
-            [helper, "--configure", "--mtu=65520", "--disable-host-loopback",
-             f"--ready-fd={ready_write}", str(child), "tap0"],
-            stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, start_new_session=True,
+            [
+                helper,
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                f"--ready-fd={ready_write}",
+                str(child),
+                "tap0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=errors,
+            stderr=errors,
+            start_new_session=True,
             pass_fds=(ready_write,),
-        )  # fmt: skip
+        )
     os.close(ready_write)
     try:
         ready = _wait_readable(ready_read, SLIRP_READY_SECONDS)
@@ -551,17 +665,27 @@ class Handle:
     helpers: tuple[int, ...] = ()  # slirp4netns
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"pid": self.pid, "cgroups": self.cgroups,
-                                    "pid_namespaces": self.pid_namespaces,
-                                    "helpers": self.helpers}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": self.pid,
+                    "cgroups": self.cgroups,
+                    "pid_namespaces": self.pid_namespaces,
+                    "helpers": self.helpers,
+                }
+            )
+        )
 
     @staticmethod
     def load(path: Path) -> Handle | None:
         try:
             data = json.loads(path.read_text())
-            return Handle(int(data["pid"]), tuple(data["cgroups"]),
-                          tuple(data["pid_namespaces"]),
-                          tuple(data.get("helpers", ())))  # fmt: skip
+            return Handle(
+                int(data["pid"]),
+                tuple(data["cgroups"]),
+                tuple(data["pid_namespaces"]),
+                tuple(data.get("helpers", ())),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -666,8 +790,9 @@ def jupyter_status(
     """Jupyter's /api/status through its Unix socket, or None when it does not answer."""
     connection = _UnixHTTPConnection(path, timeout)
     try:
-        connection.request("GET", f"{base_url}api/status",
-                           headers={"Authorization": f"token {token}"})  # fmt: skip
+        connection.request(
+            "GET", f"{base_url}api/status", headers={"Authorization": f"token {token}"}
+        )
         response = connection.getresponse()
         data = json.loads(response.read()) if response.status == 200 else None
     except (OSError, ValueError, http.client.HTTPException):

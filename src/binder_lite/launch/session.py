@@ -161,9 +161,21 @@ def launch(
     report = _Reporter(on_event or (lambda event: None))
     session_id = secrets.token_hex(8)
     cache = cache_dir or default_cache_dir()
-    plan = _Plan(source, ref, runtime_kind, open_path, kernel, port, base_url, timeout, cache,
-                 session_dir or cache / "sessions" / session_id, session_id,
-                 isolation or Isolation(), fetch or Fetch())  # fmt: skip
+    plan = _Plan(
+        source,
+        ref,
+        runtime_kind,
+        open_path,
+        kernel,
+        port,
+        base_url,
+        timeout,
+        cache,
+        session_dir or cache / "sessions" / session_id,
+        session_id,
+        isolation or Isolation(),
+        fetch or Fetch(),
+    )
     try:
         return _launch(plan, report)
     except LaunchError as e:
@@ -203,16 +215,22 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
     plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     checkout, env, provenance = _prepare(plan, report)
     boxed = plan.isolation.sandboxed
-    box = sandbox.Sandbox(plan.session_id, plan.session_dir, checkout.path,
-                          plan.isolation.network, plan.isolation.limits)  # fmt: skip
+    box = sandbox.Sandbox(
+        plan.session_id,
+        plan.session_dir,
+        checkout.path,
+        plan.isolation.network,
+        plan.isolation.limits,
+    )
     spec = runtime.ServerSpec(
         port=None if boxed else plan.port or free_port(),
         base_url=_base_url(plan.base_url),
         kernel=plan.kernel or ("guix" if plan.kind is Runtime.GUIX else "python3"),
-        root_dir=(runtime.CONTAINER_WORK_DIR if plan.kind is Runtime.GUIX or boxed
-                  else str(checkout.path)),
+        root_dir=(
+            runtime.CONTAINER_WORK_DIR if plan.kind is Runtime.GUIX or boxed else str(checkout.path)
+        ),
         socket=box.inner_socket if boxed else None,
-    )  # fmt: skip
+    )
     if plan.port is not None:
         _check_port_free(plan.port)
     token = secrets.token_hex(24)
@@ -224,12 +242,21 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
         port = forwarder.port
     origin = f"http://127.0.0.1:{port}{spec.base_url}" if port else spec.origin
     session = Session(
-        id=plan.session_id, url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
-        base_url=origin, token=token, port=port, pid=started.process.pid,
-        work_dir=checkout.path, session_dir=plan.session_dir, provenance=provenance,
-        process=started.process, log_file=started.log_file,
-        socket=box.socket if boxed else None, handle=started.handle, forwarder=forwarder,
-    )  # fmt: skip
+        id=plan.session_id,
+        url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
+        base_url=origin,
+        token=token,
+        port=port,
+        pid=started.process.pid,
+        work_dir=checkout.path,
+        session_dir=plan.session_dir,
+        provenance=provenance,
+        process=started.process,
+        log_file=started.log_file,
+        socket=box.socket if boxed else None,
+        handle=started.handle,
+        forwarder=forwarder,
+    )
     _write_open_file(session)
     report.last(Event(Phase.READY, session.url))
     return session
@@ -253,19 +280,30 @@ def _prepare(
     def log(line: str) -> None:
         report(Event(Phase.FETCHING, line))
 
-    checkout = sources.check_out(url, plan.ref, plan.cache, plan.session_dir / "repo", log,
-                                 pin=plan.fetch.pin, limits=plan.fetch.limits,
-                                 cancel=plan.fetch.cancel)  # fmt: skip
+    checkout = sources.check_out(
+        url,
+        plan.ref,
+        plan.cache,
+        plan.session_dir / "repo",
+        log,
+        pin=plan.fetch.pin,
+        limits=plan.fetch.limits,
+        cancel=plan.fetch.cancel,
+    )
     report(Event(Phase.RESOLVING, f"resolved {checkout.ref} to {checkout.commit}"))
     env = _environment(checkout.path, plan.kind, report)
     (plan.session_dir / "manifest.scm").write_text(env.manifest, encoding="utf-8")
     provenance = Provenance(
-        repository=url, ref=checkout.ref, commit=checkout.commit, environment=env.kind,
+        repository=url,
+        ref=checkout.ref,
+        commit=checkout.commit,
+        environment=env.kind,
         manifest=env.manifest,
         channels=env.channels_text,  # read inside the checkout only (detect, repofiles)
         guix_version=guix.version() if plan.kind is Runtime.GUIX else None,
-        runtime=str(plan.kind), launched_at=time.time(),
-    )  # fmt: skip
+        runtime=str(plan.kind),
+        launched_at=time.time(),
+    )
     (plan.session_dir / "provenance.json").write_text(json.dumps(asdict(provenance), indent=2))
     return checkout, env, provenance
 
@@ -278,17 +316,24 @@ class _Started:
 
 
 def _start(
-    plan: _Plan, spec: runtime.ServerSpec, box: sandbox.Sandbox, env: detect.Environment,
-    token: str, report: Report,
-) -> _Started:  # fmt: skip
+    plan: _Plan,
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    env: detect.Environment,
+    token: str,
+    report: Report,
+) -> _Started:
     """Start Jupyter (in a Guix container, for that runtime) and wait until it answers."""
     guix_runtime = plan.kind is Runtime.GUIX
     manifest = plan.session_dir / "manifest.scm"
     boxed = plan.isolation.sandboxed
     if guix_runtime:
         argv = _guix_command(spec, box, manifest, env.channels, boxed)
-        _check_with_guix(_guix_check_command(spec, box, manifest, env.channels, boxed, argv),
-                         report, sandbox.guix_environment({}) if boxed else None)  # fmt: skip
+        _check_with_guix(
+            _guix_check_command(spec, box, manifest, env.channels, boxed, argv),
+            report,
+            sandbox.guix_environment({}) if boxed else None,
+        )
     else:
         argv = runtime.local_argv(spec)
     where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
@@ -304,15 +349,21 @@ def _start(
     process, log_file = _spawn(argv, token, plan.session_dir, box.repo, plan.kind, boxed, report)
     handle = None
     if boxed:
-        handle = sandbox.Handle(process.pid, tuple(str(d) for d in cgroups.dirs) if cgroups
-                                else ())  # fmt: skip
+        handle = sandbox.Handle(process.pid, tuple(str(d) for d in cgroups.dirs) if cgroups else ())
         handle.save(box.state_file)
     deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     try:
         if boxed and box.network is SessionNetwork.OUTBOUND:
             handle = _attach_network(box, process, handle, report)
-        _wait_ready(spec, box.socket if boxed else None, token, process, log_file, deadline,
-                    plan.fetch.cancel)  # fmt: skip
+        _wait_ready(
+            spec,
+            box.socket if boxed else None,
+            token,
+            process,
+            log_file,
+            deadline,
+            plan.fetch.cancel,
+        )
     except BaseException:
         _stop_started(process, handle, plan.session_dir, 5.0)
         raise
@@ -323,9 +374,12 @@ def _start(
 
 
 def _guix_command(
-    spec: runtime.ServerSpec, box: sandbox.Sandbox, manifest: Path, channels: Path | None,
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    manifest: Path,
+    channels: Path | None,
     boxed: bool,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """`guix shell --container …`; sandboxed, inside bubblewrap, so that Guix evaluates
     the repository's manifest and channels where they can reach nothing of the host."""
     if not boxed:
@@ -342,9 +396,13 @@ def _guix_command(
 
 
 def _guix_check_command(
-    spec: runtime.ServerSpec, box: sandbox.Sandbox, manifest: Path, channels: Path | None,
-    boxed: bool, argv: list[str],
-) -> list[str]:  # fmt: skip
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    manifest: Path,
+    channels: Path | None,
+    boxed: bool,
+    argv: list[str],
+) -> list[str]:
     """The command whose dry run checks the environment: the session's own, offline
     (no user-mode network is attached to a check; pinned channels are fetched, with the
     session's network, when it starts)."""
@@ -355,9 +413,11 @@ def _guix_check_command(
 
 
 def _attach_network(
-    box: sandbox.Sandbox, process: subprocess.Popen[bytes], handle: sandbox.Handle | None,
+    box: sandbox.Sandbox,
+    process: subprocess.Popen[bytes],
+    handle: sandbox.Handle | None,
     report: Report,
-) -> sandbox.Handle | None:  # fmt: skip
+) -> sandbox.Handle | None:
     """Outbound network for the session; without it the session still runs, offline
     (failing closed), and says so."""
     try:
@@ -391,8 +451,10 @@ def _borrowed_objects(repo: Path) -> list[tuple[Path, str]]:
 
 def _jupyter_files(session_dir: Path) -> list[tuple[Path, str]]:
     """The session's Jupyter configuration, read-only inside the sandbox."""
-    return [(session_dir / "jupyter-config", JUPYTER_CONFIG_INSIDE),
-            (session_dir / "lab-settings", LAB_SETTINGS_INSIDE)]  # fmt: skip
+    return [
+        (session_dir / "jupyter-config", JUPYTER_CONFIG_INSIDE),
+        (session_dir / "lab-settings", LAB_SETTINGS_INSIDE),
+    ]
 
 
 def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environment:
@@ -472,9 +534,14 @@ LAB_SETTINGS_INSIDE = "/run/binder-lite-config/lab"
 
 
 def _spawn(
-    argv: list[str], token: str, session_dir: Path, repo: Path, kind: Runtime, boxed: bool,
+    argv: list[str],
+    token: str,
+    session_dir: Path,
+    repo: Path,
+    kind: Runtime,
+    boxed: bool,
     report: Report,
-) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+) -> tuple[subprocess.Popen[bytes], Path]:
     config = session_dir / "jupyter-config"
     config.mkdir(exist_ok=True)
     settings = _lab_settings(session_dir)
@@ -482,12 +549,14 @@ def _spawn(
         env = sandbox.guix_environment({"JUPYTER_TOKEN": token})
     elif boxed:
         # Nothing of the service's environment reaches the session: it can name secrets.
-        env = sandbox.session_environment({
-            "JUPYTER_TOKEN": token,
-            "JUPYTER_CONFIG_DIR": JUPYTER_CONFIG_INSIDE,
-            "JUPYTERLAB_SETTINGS_DIR": LAB_SETTINGS_INSIDE,
-            "JUPYTER_RUNTIME_DIR": f"{sandbox.HOME}/.local/share/jupyter/runtime",
-        })  # fmt: skip
+        env = sandbox.session_environment(
+            {
+                "JUPYTER_TOKEN": token,
+                "JUPYTER_CONFIG_DIR": JUPYTER_CONFIG_INSIDE,
+                "JUPYTERLAB_SETTINGS_DIR": LAB_SETTINGS_INSIDE,
+                "JUPYTER_RUNTIME_DIR": f"{sandbox.HOME}/.local/share/jupyter/runtime",
+            }
+        )
     else:
         env = dict(os.environ)
         env["JUPYTER_TOKEN"] = token
@@ -500,9 +569,14 @@ def _spawn(
     log = open(log_file, "wb")  # noqa: SIM115 (handed to the reader thread)
     try:
         process = subprocess.Popen(
-            argv, cwd=repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            argv,
+            cwd=repo,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     except FileNotFoundError:
         log.close()
         raise JupyterError(f"{argv[0]} not found") from None
@@ -536,10 +610,14 @@ def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report:
 
 
 def _wait_ready(
-    spec: runtime.ServerSpec, socket_path: Path | None, token: str,
-    process: subprocess.Popen[bytes], log_file: Path, deadline: float,
+    spec: runtime.ServerSpec,
+    socket_path: Path | None,
+    token: str,
+    process: subprocess.Popen[bytes],
+    log_file: Path,
+    deadline: float,
     cancel: threading.Event | None = None,
-) -> None:  # fmt: skip
+) -> None:
     where = f"{spec.origin}api/status" if socket_path is None else f"the socket {socket_path}"
     delay = 0.02
     while True:
@@ -583,9 +661,11 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def _stop_started(
-    process: subprocess.Popen[bytes], handle: sandbox.Handle | None, session_dir: Path,
+    process: subprocess.Popen[bytes],
+    handle: sandbox.Handle | None,
+    session_dir: Path,
     grace: float,
-) -> None:  # fmt: skip
+) -> None:
     if handle is not None:
         handle.stop(grace)
         with contextlib.suppress(subprocess.TimeoutExpired):

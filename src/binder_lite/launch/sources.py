@@ -173,8 +173,9 @@ class _Remote:
     cancel: threading.Event | None
 
 
-def _remote(url: str, pin: Pin | None, limits: FetchLimits,
-            cancel: threading.Event | None) -> _Remote:  # fmt: skip
+def _remote(
+    url: str, pin: Pin | None, limits: FetchLimits, cancel: threading.Event | None
+) -> _Remote:
     config = [
         "http.followRedirects=false",  # a redirect could lead anywhere the check did not see
         f"http.lowSpeedLimit={limits.low_speed_limit}",
@@ -226,9 +227,15 @@ def _git_bounded(remote: _Remote, mirror: Path, *args: str) -> str:
     argv = [*_file_size_limit(limits.max_size), "git", *remote.config, *args]
     env = {**os.environ, "LC_ALL": "C.UTF-8", **GIT_ENV}
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(argv, cwd=mirror, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            cwd=mirror,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if argv[0] == "git":
             _limit_file_size(proc.pid, limits.max_size)
         deadline = time.monotonic() + limits.timeout
@@ -254,16 +261,20 @@ def _why_stop(remote: _Remote, mirror: Path, deadline: float) -> SourceError | N
     if remote.cancel is not None and remote.cancel.is_set():
         return FetchCancelled(f"{remote.url}: stopped while fetching")
     if time.monotonic() > deadline:
-        return SourceError(f"{remote.url}: git took longer than {remote.limits.timeout:.0f} s; "
-                           "the repository's server is too slow or does not answer")  # fmt: skip
+        return SourceError(
+            f"{remote.url}: git took longer than {remote.limits.timeout:.0f} s; "
+            "the repository's server is too slow or does not answer"
+        )
     if _size(mirror) > remote.limits.max_size:
         return _too_large(remote.url, remote.limits.max_size)
     return None
 
 
 def _too_large(url: str, limit: int) -> TooLargeError:
-    return TooLargeError(f"{url}: the repository is larger than this site's limit of "
-                       f"{_mib(limit)} (binder.max_repo_size)")  # fmt: skip
+    return TooLargeError(
+        f"{url}: the repository is larger than this site's limit of "
+        f"{_mib(limit)} (binder.max_repo_size)"
+    )
 
 
 def _mib(size: int) -> str:
@@ -316,8 +327,16 @@ def _explain_git_failure(url: str, output: str) -> str:
         return f"{url}: not a git repository, or it does not exist\n  git: {detail}"
     if "operation too slow" in lowered:
         return f"{url}: the repository's server sends too slowly\n  git: {detail}"
-    if any(s in lowered for s in ("could not resolve", "connection refused", "timed out",
-                                  "unable to access", "could not read")):  # fmt: skip
+    if any(
+        s in lowered
+        for s in (
+            "could not resolve",
+            "connection refused",
+            "timed out",
+            "unable to access",
+            "could not read",
+        )
+    ):
         return f"{url}: cannot reach the repository\n  git: {detail}"
     return f"{url}: git failed\n  git: {detail}"
 
@@ -339,16 +358,30 @@ def _has_commit(mirror: Path, rev: str) -> str | None:
 def _fetch(remote: _Remote, mirror: Path, log: Log) -> None:
     log(f"fetching {remote.url}")
     try:
-        _git_bounded(remote, mirror, "fetch", "--quiet", "--prune", "--tags", remote.fetch_url,
-                     "+refs/heads/*:refs/heads/*")  # fmt: skip
+        _git_bounded(
+            remote,
+            mirror,
+            "fetch",
+            "--quiet",
+            "--prune",
+            "--tags",
+            remote.fetch_url,
+            "+refs/heads/*:refs/heads/*",
+        )
     except CommandError as e:
         raise SourceError(_explain_git_failure(remote.url, e.output)) from None
 
 
 def resolve(
-    url: str, ref: str | None, cache: Path, log: Log, *, pin: Pin | None = None,
-    limits: FetchLimits | None = None, cancel: threading.Event | None = None,
-) -> tuple[Path, str]:  # fmt: skip
+    url: str,
+    ref: str | None,
+    cache: Path,
+    log: Log,
+    *,
+    pin: Pin | None = None,
+    limits: FetchLimits | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[Path, str]:
     """Make sure the mirror of `url` has `ref`; return the mirror and the commit."""
     mirror = _mirror_dir(cache, url)
     remote = _remote(url, pin, limits or FetchLimits(), cancel)
@@ -376,9 +409,16 @@ def resolve(
 
 
 def check_out(
-    url: str, ref: str | None, cache: Path, dest: Path, log: Log, *, pin: Pin | None = None,
-    limits: FetchLimits | None = None, cancel: threading.Event | None = None,
-) -> Checkout:  # fmt: skip
+    url: str,
+    ref: str | None,
+    cache: Path,
+    dest: Path,
+    log: Log,
+    *,
+    pin: Pin | None = None,
+    limits: FetchLimits | None = None,
+    cancel: threading.Event | None = None,
+) -> Checkout:
     """Clone the resolved commit of `url` into `dest` (which must not exist).  `pin`:
     the addresses git must connect to; `limits`: time and size bounds; `cancel`: set
     to stop git at once."""
@@ -403,8 +443,11 @@ def _check_tree_size(url: str, mirror: Path, commit: str, limit: int) -> None:
     """Refuse a commit whose files add up to more than the limit before writing them: a
     few megabytes of pack can hold gigabytes of zeros."""
     listing = git("ls-tree", "-r", "-l", "--full-tree", commit, cwd=mirror)
-    total = sum(int(size) for line in listing.splitlines()
-                if (size := line.split("\t", 1)[0].split()[-1]).isdigit())  # fmt: skip
+    total = sum(
+        int(size)
+        for line in listing.splitlines()
+        if (size := line.split("\t", 1)[0].split()[-1]).isdigit()
+    )
     if total > limit:
         raise _too_large(url, limit)
 
@@ -415,8 +458,9 @@ def trim_cache(cache: Path, max_bytes: int, keep: Collection[Path] = ()) -> list
     repos = cache / "repos"
     if not repos.is_dir():
         return []
-    mirrors = sorted((m for m in repos.glob("*.git") if m.is_dir()),
-                     key=lambda m: m.stat().st_mtime)  # fmt: skip
+    mirrors = sorted(
+        (m for m in repos.glob("*.git") if m.is_dir()), key=lambda m: m.stat().st_mtime
+    )
     sizes = {m: _size(m) for m in mirrors}
     total = sum(sizes.values())
     removed = []

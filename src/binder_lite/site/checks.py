@@ -170,12 +170,21 @@ def repo_pattern(value: str) -> None:
 
 
 _UNITS = {
-    "": 1, "B": 1,
-    "K": 1024, "KIB": 1024, "KB": 1000,
-    "M": 1024**2, "MIB": 1024**2, "MB": 1000**2,
-    "G": 1024**3, "GIB": 1024**3, "GB": 1000**3,
-    "T": 1024**4, "TIB": 1024**4, "TB": 1000**4,
-}  # fmt: skip
+    "": 1,
+    "B": 1,
+    "K": 1024,
+    "KIB": 1024,
+    "KB": 1000,
+    "M": 1024**2,
+    "MIB": 1024**2,
+    "MB": 1000**2,
+    "G": 1024**3,
+    "GIB": 1024**3,
+    "GB": 1000**3,
+    "T": 1024**4,
+    "TIB": 1024**4,
+    "TB": 1000**4,
+}
 
 MIN_IMAGE_BYTES = 1024**3
 
@@ -193,8 +202,9 @@ def ip_network(value: str) -> None:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise Invalid(f"{value!r} is not an IP address or network",
-                      "e.g. 10.0.0.5 or 10.0.0.0/24") from None  # fmt: skip
+        raise Invalid(
+            f"{value!r} is not an IP address or network", "e.g. 10.0.0.5 or 10.0.0.0/24"
+        ) from None
 
 
 def public_url(value: str) -> None:

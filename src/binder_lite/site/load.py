@@ -116,11 +116,14 @@ def _decode(name: str, data: bytes, problems: list[Problem]) -> str | None:
         column = e.start - (before.rfind(b"\n") + 1) + 1
         problems.append(
             Problem(
-                name, line, column, "",
+                name,
+                line,
+                column,
+                "",
                 f"byte 0x{data[e.start]:02x} is not valid UTF-8",
                 "save the file as UTF-8",
             )
-        )  # fmt: skip
+        )
         return None
 
 
@@ -171,10 +174,13 @@ def _expansion_problem(name: str, root: yaml.Node) -> Problem | None:
         return Problem(name, 1, 1, "", "the document refers to itself through an alias")
     if total > MAX_EXPANDED_NODES:
         return Problem(
-            name, 1, 1, "",
+            name,
+            1,
+            1,
+            "",
             f"the document expands to more than {MAX_EXPANDED_NODES} values through "
             "aliases (&anchor/*alias); refusing to expand it",
-        )  # fmt: skip
+        )
     return None
 
 
@@ -206,10 +212,13 @@ def _convert(name: str, node: yaml.Node, problems: list[Problem]) -> RawNode:
             first = keys[key]
             problems.append(
                 Problem(
-                    name, key_mark.line, key_mark.column, key,
+                    name,
+                    key_mark.line,
+                    key_mark.column,
+                    key,
                     f"duplicate key (first given at line {first.line})",
                 )
-            )  # fmt: skip
+            )
             continue
         keys[key] = key_mark
         items[key] = _convert(name, value_node, problems)

@@ -43,8 +43,12 @@ class Section:
             self.node = node
         elif node is not None and not (isinstance(node, RawScalar) and node.value is None):
             where = self.path or "the file"
-            problems.add(node.mark, path, f"expected a mapping of keys, got {describe(node)}",
-                         f"{where} is written as `key: value` lines")  # fmt: skip
+            problems.add(
+                node.mark,
+                path,
+                f"expected a mapping of keys, got {describe(node)}",
+                f"{where} is written as `key: value` lines",
+            )
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -113,10 +117,14 @@ class Section:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
             code = ord(value[e.start])
-            self.fail(node, key, f"contains U+{code:04X}, a lone surrogate, which is not a "
-                      "character and cannot be written as UTF-8",
-                      "write the character itself, or \\U and 8 hex digits for one beyond "
-                      "U+FFFF (e.g. \\U0001F600)")  # fmt: skip
+            self.fail(
+                node,
+                key,
+                f"contains U+{code:04X}, a lone surrogate, which is not a "
+                "character and cannot be written as UTF-8",
+                "write the character itself, or \\U and 8 hex digits for one beyond "
+                "U+FFFF (e.g. \\U0001F600)",
+            )
             return None
         return value
 
@@ -200,11 +208,13 @@ class Section:
                 continue
             if f"{key}_file" in self.known:
                 self.fail(
-                    mark, key, "secrets may not be written in the site file",
+                    mark,
+                    key,
+                    "secrets may not be written in the site file",
                     f"the rendered system goes into the world-readable /gnu/store; put the "
                     f"secret in a file on the target (mode 0600) and give its path as "
                     f"`{key}_file: /etc/binder-lite/{key.replace('_', '-')}`",
-                )  # fmt: skip
+                )
                 continue
             hint = did_you_mean(key, self.known) or f"known keys: {', '.join(self.known)}"
             self.fail(mark, key, "unknown key", hint)

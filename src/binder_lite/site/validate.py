@@ -38,20 +38,61 @@ E = TypeVar("E", Runtime, AuthProvider, ImageType, SessionNetwork)
 # Shepherd services a binder-lite system already provides (Guix's %base-services,
 # openssh, dhcpcd/static networking and ours).  A site service with one of these
 # names would make Guix fail with "provided more than once"; say so earlier.
-RESERVED_SERVICES = frozenset({
-    "binder-lite", "ssh-daemon", "ssh", "sshd", "networking", "loopback", "dhcpcd",
-    "user-processes", "user-file-systems", "file-systems", "root-file-system", "root",
-    "shepherd", "syslogd", "system-log", "guix-daemon", "nscd", "udev", "urandom-seed",
-    "host-name", "sysctl", "log-rotation", "log-cleanup", "timer", "transient",
-    "virtual-terminal", "console-font", "term-console", "term-ttyS0", "pam",
-    "user-homes", "special-files", "mcron", "ntpd", "ntp", "openntpd",
-    "host-keys-on-console",
-})  # fmt: skip
+RESERVED_SERVICES = frozenset(
+    {
+        "binder-lite",
+        "ssh-daemon",
+        "ssh",
+        "sshd",
+        "networking",
+        "loopback",
+        "dhcpcd",
+        "user-processes",
+        "user-file-systems",
+        "file-systems",
+        "root-file-system",
+        "root",
+        "shepherd",
+        "syslogd",
+        "system-log",
+        "guix-daemon",
+        "nscd",
+        "udev",
+        "urandom-seed",
+        "host-name",
+        "sysctl",
+        "log-rotation",
+        "log-cleanup",
+        "timer",
+        "transient",
+        "virtual-terminal",
+        "console-font",
+        "term-console",
+        "term-ttyS0",
+        "pam",
+        "user-homes",
+        "special-files",
+        "mcron",
+        "ntpd",
+        "ntp",
+        "openntpd",
+        "host-keys-on-console",
+    }
+)
 
 # Accounts the system itself creates; a site user of the same name would clash.
-SYSTEM_ACCOUNTS = frozenset({
-    "root", "nobody", "sshd", "dhcpcd", "nscd", "guixbuilder", "nixbld", "messagebus",
-})  # fmt: skip
+SYSTEM_ACCOUNTS = frozenset(
+    {
+        "root",
+        "nobody",
+        "sshd",
+        "dhcpcd",
+        "nscd",
+        "guixbuilder",
+        "nixbld",
+        "messagebus",
+    }
+)
 
 
 def load_site(path: Path, *, for_service: bool = False) -> Site:
@@ -76,8 +117,11 @@ def load_site(path: Path, *, for_service: bool = False) -> Site:
 def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
     version = root.integer("version", REQUIRED, 1, 1000)
     if root.present("version") and version != SITE_VERSION:
-        root.fail(root.mark_of("version"), "version", f"this binder-lite reads version "
-                  f"{SITE_VERSION} site files, not version {version}")  # fmt: skip
+        root.fail(
+            root.mark_of("version"),
+            "version",
+            f"this binder-lite reads version {SITE_VERSION} site files, not version {version}",
+        )
     base = path.parent
     branding = _branding(root.section("site", REQUIRED), base, for_service)
     host = _host(root.section("host", None if for_service else REQUIRED), for_service)
@@ -98,10 +142,20 @@ def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
     if branding is None or host is None:
         return None
     return Site(
-        path=path, version=version, site=branding, host=host, users=users,
-        network=network, ssh=ssh, binder=binder, packages=packages,
-        services=services, images=images, guix=guix, jupyter_profile=profile,
-    )  # fmt: skip
+        path=path,
+        version=version,
+        site=branding,
+        host=host,
+        users=users,
+        network=network,
+        ssh=ssh,
+        binder=binder,
+        packages=packages,
+        services=services,
+        images=images,
+        guix=guix,
+        jupyter_profile=profile,
+    )
 
 
 def _branding(s: Section, base: Path, for_service: bool = False) -> Branding | None:
@@ -128,8 +182,12 @@ def _branding(s: Section, base: Path, for_service: bool = False) -> Branding | N
 def _existing_file(s: Section, key: str, value: str, base: Path) -> Path | None:
     path = (base / value).resolve()
     if not path.is_file():
-        s.fail(s.mark_of(key), key, f"{value!r} does not exist (looked for {path})",
-               "paths are relative to the site file")  # fmt: skip
+        s.fail(
+            s.mark_of(key),
+            key,
+            f"{value!r} does not exist (looked for {path})",
+            "paths are relative to the site file",
+        )
         return None
     return path
 
@@ -156,11 +214,18 @@ def _users(root: Section, binder_user: str) -> tuple[User, ...]:
         if name is None:
             continue
         if name in SYSTEM_ACCOUNTS or name == binder_user:
-            s.fail(s.mark_of("name"), "name", f"{name!r} is a system account",
-                   "choose another name for this person")  # fmt: skip
+            s.fail(
+                s.mark_of("name"),
+                "name",
+                f"{name!r} is a system account",
+                "choose another name for this person",
+            )
         elif name in seen:
-            s.fail(s.mark_of("name"), "name", f"user {name!r} is listed twice "
-                   f"(first as users[{seen[name]}])")  # fmt: skip
+            s.fail(
+                s.mark_of("name"),
+                "name",
+                f"user {name!r} is listed twice (first as users[{seen[name]}])",
+            )
         seen.setdefault(name, len(users))
         users.append(User(name, comment, admin, keys))
     return tuple(users)
@@ -171,8 +236,12 @@ def _network(s: Section) -> Network:
     dhcp = s.boolean("dhcp", not has_static)
     static = _static(s.section("static")) if has_static else None
     if has_static and dhcp:
-        s.fail(s.mark_of("dhcp"), "dhcp", "`dhcp: true` and a `static:` block exclude each other",
-               "remove `dhcp: true` to use the static address")  # fmt: skip
+        s.fail(
+            s.mark_of("dhcp"),
+            "dhcp",
+            "`dhcp: true` and a `static:` block exclude each other",
+            "remove `dhcp: true` to use the static address",
+        )
     s.finish()
     return Network(dhcp and not has_static, static)
 
@@ -193,8 +262,12 @@ def _check_gateway(s: Section, address: str, gateway: str | None) -> None:
     try:
         network = ipaddress.ip_interface(address).network
         if gateway is not None and ipaddress.ip_address(gateway) not in network:
-            s.fail(s.mark_of("gateway"), "gateway", f"{gateway} is not on {network}",
-                   "the gateway must be reachable on the interface's network")  # fmt: skip
+            s.fail(
+                s.mark_of("gateway"),
+                "gateway",
+                f"{gateway} is not on {network}",
+                "the gateway must be reachable on the interface's network",
+            )
     except ValueError:
         pass  # already reported by the field checks
 
@@ -212,11 +285,12 @@ def _ssh(s: Section) -> Ssh:
 def _check_login(root: Section, ssh: Ssh, users: tuple[User, ...]) -> None:
     if ssh.enabled and not ssh.password_authentication and not any(u.ssh_keys for u in users):
         root.fail(
-            root.mark_of("users"), "users",
+            root.mark_of("users"),
+            "users",
             "nobody can log into this machine: SSH is on, password login is off "
             "and no user has ssh_keys",
             "add your public key to a user's ssh_keys (see `binder-lite site init`)",
-        )  # fmt: skip
+        )
 
 
 def _binder(s: Section) -> Binder:
@@ -226,7 +300,7 @@ def _binder(s: Section) -> Binder:
         max_sessions=s.integer("max_sessions", d.max_sessions, 1, 10_000),
         max_sessions_per_user=s.integer(
             "max_sessions_per_user", d.max_sessions_per_user, 1, 10_000
-        ),  # fmt: skip
+        ),
         idle_timeout=s.integer("idle_timeout", d.idle_timeout, 60, 30 * 86400),
         max_age=s.integer("max_age", d.max_age, 60, 365 * 86400),
         allowed_repos=s.texts("allowed_repos", d.allowed_repos, checks.repo_pattern),
@@ -279,8 +353,12 @@ def _auth(s: Section) -> Auth:
             if value is None:
                 s.fail(s.mark_of("provider"), key, f"is required with provider: {provider}")
     if provider is AuthProvider.OIDC and issuer is None:
-        s.fail(s.mark_of("provider"), "issuer", "is required with provider: oidc",
-               "give the issuer URL, e.g. https://keycloak.example.org/realms/main")  # fmt: skip
+        s.fail(
+            s.mark_of("provider"),
+            "issuer",
+            "is required with provider: oidc",
+            "give the issuer URL, e.g. https://keycloak.example.org/realms/main",
+        )
     s.finish()
     return Auth(provider, issuer, client_id, secret_file)
 
@@ -293,8 +371,12 @@ def _choice(s: Section, key: str, enum: type[E], default: E | None) -> E:
         return enum(value)
     except ValueError:
         valid = ", ".join(e.value for e in enum)
-        s.fail(s.mark_of(key), key, f"{value!r} is not one of: {valid}",
-               checks.did_you_mean(value, [e.value for e in enum]))  # fmt: skip
+        s.fail(
+            s.mark_of(key),
+            key,
+            f"{value!r} is not one of: {valid}",
+            checks.did_you_mean(value, [e.value for e in enum]),
+        )
         return default if default is not None else next(iter(enum))
 
 
@@ -311,8 +393,9 @@ def _services(root: Section, accounts: set[str]) -> tuple[ServiceSpec, ...]:
         s.finish()
         _check_service(s, name, command, user, environment, accounts, services)
         if name is not None and command:
-            services.append(ServiceSpec(name, command, user, requirement, respawn,
-                                        environment, documentation))  # fmt: skip
+            services.append(
+                ServiceSpec(name, command, user, requirement, respawn, environment, documentation)
+            )
     return tuple(services)
 
 
@@ -326,26 +409,41 @@ def _check_service(
     earlier: list[ServiceSpec],
 ) -> None:
     if name in RESERVED_SERVICES:
-        s.fail(s.mark_of("name"), "name", f"the system already provides a service named {name!r}",
-               "choose another name")  # fmt: skip
+        s.fail(
+            s.mark_of("name"),
+            "name",
+            f"the system already provides a service named {name!r}",
+            "choose another name",
+        )
     elif name is not None and any(e.name == name for e in earlier):
         s.fail(s.mark_of("name"), "name", f"service {name!r} is defined twice")
     if s.present("command") and not command:
         s.fail(s.mark_of("command"), "command", "must name a program to run")
     elif command and not command[0].startswith("/"):
-        s.fail(s.mark_of("command"), "command[0]", f"{command[0]!r} is not an absolute path",
-               f"e.g. /run/current-system/profile/bin/{command[0]}")  # fmt: skip
+        s.fail(
+            s.mark_of("command"),
+            "command[0]",
+            f"{command[0]!r} is not an absolute path",
+            f"e.g. /run/current-system/profile/bin/{command[0]}",
+        )
     if user not in accounts:
-        s.fail(s.mark_of("user"), "user", f"there is no account {user!r}",
-               f"use one of: {', '.join(sorted(accounts))}")  # fmt: skip
+        s.fail(
+            s.mark_of("user"),
+            "user",
+            f"there is no account {user!r}",
+            f"use one of: {', '.join(sorted(accounts))}",
+        )
     for var, _ in environment:
         if not var.replace("_", "a").isalnum() or var[0].isdigit():
             s.fail(s.mark_of("environment"), f"environment.{var}", "not a variable name")
         elif any(w in var.upper() for w in ("SECRET", "PASSWORD", "TOKEN", "PRIVATE")):
-            s.fail(s.mark_of("environment"), f"environment.{var}",
-                   "secrets may not be written in the site file",
-                   "the rendered system goes into the world-readable /gnu/store; have the "
-                   "program read the secret from a file on the target")  # fmt: skip
+            s.fail(
+                s.mark_of("environment"),
+                f"environment.{var}",
+                "secrets may not be written in the site file",
+                "the rendered system goes into the world-readable /gnu/store; have the "
+                "program read the secret from a file on the target",
+            )
 
 
 def _images(root: Section) -> tuple[ImageSpec, ...]:
@@ -359,8 +457,11 @@ def _images(root: Section) -> tuple[ImageSpec, ...]:
         s.finish()
         if size is not None:
             if type_.firmware.value == "hybrid":
-                s.fail(s.mark_of("size"), "size", f"a {type_} image is as large as its "
-                       "contents; size does not apply")  # fmt: skip
+                s.fail(
+                    s.mark_of("size"),
+                    "size",
+                    f"a {type_} image is as large as its contents; size does not apply",
+                )
             else:
                 size = _normalised_size(s, size)
         if any(i.type is type_ for i in images):

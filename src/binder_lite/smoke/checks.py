@@ -56,8 +56,11 @@ def test_a_notebook_runs_a_cell(smoke: SmokeContext, machine: Any, web: str) -> 
     repo = smoke.repo or _make_repository(machine)
     path = f"/build/git/{urllib.parse.quote(repo, safe='')}/HEAD"
     with urllib.request.urlopen(f"{web}{path}", timeout=900) as response:
-        events = [json.loads(line[6:]) for line in response.read().decode().splitlines()
-                  if line.startswith("data: ")]  # fmt: skip
+        events = [
+            json.loads(line[6:])
+            for line in response.read().decode().splitlines()
+            if line.startswith("data: ")
+        ]
     assert events and events[-1]["phase"] == "ready", events[-1:]
     session = str(events[-1]["url"]).split("/s/", 1)[1].strip("/")
     result = run_cell(f"{web}/s/{session}/", str(events[-1]["token"]), "6 * 7")
@@ -65,8 +68,11 @@ def test_a_notebook_runs_a_cell(smoke: SmokeContext, machine: Any, web: str) -> 
 
 
 def test_no_secret_is_in_the_store(smoke: SmokeContext, machine: Any) -> None:
-    secret_files = [f for f in (smoke.site.binder.auth.client_secret_file,
-                                smoke.site.binder.push_credential_file) if f]  # fmt: skip
+    secret_files = [
+        f
+        for f in (smoke.site.binder.auth.client_secret_file, smoke.site.binder.push_credential_file)
+        if f
+    ]
     if not secret_files:
         pytest.skip("the site names no secret files")
     if not machine.file("/gnu/store").is_directory:
@@ -95,20 +101,25 @@ def test_service_comes_back_after_kill_9(smoke: SmokeContext, machine: Any, web:
         if now.running and now.pid not in (None, before.pid) and answers(web):
             return
         time.sleep(0.25)
-    pytest.fail(f"binder-lite was not back within {smoke.respawn_within:.0f} s; "
-                f"herd status:\n{service.status().output}")  # fmt: skip
+    pytest.fail(
+        f"binder-lite was not back within {smoke.respawn_within:.0f} s; "
+        f"herd status:\n{service.status().output}"
+    )
 
 
 def _make_repository(machine: Any) -> str:
     """A one-notebook repository on the target (the service must admit file://)."""
     notebook = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
     directory = machine.check_output("mktemp -d /tmp/binder-lite-smoke-XXXXXX")
-    script = " && ".join([
-        f"cd {shlex.quote(directory)}", "git init -q",
-        f"printf %s {shlex.quote(notebook)} > index.ipynb",
-        "git add index.ipynb",
-        "git -c user.name=smoke -c user.email=smoke@localhost commit -q -m smoke",
-        f"chmod -R a+rX {shlex.quote(directory)}",
-    ])  # fmt: skip
+    script = " && ".join(
+        [
+            f"cd {shlex.quote(directory)}",
+            "git init -q",
+            f"printf %s {shlex.quote(notebook)} > index.ipynb",
+            "git add index.ipynb",
+            "git -c user.name=smoke -c user.email=smoke@localhost commit -q -m smoke",
+            f"chmod -R a+rX {shlex.quote(directory)}",
+        ]
+    )
     assert machine.run(script).rc == 0
     return f"file://{directory}"

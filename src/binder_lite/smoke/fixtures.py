@@ -52,8 +52,11 @@ def web(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]:
         deadline = time.monotonic() + smoke.service_timeout
         while not answers(url):
             if time.monotonic() > deadline:
-                pytest.fail(f"binder-lite did not answer on port {smoke.site.binder.port} "
-                            f"within {smoke.service_timeout:.0f} s", pytrace=False)  # fmt: skip
+                pytest.fail(
+                    f"binder-lite did not answer on port {smoke.site.binder.port} "
+                    f"within {smoke.service_timeout:.0f} s",
+                    pytrace=False,
+                )
             time.sleep(0.5)
         yield url
 

@@ -27,8 +27,7 @@ def forward(transport: paramiko.Transport, remote_port: int) -> Iterator[int]:
             except OSError:
                 return
             try:
-                channel = transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port),
-                                                 peer)  # fmt: skip
+                channel = transport.open_channel("direct-tcpip", ("127.0.0.1", remote_port), peer)
             except paramiko.SSHException:
                 client.close()
                 continue

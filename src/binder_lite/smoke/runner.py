@@ -41,8 +41,9 @@ class SmokePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-            self.context.results.append((report.nodeid.split("::")[-1], report.outcome,
-                                         _message(report)))  # fmt: skip
+            self.context.results.append(
+                (report.nodeid.split("::")[-1], report.outcome, _message(report))
+            )
 
 
 def _message(report: pytest.TestReport) -> str:
@@ -61,9 +62,23 @@ def run(context: SmokeContext, junit_xml: Path | None, verbose: bool = False) ->
         ini.write_text("[pytest]\n")  # keep any project's pytest settings out
         # testinfra's own pytest plugin would add a `host` fixture for this machine:
         # ours (fixtures.py) reaches the target, with its host key checked.
-        args = [str(CHECKS), "-c", str(ini), "--rootdir", tmp, "-p", "no:cacheprovider",
-                "-p", "no:testinfra", "-p", "binder_lite.smoke.fixtures",
-                "-o", "junit_family=xunit2", "-v" if verbose else "-q", "--tb=short"]  # fmt: skip
+        args = [
+            str(CHECKS),
+            "-c",
+            str(ini),
+            "--rootdir",
+            tmp,
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:testinfra",
+            "-p",
+            "binder_lite.smoke.fixtures",
+            "-o",
+            "junit_family=xunit2",
+            "-v" if verbose else "-q",
+            "--tb=short",
+        ]
         if junit_xml is not None:
             args += ["--junitxml", str(junit_xml)]
         return int(pytest.main(args, plugins=[SmokePlugin(context)]))
@@ -76,8 +91,11 @@ def summary(context: SmokeContext) -> str:
         mark = {"passed": "ok  ", "failed": "FAIL", "skipped": "skip"}.get(outcome, outcome)
         detail = f"  {message.splitlines()[0][:160]}" if message and outcome != "passed" else ""
         lines.append(f"  {mark} {name.ljust(width)}{detail}")
-    counts = {o: sum(1 for _, out, _ in context.results if out == o)
-              for o in ("passed", "failed", "skipped")}  # fmt: skip
-    lines.append(f"{counts['passed']} passed, {counts['failed']} failed, "
-                 f"{counts['skipped']} skipped")  # fmt: skip
+    counts = {
+        o: sum(1 for _, out, _ in context.results if out == o)
+        for o in ("passed", "failed", "skipped")
+    }
+    lines.append(
+        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    )
     return "\n".join(lines)

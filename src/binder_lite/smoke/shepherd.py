@@ -26,8 +26,9 @@ class ShepherdService:
         prefix = "sudo -n " if self.sudo else ""
         result = self.host.run(prefix + "herd status %s", self.name)
         output = (result.stdout + result.stderr).strip()
-        return ShepherdStatus(self.name, result.rc == 0 and _is_running(output),
-                              _main_pid(output), output)  # fmt: skip
+        return ShepherdStatus(
+            self.name, result.rc == 0 and _is_running(output), _main_pid(output), output
+        )
 
 
 def _is_running(output: str) -> bool:

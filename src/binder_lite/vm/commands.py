@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from binder_lite.vm.qemu import RunningVM
 
 identity_option = click.option(
-    "-i", "--identity", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "-i",
+    "--identity",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Private key to log in with [default: the usual ~/.ssh keys and agent].",
-)  # fmt: skip
+)
 
 
 @click.group()
@@ -28,32 +30,52 @@ def vm() -> None:
 
 
 @vm.command("run")
-@click.argument("source", metavar="IMAGE|SITE", type=click.Path(exists=True, dir_okay=False,
-                                                                path_type=Path))  # fmt: skip
+@click.argument(
+    "source", metavar="IMAGE|SITE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("-t", "--type", "image_type", help="With a SITE: which of its images.")
 @click.option("--name", help="Name of the VM [default: from the image].")
-@click.option("--memory", type=click.IntRange(256), default=2048, show_default=True,
-              help="MiB of memory.")  # fmt: skip
+@click.option(
+    "--memory", type=click.IntRange(256), default=2048, show_default=True, help="MiB of memory."
+)
 @click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
-              show_default=True, help="auto: KVM if a test boot works, else TCG.")  # fmt: skip
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="auto: KVM if a test boot works, else TCG.",
+)
 @click.option("--persistent", is_flag=True, help="Write to the image (default: a snapshot).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until SSH answers and the host keys are known.")  # fmt: skip
-@click.option("--timeout", type=float, default=600, show_default=True,
-              help="Seconds to wait for SSH.")  # fmt: skip
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until SSH answers and the host keys are known.",
+)
+@click.option(
+    "--timeout", type=float, default=600, show_default=True, help="Seconds to wait for SSH."
+)
 def vm_run(
-    source: Path, image_type: str | None, name: str | None, memory: int, cpus: int,
-    accel: str, persistent: bool, wait: bool, timeout: float,
-) -> None:  # fmt: skip
+    source: Path,
+    image_type: str | None,
+    name: str | None,
+    memory: int,
+    cpus: int,
+    accel: str,
+    persistent: bool,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Boot IMAGE (or SITE's built image) in QEMU, in the background: SSH and the
     binder-lite port are forwarded to free local ports, the serial console goes to a
     log file."""
     from binder_lite.vm import machine
 
     image = _image_of(source, image_type)
-    running = machine.run(image, name=name, memory=memory, cpus=cpus, accel=accel,
-                          snapshot=not persistent)  # fmt: skip
+    running = machine.run(
+        image, name=name, memory=memory, cpus=cpus, accel=accel, snapshot=not persistent
+    )
     if running.warning:
         click.echo(f"warning: {running.warning}", err=True)
     spec = running.spec
@@ -86,8 +108,9 @@ def _image_of(source: Path, image_type: str | None) -> Path:
         raise UsageError(f"{source} lists no images")
     image = image_path(site, chosen, Path("images"))
     if not image.is_file():
-        raise UsageError(f"{image} is not built yet: binder-lite image build {source} "
-                         f"--type {chosen}")  # fmt: skip
+        raise UsageError(
+            f"{image} is not built yet: binder-lite image build {source} --type {chosen}"
+        )
     return image
 
 
@@ -105,14 +128,27 @@ def vm_ssh(name: str, identity: Path | None, user: str | None, command: tuple[st
     keys_file = running.spec.run_dir / "host-keys"
     if not keys_file.is_file():
         raise UsageError(f"the host keys of {name} are not known yet (still booting?)")
-    known.write_text("".join(f"[127.0.0.1]:{running.spec.ssh_port} {k}\n"
-                             for k in keys_file.read_text().split("\n") if k))  # fmt: skip
+    known.write_text(
+        "".join(
+            f"[127.0.0.1]:{running.spec.ssh_port} {k}\n"
+            for k in keys_file.read_text().split("\n")
+            if k
+        )
+    )
     login = user or machine.ssh_user(running)
     if not login:
         raise UsageError("which user? give --user")
-    argv = ["ssh", "-p", str(running.spec.ssh_port),
-            "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "GlobalKnownHostsFile=/dev/null"]  # fmt: skip
+    argv = [
+        "ssh",
+        "-p",
+        str(running.spec.ssh_port),
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+    ]
     if identity:
         argv += ["-i", str(identity)]
     argv += [f"{login}@127.0.0.1", *command]
@@ -140,24 +176,43 @@ def vm_list() -> None:
         click.echo("no VMs are running")
     for running in found:
         s = running.spec
-        click.echo(f"{s.name}  pid {running.pid}  ssh 127.0.0.1:{s.ssh_port}  "
-                   f"http 127.0.0.1:{s.http_port}  {s.accel}  {s.image}")  # fmt: skip
+        click.echo(
+            f"{s.name}  pid {running.pid}  ssh 127.0.0.1:{s.ssh_port}  "
+            f"http 127.0.0.1:{s.http_port}  {s.accel}  {s.image}"
+        )
 
 
 smoke_options: list[Decorator] = [
-    click.option("--site", "site_file", type=click.Path(exists=True, dir_okay=False,
-                 path_type=Path), help="The site file the target was built from."),
+    click.option(
+        "--site",
+        "site_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="The site file the target was built from.",
+    ),
     identity_option,
-    click.option("--host-key", "host_keys", multiple=True,
-                 help="The target's public host key ('ssh-ed25519 AAAA…'); repeatable."),
-    click.option("--known-hosts", type=click.Path(dir_okay=False, path_type=Path),
-                 help="A known_hosts file [default: ~/.ssh/known_hosts]."),
-    click.option("--repo", help="A repository the target may launch [default: one made "
-                                "on the target, which needs file:// allowed there]."),
-    click.option("--junit-xml", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Write the results as JUnit XML here."),
+    click.option(
+        "--host-key",
+        "host_keys",
+        multiple=True,
+        help="The target's public host key ('ssh-ed25519 AAAA…'); repeatable.",
+    ),
+    click.option(
+        "--known-hosts",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A known_hosts file [default: ~/.ssh/known_hosts].",
+    ),
+    click.option(
+        "--repo",
+        help="A repository the target may launch [default: one made "
+        "on the target, which needs file:// allowed there].",
+    ),
+    click.option(
+        "--junit-xml",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the results as JUnit XML here.",
+    ),
     click.option("-v", "--verbose", is_flag=True, help="Show pytest's own report too."),
-]  # fmt: skip
+]
 
 
 Decorator = Callable[[Callable[..., None]], Callable[..., None]]
@@ -178,9 +233,15 @@ def _with(options: list[Decorator]) -> Decorator:
 @click.argument("target", metavar="TARGET")
 @_with(smoke_options)
 def smoke(
-    target: str, site_file: Path | None, identity: Path | None, host_keys: tuple[str, ...],
-    known_hosts: Path | None, repo: str | None, junit_xml: Path | None, verbose: bool,
-) -> None:  # fmt: skip
+    target: str,
+    site_file: Path | None,
+    identity: Path | None,
+    host_keys: tuple[str, ...],
+    known_hosts: Path | None,
+    repo: str | None,
+    junit_xml: Path | None,
+    verbose: bool,
+) -> None:
     """Check over SSH that TARGET (ssh://user@host:port, or the name of a running VM)
     is a working binder-lite machine for SITE.  Host keys are checked, never trusted."""
     from binder_lite.vm import machine
@@ -211,9 +272,15 @@ def _serial_keys(running: RunningVM) -> list[str]:
 
 
 def _run_smoke(
-    target: object, site_file: Path, identity: Path | None, keys: list[str],
-    known_hosts: Path | None, repo: str | None, junit_xml: Path | None, verbose: bool,
-) -> None:  # fmt: skip
+    target: object,
+    site_file: Path,
+    identity: Path | None,
+    keys: list[str],
+    known_hosts: Path | None,
+    repo: str | None,
+    junit_xml: Path | None,
+    verbose: bool,
+) -> None:
     from binder_lite.site import load_site
     from binder_lite.smoke.runner import SmokeContext, run, summary
     from binder_lite.vm import ssh as vmssh
@@ -222,37 +289,55 @@ def _run_smoke(
     files = [known_hosts] if known_hosts else [Path.home() / ".ssh" / "known_hosts"]
     host_keys = vmssh.host_keys_for(target, files, keys)
     if host_keys.lookup(target.key_name) is None:
-        raise SmokeError(f"{target}: no known host key; give --host-key or --known-hosts "
-                         "(binder-lite never accepts an unknown key)")  # fmt: skip
+        raise SmokeError(
+            f"{target}: no known host key; give --host-key or --known-hosts "
+            "(binder-lite never accepts an unknown key)"
+        )
     # One connection first: a refused host key or login is one clear error, not seven.
     vmssh.connect(target, host_keys, identity).close()
     context = SmokeContext(target, host_keys, identity, load_site(site_file), repo=repo)
     status = run(context, junit_xml, verbose)
     click.echo(summary(context))
     if status != 0:
-        raise SmokeError(f"smoke tests failed against {target}"
-                         + (f"; details in {junit_xml}" if junit_xml else ""))  # fmt: skip
+        raise SmokeError(
+            f"smoke tests failed against {target}"
+            + (f"; details in {junit_xml}" if junit_xml else "")
+        )
 
 
 @vm.command("smoke")
-@click.argument("site_file", metavar="SITE", type=click.Path(exists=True, dir_okay=False,
-                                                             path_type=Path))  # fmt: skip
-@click.option("-t", "--type", "image_type", help="Which of the site's images [default: the "
-              "first disk image].")  # fmt: skip
-@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Use this built image instead of building one.")  # fmt: skip
-@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
-              show_default=True)  # fmt: skip
-@click.option("--timeout", type=float, default=900, show_default=True,
-              help="Seconds to wait for SSH.")  # fmt: skip
+@click.argument(
+    "site_file", metavar="SITE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "-t", "--type", "image_type", help="Which of the site's images [default: the first disk image]."
+)
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use this built image instead of building one.",
+)
+@click.option(
+    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True
+)
+@click.option(
+    "--timeout", type=float, default=900, show_default=True, help="Seconds to wait for SSH."
+)
 @click.option("--keep", is_flag=True, help="Leave the VM running afterwards.")
 @identity_option
 @click.option("--repo", help="A repository the machine may launch.")
 @click.option("--junit-xml", type=click.Path(dir_okay=False, path_type=Path))
 def vm_smoke(
-    site_file: Path, image_type: str | None, image: Path | None, accel: str, timeout: float,
-    keep: bool, identity: Path | None, repo: str | None, junit_xml: Path | None,
-) -> None:  # fmt: skip
+    site_file: Path,
+    image_type: str | None,
+    image: Path | None,
+    accel: str,
+    timeout: float,
+    keep: bool,
+    identity: Path | None,
+    repo: str | None,
+    junit_xml: Path | None,
+) -> None:
     """Build SITE's image, boot it, wait for SSH, run the smoke tests, shut it down."""
     from binder_lite.site import load_site
     from binder_lite.site.model import Firmware, ImageType
@@ -265,8 +350,15 @@ def vm_smoke(
         site = load_site(site_file)
         disks = [i.type for i in site.images if i.type.firmware is not Firmware.HYBRID]
         chosen = ImageType(image_type) if image_type else (disks or [site.images[0].type])[0]
-        built = build.build(site, chosen, Path("images"), Path("build"), size=None, grafts=True,
-                            progress=lambda line: click.echo(line, err=True))  # fmt: skip
+        built = build.build(
+            site,
+            chosen,
+            Path("images"),
+            Path("build"),
+            size=None,
+            grafts=True,
+            progress=lambda line: click.echo(line, err=True),
+        )
         image = built.image
     running = machine.run(image, accel=accel)
     if running.warning:

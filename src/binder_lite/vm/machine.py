@@ -44,16 +44,27 @@ def image_info(image: Path) -> ImageInfo:
     for key in ("kernel", "initrd"):  # paths relative to the image
         if boot.get(key):
             boot[key] = str((image.parent / str(boot[key])).resolve())
-    return ImageInfo(image.resolve(), fmt, qemu.Boot(**boot),
-                     meta.get("ssh_user"), int(meta.get("ssh_port") or 22),
-                     int(meta.get("http_port") or 8080))  # fmt: skip
+    return ImageInfo(
+        image.resolve(),
+        fmt,
+        qemu.Boot(**boot),
+        meta.get("ssh_user"),
+        int(meta.get("ssh_port") or 22),
+        int(meta.get("http_port") or 8080),
+    )
 
 
 def run(
-    image: Path, *, name: str | None = None, memory: int = 2048, cpus: int = 2,
-    accel: str = "auto", snapshot: bool = True, ssh_port: int | None = None,
+    image: Path,
+    *,
+    name: str | None = None,
+    memory: int = 2048,
+    cpus: int = 2,
+    accel: str = "auto",
+    snapshot: bool = True,
+    ssh_port: int | None = None,
     http_port: int | None = None,
-) -> qemu.RunningVM:  # fmt: skip
+) -> qemu.RunningVM:
     info = image_info(image)
     name = name or image.name.split(".")[0]
     run_dir = vms_dir() / name
@@ -61,16 +72,26 @@ def run(
     if existing is not None and existing.alive():
         raise UsageError(f"a VM named {name!r} is running; `binder-lite vm stop {name}` first")
     if info.guest_ssh_port != 22:
-        raise UsageError(f"{image}: SSH listens on port {info.guest_ssh_port}; forwarding "
-                         "only port 22 is supported")  # fmt: skip
+        raise UsageError(
+            f"{image}: SSH listens on port {info.guest_ssh_port}; forwarding "
+            "only port 22 is supported"
+        )
     binary = qemu.find_qemu()
     chosen, warning = qemu.choose_accel(accel, binary)
     spec = qemu.VMSpec(
-        name=name, image=info.path, image_format=info.format, boot=info.boot,
-        run_dir=run_dir, ssh_port=ssh_port or net.free_port(),
-        http_port=http_port or net.free_port(), guest_http_port=info.guest_http_port,
-        memory_mib=memory, cpus=cpus, accel=chosen, snapshot=snapshot,
-    )  # fmt: skip
+        name=name,
+        image=info.path,
+        image_format=info.format,
+        boot=info.boot,
+        run_dir=run_dir,
+        ssh_port=ssh_port or net.free_port(),
+        http_port=http_port or net.free_port(),
+        guest_http_port=info.guest_http_port,
+        memory_mib=memory,
+        cpus=cpus,
+        accel=chosen,
+        snapshot=snapshot,
+    )
     ovmf = qemu.find_ovmf() if info.boot.firmware == "efi" else None
     try:
         vm = qemu.start(spec, binary, ovmf)
@@ -81,8 +102,10 @@ def run(
         # boot again with TCG.
         spec = dataclasses.replace(spec, accel="tcg")
         vm = qemu.start(spec, binary, ovmf)
-        vm.warning = (f"KVM could not run this guest ({str(e).splitlines()[-1].strip()}); "
-                      "booted with TCG, which is slower")  # fmt: skip
+        vm.warning = (
+            f"KVM could not run this guest ({str(e).splitlines()[-1].strip()}); "
+            "booted with TCG, which is slower"
+        )
         (run_dir / "ssh-user").write_text(info.ssh_user or "")
         return vm
     if chosen == "kvm" and accel == "auto" and not _shows_life(vm, LIFE_SIGN_SECONDS):
@@ -91,8 +114,10 @@ def run(
         vm.stop()
         spec = dataclasses.replace(spec, accel="tcg")
         vm = qemu.start(spec, binary, ovmf)
-        warning = (f"KVM started but the guest printed nothing in {LIFE_SIGN_SECONDS:.0f} s; "
-                   "booted again with TCG, which is slower")  # fmt: skip
+        warning = (
+            f"KVM started but the guest printed nothing in {LIFE_SIGN_SECONDS:.0f} s; "
+            "booted again with TCG, which is slower"
+        )
     vm.warning = warning
     (run_dir / "ssh-user").write_text(info.ssh_user or "")
     return vm

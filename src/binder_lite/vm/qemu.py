@@ -62,9 +62,23 @@ def kvm_works(qemu: str, timeout: float = 5.0) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="binder-lite-kvm-") as tmp:
         disk, serial = Path(tmp) / "probe.img", Path(tmp) / "serial.log"
         disk.write_bytes(_probe_sector())
-        argv = [qemu, "-accel", "kvm", "-m", "64", "-display", "none", "-no-reboot",
-                "-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}",
-                "-monitor", "none", "-nodefaults"]  # fmt: skip
+        argv = [
+            qemu,
+            "-accel",
+            "kvm",
+            "-m",
+            "64",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-drive",
+            f"file={disk},format=raw,if=ide",
+            "-serial",
+            f"file:{serial}",
+            "-monitor",
+            "none",
+            "-nodefaults",
+        ]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         try:
@@ -129,8 +143,10 @@ class VMSpec:
 
 def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
     """The QEMU command line for `spec` (pure: runs nothing)."""
-    forwards = (f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22,"
-                f"hostfwd=tcp:127.0.0.1:{spec.http_port}-:{spec.guest_http_port}")  # fmt: skip
+    forwards = (
+        f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22,"
+        f"hostfwd=tcp:127.0.0.1:{spec.http_port}-:{spec.guest_http_port}"
+    )
     if spec.image_format == "iso":
         drive = f"file={spec.image},format=raw,media=cdrom,readonly=on"
     else:
@@ -139,18 +155,28 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
             drive += ",snapshot=on"  # writes go to an overlay: the image stays pristine
     argv = [
         qemu,
-        "-name", spec.name,
-        "-accel", spec.accel,
-        "-m", str(spec.memory_mib),
-        "-smp", str(spec.cpus),
-        "-drive", drive,
+        "-name",
+        spec.name,
+        "-accel",
+        spec.accel,
+        "-m",
+        str(spec.memory_mib),
+        "-smp",
+        str(spec.cpus),
+        "-drive",
+        drive,
         # virtio: Debian's cloud kernels lack e1000, QEMU's default card.
-        "-nic", f"user,model=virtio-net-pci,{forwards}",
-        "-display", "none",
-        "-serial", f"file:{spec.serial_log}",
-        "-qmp", f"unix:{spec.qmp_socket},server=on,wait=off",
-        "-monitor", "none",
-    ]  # fmt: skip
+        "-nic",
+        f"user,model=virtio-net-pci,{forwards}",
+        "-display",
+        "none",
+        "-serial",
+        f"file:{spec.serial_log}",
+        "-qmp",
+        f"unix:{spec.qmp_socket},server=on,wait=off",
+        "-monitor",
+        "none",
+    ]
     if spec.accel == "kvm":
         # QEMU's default CPU model: "-cpu host" aborts on hosts that hide MSRs.
         argv += ["-cpu", "max"]
@@ -210,9 +236,15 @@ class RunningVM:
         with_state.unlink(missing_ok=True)
 
     def save(self) -> None:
-        data = {"spec": {**asdict(self.spec), "image": str(self.spec.image),
-                         "run_dir": str(self.spec.run_dir)},
-                "pid": self.pid, "argv": self.argv}  # fmt: skip
+        data = {
+            "spec": {
+                **asdict(self.spec),
+                "image": str(self.spec.image),
+                "run_dir": str(self.spec.run_dir),
+            },
+            "pid": self.pid,
+            "argv": self.argv,
+        }
         (self.spec.run_dir / "vm.json").write_text(json.dumps(data, indent=2))
 
     @staticmethod
@@ -234,13 +266,20 @@ def start(spec: VMSpec, qemu: str, ovmf: str | None = None) -> RunningVM:
     argv = qemu_argv(qemu, spec, ovmf)
     errors = spec.run_dir / "qemu.stderr"
     with open(errors, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
     vm = RunningVM(spec, proc.pid, argv)
     time.sleep(0.3)
     if proc.poll() is not None:
-        raise BootError(f"QEMU exited at once (status {proc.returncode}):\n"
-                        f"{errors.read_text(errors='replace').strip()[-2000:]}")  # fmt: skip
+        raise BootError(
+            f"QEMU exited at once (status {proc.returncode}):\n"
+            f"{errors.read_text(errors='replace').strip()[-2000:]}"
+        )
     vm.save()
     return vm
 

@@ -20,9 +20,15 @@ from binder_lite.errors import BootError, SmokeError, UsageError
 
 BEGIN_KEYS = "-----BEGIN SSH HOST KEY KEYS-----"
 END_KEYS = "-----END SSH HOST KEY KEYS-----"
-CHECKABLE_KEY_TYPES = frozenset({
-    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-})  # fmt: skip
+CHECKABLE_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -92,9 +98,11 @@ def _b64(text: str) -> bytes:
 
 
 def connect(
-    target: Target, host_keys: paramiko.HostKeys, identity: Path | None = None,
+    target: Target,
+    host_keys: paramiko.HostKeys,
+    identity: Path | None = None,
     timeout: float = 20.0,
-) -> paramiko.SSHClient:  # fmt: skip
+) -> paramiko.SSHClient:
     """An SSH connection to `target`, refused unless it shows one of `host_keys`."""
     client = paramiko.SSHClient()
     for name, entry in host_keys.items():
@@ -103,11 +111,16 @@ def connect(
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         client.connect(
-            target.host, port=target.port, username=target.user,
+            target.host,
+            port=target.port,
+            username=target.user,
             key_filename=str(identity) if identity else None,
-            look_for_keys=identity is None, allow_agent=identity is None,
-            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-        )  # fmt: skip
+            look_for_keys=identity is None,
+            allow_agent=identity is None,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
     except paramiko.BadHostKeyException as e:
         client.close()
         raise SmokeError(

@@ -83,8 +83,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     # Query strings can hold Jupyter tokens: the access log shows paths only.  Proxied
     # requests never get here (front.py): a notebook makes too many to log.
     request = handler.request
-    log.info("%d %s %s %.1fms", handler.get_status(), request.method, request.path,
-             1000 * request.request_time())  # fmt: skip
+    log.info(
+        "%d %s %s %.1fms",
+        handler.get_status(),
+        request.method,
+        request.path,
+        1000 * request.request_time(),
+    )
 
 
 def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application, Service]:
@@ -93,29 +98,51 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
     options.state_dir.chmod(0o700)
     binder = site.binder
     store = Store(options.state_dir / "sessions.sqlite")
-    limits = Limits(binder.max_sessions, binder.max_sessions_per_user, binder.idle_timeout,
-                    binder.max_age, options.cull_interval,
-                    max_repo_size=binder.max_repo_size)  # fmt: skip
-    isolation = Isolation(sandboxed=options.sandboxed, network=binder.session_network,
-                          limits=binder.session_limits, forward=False)  # fmt: skip
+    limits = Limits(
+        binder.max_sessions,
+        binder.max_sessions_per_user,
+        binder.idle_timeout,
+        binder.max_age,
+        options.cull_interval,
+        max_repo_size=binder.max_repo_size,
+    )
+    isolation = Isolation(
+        sandboxed=options.sandboxed,
+        network=binder.session_network,
+        limits=binder.session_limits,
+        forward=False,
+    )
     manager = SessionManager(store, options.state_dir, options.runtime, limits, isolation)
     auth = binder.auth
-    oauth = (OAuthClient(auth, Path(auth.client_secret_file))
-             if auth.client_secret_file and str(auth.provider) != "none" else None)  # fmt: skip
-    push = (Credential.from_file(Path(binder.push_credential_file))
-            if binder.push_credential_file else None)  # fmt: skip
+    oauth = (
+        OAuthClient(auth, Path(auth.client_secret_file))
+        if auth.client_secret_file and str(auth.provider) != "none"
+        else None
+    )
+    push = (
+        Credential.from_file(Path(binder.push_credential_file))
+        if binder.push_credential_file
+        else None
+    )
     service = Service(
-        site=site, manager=manager,
-        policy=RepoPolicy(binder.allowed_repos, options.allow_local_repos), oauth=oauth,
-        state_dir=options.state_dir, push_credential=push,
-        secure_cookies=options.secure_cookies, tokens={},
+        site=site,
+        manager=manager,
+        policy=RepoPolicy(binder.allowed_repos, options.allow_local_repos),
+        oauth=oauth,
+        state_dir=options.state_dir,
+        push_credential=push,
+        secure_cookies=options.secure_cookies,
+        tokens={},
         origins=Origins.for_service(binder, options.address, options.port),
-    )  # fmt: skip
+    )
     app = tornado.web.Application(
-        routes(), service=service, cookie_secret=cookie_secret(options.state_dir),
-        xsrf_cookies=True, xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        routes(),
+        service=service,
+        cookie_secret=cookie_secret(options.state_dir),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
         log_function=_log_request,
-    )  # fmt: skip
+    )
     return app, service
 
 
@@ -130,12 +157,21 @@ async def serve(site: Site, options: ServeOptions) -> None:
     inner = HTTPServer(app, xheaders=True, max_body_size=MAX_BODY)
     sockets = bind_sockets(0, "127.0.0.1")
     inner.add_sockets(sockets)
-    front = Front(service, app.settings["cookie_secret"], sockets[0].getsockname()[1],
-                  site.binder.trusted_proxies)  # fmt: skip
+    front = Front(
+        service,
+        app.settings["cookie_secret"],
+        sockets[0].getsockname()[1],
+        site.binder.trusted_proxies,
+    )
     server = await front.listen(options.address, options.port)
-    log.warning("binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
-                site.site.name, options.address, options.port, options.runtime,
-                options.state_dir)  # fmt: skip
+    log.warning(
+        "binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
+        site.site.name,
+        options.address,
+        options.port,
+        options.runtime,
+        options.state_dir,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,7 +35,7 @@ ALGORITHMS = {
     "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
     "EC": ("ES256", "ES384", "ES512"),
     "OKP": ("EdDSA",),
-}  # fmt: skip
+}
 # A key id not in the cached key set fetches it again, at most this often (seconds):
 # providers rotate keys, but forged tokens must not make us hammer them.
 JWKS_REFRESH = 60.0
@@ -103,8 +103,11 @@ def public_url_for(binder: Binder, address: str, port: int) -> str | None:
         )
     host = f"[{address}]" if ":" in address else address
     url = f"http://{host}:{port}/"
-    log.warning("binder.public_url is not set: logins come back to %soauth/callback "
-                "(development only; this service listens on loopback alone)", url)  # fmt: skip
+    log.warning(
+        "binder.public_url is not set: logins come back to %soauth/callback "
+        "(development only; this service listens on loopback alone)",
+        url,
+    )
     return url
 
 
@@ -169,25 +172,35 @@ class OAuthClient:
         if not self.oidc:
             base = self.issuer
             api = "https://api.github.com" if base == "https://github.com" else f"{base}/api/v3"
-            return Endpoints(f"{base}/login/oauth/authorize", f"{base}/login/oauth/access_token",
-                             f"{api}/user", "read:user user:email public_repo", None)  # fmt: skip
+            return Endpoints(
+                f"{base}/login/oauth/authorize",
+                f"{base}/login/oauth/access_token",
+                f"{api}/user",
+                "read:user user:email public_repo",
+                None,
+            )
         issuer = self.issuer
         document = await _get_json(f"{issuer.rstrip('/')}/.well-known/openid-configuration")
         # OpenID Connect Discovery 4.3: the document is the issuer's only if it names
         # exactly the issuer it was fetched for.
         if document.get("issuer") != issuer:
             named = document.get("issuer")
-            raise AuthError(f"the login provider's discovery document names the issuer "
-                            f"{named!r}, not {issuer!r} as configured")  # fmt: skip
+            raise AuthError(
+                f"the login provider's discovery document names the issuer "
+                f"{named!r}, not {issuer!r} as configured"
+            )
         scope = "openid profile email"
         if self.auth.provider is AuthProvider.GITLAB:  # to push sessions' changes over HTTPS
             scope += " write_repository"
         userinfo = document.get("userinfo_endpoint")
         try:
-            return Endpoints(_https_or_local(document["authorization_endpoint"]),
-                             _https_or_local(document["token_endpoint"]),
-                             _https_or_local(userinfo) if userinfo else None, scope,
-                             _https_or_local(document["jwks_uri"]))  # fmt: skip
+            return Endpoints(
+                _https_or_local(document["authorization_endpoint"]),
+                _https_or_local(document["token_endpoint"]),
+                _https_or_local(userinfo) if userinfo else None,
+                scope,
+                _https_or_local(document["jwks_uri"]),
+            )
         except KeyError as e:
             raise AuthError(f"the provider's discovery document lacks {e}") from None
 
@@ -197,11 +210,14 @@ class OAuthClient:
         remembered = {"state": secrets.token_urlsafe(24), "verifier": secrets.token_urlsafe(48)}
         digest = hashlib.sha256(remembered["verifier"].encode()).digest()
         query = {
-            "response_type": "code", "client_id": self.client_id,
-            "redirect_uri": redirect_uri, "scope": endpoints.scope, "state": remembered["state"],
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": endpoints.scope,
+            "state": remembered["state"],
             "code_challenge": base64.urlsafe_b64encode(digest).decode().rstrip("="),
             "code_challenge_method": "S256",
-        }  # fmt: skip
+        }
         if self.oidc:  # the ID token must carry it back: it ties the token to this login
             remembered["nonce"] = query["nonce"] = secrets.token_urlsafe(24)
         return f"{endpoints.authorize}?{urlencode(query)}", remembered
@@ -213,11 +229,16 @@ class OAuthClient:
         if not state or not secrets.compare_digest(state, remembered.get("state", "")):
             raise AuthError("the login's state does not match; please log in again")
         endpoints = await self.endpoints()
-        body = urlencode({
-            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "client_id": self.client_id, "client_secret": self._secret,
-            "code_verifier": remembered.get("verifier", ""),
-        })  # fmt: skip
+        body = urlencode(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "client_id": self.client_id,
+                "client_secret": self._secret,
+                "code_verifier": remembered.get("verifier", ""),
+            }
+        )
         tokens = await _post_form(endpoints.token, body)
         access = tokens.get("access_token")
         if not isinstance(access, str) or not access:
@@ -254,38 +275,51 @@ class OAuthClient:
         if not isinstance(subject, str) or not subject:
             raise AuthError("the ID token names nobody (no `sub`)")
         login = claims.get("preferred_username") or claims.get("nickname") or subject
-        return Identity(person_id(str(self.auth.provider), self.issuer, subject),
-                        str(claims.get("name") or login), str(claims.get("email") or ""),
-                        str(self.auth.provider))  # fmt: skip
+        return Identity(
+            person_id(str(self.auth.provider), self.issuer, subject),
+            str(claims.get("name") or login),
+            str(claims.get("email") or ""),
+            str(self.auth.provider),
+        )
 
     def _github_identity(self, info: dict[str, Any]) -> Identity:
         subject = info.get("id")  # GitHub's numeric id stays when a login is renamed
         if not isinstance(subject, int) or isinstance(subject, bool):
             raise AuthError("the provider did not say who you are")
         login = info.get("login") or str(subject)
-        return Identity(person_id("github", self.issuer, str(subject)),
-                        str(info.get("name") or login), str(info.get("email") or ""),
-                        "github")  # fmt: skip
+        return Identity(
+            person_id("github", self.issuer, str(subject)),
+            str(info.get("name") or login),
+            str(info.get("email") or ""),
+            "github",
+        )
 
 
 def check_id_token(
-    token: str, header: dict[str, Any], key: dict[str, Any], issuer: str, client_id: str,
+    token: str,
+    header: dict[str, Any],
+    key: dict[str, Any],
+    issuer: str,
+    client_id: str,
     nonce: str,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The ID token's claims, once its signature (by `key`, a published JWK), issuer,
     audience, times and nonce are right (OIDC Core 3.1.3.7); else AuthError."""
     alg = header.get("alg")
     allowed = ALGORITHMS.get(str(key.get("kty")), ())
     if alg not in allowed or key.get("alg", alg) != alg:
-        raise AuthError(f"the ID token's algorithm {alg!r} is not accepted for the "
-                        "provider's key")  # fmt: skip
+        raise AuthError(f"the ID token's algorithm {alg!r} is not accepted for the provider's key")
     try:
         public = jwt.PyJWK(key, algorithm=alg).key
         claims: dict[str, Any] = jwt.decode(
-            token, public, algorithms=[alg], audience=client_id, issuer=issuer,
+            token,
+            public,
+            algorithms=[alg],
+            audience=client_id,
+            issuer=issuer,
             leeway=ID_TOKEN_LEEWAY,
             options={"require": ["iss", "sub", "aud", "exp", "iat", "nonce"]},
-        )  # fmt: skip
+        )
     except jwt.PyJWTError as e:
         raise AuthError(_id_token_problem(e)) from None
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
@@ -345,8 +379,14 @@ def _https_or_local(url: object) -> str:
     under test), like the configured issuer itself."""
     if not isinstance(url, str):
         raise AuthError("the provider's discovery document has an endpoint that is no URL")
-    local = ("http://127.0.0.1:", "http://127.0.0.1/", "http://localhost:", "http://localhost/",
-             "http://[::1]:", "http://[::1]/")  # fmt: skip
+    local = (
+        "http://127.0.0.1:",
+        "http://127.0.0.1/",
+        "http://localhost:",
+        "http://localhost/",
+        "http://[::1]:",
+        "http://[::1]/",
+    )
     if url.startswith("https://") or url.startswith(local):
         return url
     raise AuthError(f"the provider's discovery document names {url!r}, which is not https://")
@@ -360,10 +400,14 @@ async def _get_json(url: str, token: str | None = None) -> dict[str, Any]:
 
 
 async def _post_form(url: str, body: str) -> dict[str, Any]:
-    headers = {"Accept": "application/json", "User-Agent": "binder-lite",
-               "Content-Type": "application/x-www-form-urlencoded"}  # fmt: skip
-    return await _fetch_json(HTTPRequest(url, method="POST", body=body, headers=headers,
-                                         request_timeout=20))  # fmt: skip
+    headers = {
+        "Accept": "application/json",
+        "User-Agent": "binder-lite",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    return await _fetch_json(
+        HTTPRequest(url, method="POST", body=body, headers=headers, request_timeout=20)
+    )
 
 
 async def _fetch_json(request: HTTPRequest) -> dict[str, Any]:

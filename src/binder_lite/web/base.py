@@ -88,28 +88,43 @@ class BaseMixin(RequestHandler):
         return self.auth_off or self.logged_in()
 
     def remember(self, identity: Identity) -> None:
-        self.set_signed_cookie(USER_COOKIE, identity.to_cookie(), expires_days=COOKIE_DAYS,
-                               httponly=True, samesite="Lax",
-                               secure=self.service.secure_cookies)  # fmt: skip
+        self.set_signed_cookie(
+            USER_COOKIE,
+            identity.to_cookie(),
+            expires_days=COOKIE_DAYS,
+            httponly=True,
+            samesite="Lax",
+            secure=self.service.secure_cookies,
+        )
         self._identity = identity
 
     def page(self, template: str, status: int = 200, **context: Any) -> None:
         site = self.service.site
         self.set_status(status)
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Content-Security-Policy",
-                        "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                        "script-src 'self'; frame-ancestors 'none'")  # fmt: skip
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+            "script-src 'self'; frame-ancestors 'none'",
+        )
         self.set_header("X-Content-Type-Options", "nosniff")
         # A window that opens one of the service's pages (a session's page, say) gets
         # no handle on it, and the page none on its opener.
         self.set_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.finish(pages().get_template(template).render(
-            site=site.site, binder=site.binder, identity=self.identity(),
-            auth_off=self.auth_off, xsrf=self.xsrf_form_html(),
-            xsrf_token=self.xsrf_token.decode(), provider=self._provider(),
-            **context,
-        ))  # fmt: skip
+        self.finish(
+            pages()
+            .get_template(template)
+            .render(
+                site=site.site,
+                binder=site.binder,
+                identity=self.identity(),
+                auth_off=self.auth_off,
+                xsrf=self.xsrf_form_html(),
+                xsrf_token=self.xsrf_token.decode(),
+                provider=self._provider(),
+                **context,
+            )
+        )
 
     def _provider(self) -> str:
         oauth = self.service.oauth
@@ -118,9 +133,11 @@ class BaseMixin(RequestHandler):
         )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        messages = {404: "There is nothing here, or it is not yours.",
-                    403: "This request was refused.",
-                    400: "The request was not understood."}  # fmt: skip
+        messages = {
+            404: "There is nothing here, or it is not yours.",
+            403: "This request was refused.",
+            400: "The request was not understood.",
+        }
         message = kwargs.get("message") or messages.get(status_code, "Something went wrong.")
         if "exc_info" in kwargs and status_code >= 500:
             message = "Something went wrong on our side; it has been logged."

@@ -85,9 +85,12 @@ class UpstreamFailure(Exception):
 
 class Front:
     def __init__(
-        self, service: Service, cookie_secret: str, app_port: int,
+        self,
+        service: Service,
+        cookie_secret: str,
+        app_port: int,
         trusted_proxies: Iterable[str] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.service = service
         self.cookie_secret = cookie_secret
         self.app_port = app_port
@@ -97,8 +100,9 @@ class Front:
         self.clients: set[asyncio.StreamWriter] = set()
 
     async def listen(self, address: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, address or None, port, limit=MAX_HEAD,
-                                          reuse_address=True)  # fmt: skip
+        return await asyncio.start_server(
+            self.handle, address or None, port, limit=MAX_HEAD, reuse_address=True
+        )
 
     def close_clients(self) -> None:
         for writer in list(self.clients):
@@ -117,8 +121,12 @@ class Front:
                 pass
         except MessageError as e:
             _reply(writer, e.status, f"{e}\n", close=True)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                TimeoutError):  # fmt: skip
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+        ):
             abort = True  # the client went away or stayed silent, or an answer broke off
         except Exception:
             abort = True
@@ -128,9 +136,12 @@ class Front:
             await _close(reader, writer, linger=not abort)
 
     async def _serve_one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_ip: str,
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer_ip: str,
         client: Client | None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Serve one request; whether the connection may carry another."""
         async with asyncio.timeout(KEEPALIVE_IDLE):
             request = await next_request(reader)
@@ -170,9 +181,14 @@ class Front:
         return address, headers, partial(manager.touch, record.id)
 
     async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: Head,
-        out: bytes, framing: int, address: Address,
-    ) -> bool:  # fmt: skip
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        out: bytes,
+        framing: int,
+        address: Address,
+    ) -> bool:
         """Send one request on and relay its response; whether the client's connection
         stays open."""
         method, _, version = head.start
@@ -202,9 +218,14 @@ class Front:
         return self._bad_gateway(writer, address, keep=True)
 
     async def _relay(
-        self, method: str, response: Head, upstream: Connection,
-        writer: asyncio.StreamWriter, address: Address, reusable: bool,
-    ) -> bool:  # fmt: skip
+        self,
+        method: str,
+        response: Head,
+        upstream: Connection,
+        writer: asyncio.StreamWriter,
+        address: Address,
+        reusable: bool,
+    ) -> bool:
         """Relay a response head and its body; whether the client's connection stays
         open.  The upstream connection goes back to the pool only if it may."""
         try:
@@ -223,8 +244,11 @@ class Front:
         except BaseException:
             upstream[1].close()
             raise
-        closing = (framing == UNTIL_CLOSE or response.start[0] != "HTTP/1.1"
-                   or response.has_token("connection", "close"))  # fmt: skip
+        closing = (
+            framing == UNTIL_CLOSE
+            or response.start[0] != "HTTP/1.1"
+            or response.has_token("connection", "close")
+        )
         if reusable and not closing:
             self.pool.release(address, upstream)
         else:
@@ -232,9 +256,13 @@ class Front:
         return not closing
 
     async def _tunnel(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, out: bytes,
-        address: Address, touch: Callable[[], None] | None,
-    ) -> None:  # fmt: skip
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        out: bytes,
+        address: Address,
+        touch: Callable[[], None] | None,
+    ) -> None:
         """Pass an upgrade on; once the upstream agrees (101), copy bytes both ways."""
         try:
             up_reader, up_writer = await open_connection(address)
@@ -250,11 +278,9 @@ class Front:
                 log.warning("upstream %s: %s", address, e)
                 self._bad_gateway(writer, address, keep=False)
                 return
-            prefix = (response.raw if address == self.app_port
-                      else session_response_head(response))  # fmt: skip
+            prefix = response.raw if address == self.app_port else session_response_head(response)
             if response.start[1] != "101":
-                await copy_body(up_reader, writer, response_framing("GET", response),
-                                prefix=prefix)  # fmt: skip
+                await copy_body(up_reader, writer, response_framing("GET", response), prefix=prefix)
             else:
                 writer.write(prefix)
                 await _splice((reader, writer), (up_reader, up_writer), touch)
@@ -358,9 +384,12 @@ def _encode_head(start: str, headers: list[tuple[str, str]], framing: int, metho
 
 def _reply(writer: asyncio.StreamWriter, status: int, text: str, close: bool) -> None:
     body = text.encode()
-    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-            + ("Connection: close\r\n" if close else "") + "\r\n")  # fmt: skip
+    head = (
+        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
     with contextlib.suppress(ConnectionError):
         writer.write(head.encode("latin-1") + body)
 
@@ -392,8 +421,10 @@ async def _splice(
             sink.write(data)
             await sink.drain()
 
-    tasks = [asyncio.create_task(pipe(client[0], upstream[1])),
-             asyncio.create_task(pipe(upstream[0], client[1]))]  # fmt: skip
+    tasks = [
+        asyncio.create_task(pipe(client[0], upstream[1])),
+        asyncio.create_task(pipe(upstream[0], client[1])),
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -25,15 +25,20 @@ from binder_lite.web.store import Record
 
 # BinderHub's phase names, which its clients (and badges' pages) understand.
 BINDERHUB_PHASE = {
-    Phase.FETCHING: "fetching", Phase.RESOLVING: "fetching", Phase.BUILDING: "building",
-    Phase.STARTING: "launching", Phase.READY: "ready", Phase.FAILED: "failed",
-}  # fmt: skip
+    Phase.FETCHING: "fetching",
+    Phase.RESOLVING: "fetching",
+    Phase.BUILDING: "building",
+    Phase.STARTING: "launching",
+    Phase.READY: "ready",
+    Phase.FAILED: "failed",
+}
 
 
 class LandingHandler(BaseMixin):
     def get(self) -> None:
-        self.page("index.html", repo=self.get_query_argument("repo", ""), ref="", path="",
-                  error=None)  # fmt: skip
+        self.page(
+            "index.html", repo=self.get_query_argument("repo", ""), ref="", path="", error=None
+        )
 
 
 class LaunchFormHandler(BaseMixin):
@@ -72,8 +77,9 @@ def request_launch(handler: BaseMixin, repo: str, ref: str, path: str | None) ->
     admitted = handler.service.policy.admit(repo)
     identity = handler.identity()
     client = handler.request.remote_ip if identity.anonymous else None
-    return handler.manager.request(identity.id, admitted.url, ref, path, client=client,
-                                   pin=admitted.pin)  # fmt: skip
+    return handler.manager.request(
+        identity.id, admitted.url, ref, path, client=client, pin=admitted.pin
+    )
 
 
 def _repo_from_spec(provider: str, spec: str) -> tuple[str, str]:
@@ -142,15 +148,19 @@ class SSEMixin(BaseMixin):
         self.start_stream()
         try:
             async for event in self.manager.events(record.id):
-                await self.send(None if event is None else self._event(record.id, event,
-                                                                         with_token))  # fmt: skip
+                await self.send(
+                    None if event is None else self._event(record.id, event, with_token)
+                )
         except StreamClosedError:
             return
         self.finish()
 
     def _event(self, session_id: str, event: Event, with_token: bool) -> dict[str, Any]:
-        data: dict[str, Any] = {"phase": BINDERHUB_PHASE[event.phase], "stage": str(event.phase),
-                                "message": event.message + "\n"}  # fmt: skip
+        data: dict[str, Any] = {
+            "phase": BINDERHUB_PHASE[event.phase],
+            "stage": str(event.phase),
+            "message": event.message + "\n",
+        }
         if event.phase is Phase.READY:
             record = self.manager.store.get(session_id)
             assert record is not None
@@ -179,8 +189,9 @@ class BuildHandler(SSEMixin):
         spec = _raw_spec(self, provider)
         try:
             repo, ref = _repo_from_spec(provider, spec)
-            path = _open_path(self.get_query_argument("urlpath", None),
-                              self.get_query_argument("filepath", None))  # fmt: skip
+            path = _open_path(
+                self.get_query_argument("urlpath", None), self.get_query_argument("filepath", None)
+            )
             session_id = request_launch(self, repo, ref, path)
         except (RefusedError, LaunchError) as e:
             self.start_stream()
@@ -211,8 +222,13 @@ class OwnedMixin(BaseMixin):
 class ProgressHandler(OwnedMixin):
     def get(self, session_id: str) -> None:
         record = self.owned(session_id)
-        self.page("progress.html", session=record, events_url=f"/sessions/{record.id}/events",
-                  repo=record.repository, ref=record.ref)  # fmt: skip
+        self.page(
+            "progress.html",
+            session=record,
+            events_url=f"/sessions/{record.id}/events",
+            repo=record.repository,
+            ref=record.ref,
+        )
 
 
 class EventsHandler(SSEMixin, OwnedMixin):
@@ -230,8 +246,13 @@ class SessionsHandler(OwnedMixin):
 class SessionHandler(OwnedMixin):
     def get(self, session_id: str) -> None:
         record = self.owned(session_id)
-        self.page("session.html", session=record, provenance=record.provenance_dict(),
-                  pushed=None, message=None)  # fmt: skip
+        self.page(
+            "session.html",
+            session=record,
+            provenance=record.provenance_dict(),
+            pushed=None,
+            message=None,
+        )
 
 
 class StopHandler(OwnedMixin):
@@ -250,35 +271,57 @@ class PushHandler(OwnedMixin):
         identity = self.identity()
         token = self.service.tokens.get(identity.id)
         oauth = self.service.oauth
-        login = (Credential.for_provider(identity.provider, token, oauth.issuer)
-                 if token and oauth else None)  # fmt: skip
+        login = (
+            Credential.for_provider(identity.provider, token, oauth.issuer)
+            if token and oauth
+            else None
+        )
         # A login's token goes to its provider's host only, never a stranger's forge.
-        credential = (login if login and login.fits(record.repository)
-                      else self.service.push_credential)  # fmt: skip
+        credential = (
+            login if login and login.fits(record.repository) else self.service.push_credential
+        )
         # Only the record's word counts for where the push goes and what it starts from.
-        source = PushSource(record.id, Path(record.work_dir), record.repository,
-                            record.commit_sha)  # fmt: skip
+        source = PushSource(record.id, Path(record.work_dir), record.repository, record.commit_sha)
         service = self.service
         loop = asyncio.get_running_loop()
         try:
-            pushed = await loop.run_in_executor(None, lambda: push_changes(
-                source, (identity.name, identity.email), credential, service.state_dir,
-                max_size=service.site.binder.max_repo_size,
-                plain_http=service.policy.allow_local))  # fmt: skip
+            pushed = await loop.run_in_executor(
+                None,
+                lambda: push_changes(
+                    source,
+                    (identity.name, identity.email),
+                    credential,
+                    service.state_dir,
+                    max_size=service.site.binder.max_repo_size,
+                    plain_http=service.policy.allow_local,
+                ),
+            )
         except PushError as e:
-            self.page("session.html", status=409, session=record,
-                      provenance=record.provenance_dict(), pushed=None, message=str(e))  # fmt: skip
+            self.page(
+                "session.html",
+                status=409,
+                session=record,
+                provenance=record.provenance_dict(),
+                pushed=None,
+                message=str(e),
+            )
             return
-        self.page("session.html", session=record, provenance=record.provenance_dict(),
-                  pushed=pushed, message=None)  # fmt: skip
+        self.page(
+            "session.html",
+            session=record,
+            provenance=record.provenance_dict(),
+            pushed=pushed,
+            message=None,
+        )
 
 
 class HealthHandler(BaseMixin):
     def get(self) -> None:
         active = self.manager.store.with_status("pending", "running")
         self.set_header("Content-Type", "application/json")
-        self.finish({"status": "ok", "sessions": len(active),
-                     "capacity": self.manager.limits.max_sessions})  # fmt: skip
+        self.finish(
+            {"status": "ok", "sessions": len(active), "capacity": self.manager.limits.max_sessions}
+        )
 
 
 class MetricsHandler(BaseMixin):
@@ -349,8 +392,14 @@ class LogoHandler(BaseMixin):
         logo = self.service.site.site.logo
         if logo is None:
             raise HTTPError(404)
-        types = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg",
-                 ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}  # fmt: skip
+        types = {
+            ".svg": "image/svg+xml",
+            ".png": "image/png",
+            ".jpg": "image/jpeg",
+            ".jpeg": "image/jpeg",
+            ".gif": "image/gif",
+            ".webp": "image/webp",
+        }
         self.set_header("Content-Type", types.get(logo.suffix.lower(), "application/octet-stream"))
         self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
         self.finish(logo.read_bytes())
@@ -374,9 +423,14 @@ class LoginHandler(BaseMixin):
             self.page("error.html", status=502, message=f"Logins are not available: {e}.")
             return
         remembered["next"] = _local_path(self.get_query_argument("next", "/"))
-        self.set_signed_cookie(OAUTH_COOKIE, json.dumps(remembered), expires_days=1 / 96,
-                               httponly=True, samesite="Lax",
-                               secure=self.service.secure_cookies)  # fmt: skip
+        self.set_signed_cookie(
+            OAUTH_COOKIE,
+            json.dumps(remembered),
+            expires_days=1 / 96,
+            httponly=True,
+            samesite="Lax",
+            secure=self.service.secure_cookies,
+        )
         self.redirect(url)
 
 
@@ -399,9 +453,12 @@ class CallbackHandler(BaseMixin):
             self.page("error.html", status=503, message=_NO_PUBLIC_URL)
             return
         try:
-            identity, token = await oauth.complete(self.get_query_argument("code", ""),
-                                                   self.get_query_argument("state", ""),
-                                                   remembered, redirect_uri)  # fmt: skip
+            identity, token = await oauth.complete(
+                self.get_query_argument("code", ""),
+                self.get_query_argument("state", ""),
+                remembered,
+                redirect_uri,
+            )
         except AuthError as e:
             self.page("error.html", status=400, message=f"The login was refused: {e}.")
             return

@@ -87,9 +87,13 @@ class Live:
 
 class SessionManager:
     def __init__(
-        self, store: Store, state_dir: Path, runtime: Runtime, limits: Limits,
+        self,
+        store: Store,
+        state_dir: Path,
+        runtime: Runtime,
+        limits: Limits,
         isolation: Isolation | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.store = store
         self.state_dir = state_dir
         self.runtime = runtime
@@ -121,8 +125,9 @@ class SessionManager:
             self._culler.cancel()
         loop = asyncio.get_running_loop()
         running = self.store.with_status("pending", "running")
-        await asyncio.gather(*(loop.run_in_executor(None, self._stop, r, "the service stopped")
-                               for r in running))  # fmt: skip
+        await asyncio.gather(
+            *(loop.run_in_executor(None, self._stop, r, "the service stopped") for r in running)
+        )
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def adopt(self) -> None:
@@ -133,8 +138,12 @@ class SessionManager:
             try:
                 self._adopt(record)
             except Exception as e:
-                log.warning("session %s: could not be judged after the restart (%s: %s); "
-                            "stopped", record.id, type(e).__name__, e)  # fmt: skip
+                log.warning(
+                    "session %s: could not be judged after the restart (%s: %s); stopped",
+                    record.id,
+                    type(e).__name__,
+                    e,
+                )
                 self._give_up(record, f"lost while the service was not running ({e})")
 
     def _adopt(self, record: Record) -> None:
@@ -153,8 +162,10 @@ class SessionManager:
         self.live.pop(record.id, None)
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
         folder = Path(record.session_dir or self.state_dir / "sessions" / record.id)
-        for step in (functools.partial(reap_strays, folder),
-                     functools.partial(self._remove_files, record.id)):  # fmt: skip
+        for step in (
+            functools.partial(reap_strays, folder),
+            functools.partial(self._remove_files, record.id),
+        ):
             try:
                 step()
             except Exception as e:
@@ -163,9 +174,15 @@ class SessionManager:
     # -- launching ---------------------------------------------------------------
 
     def request(
-        self, owner: str, repository: str, ref: str, open_path: str | None, *,
-        client: str | None = None, pin: sources.Pin | None = None,
-    ) -> str:  # fmt: skip
+        self,
+        owner: str,
+        repository: str,
+        ref: str,
+        open_path: str | None,
+        *,
+        client: str | None = None,
+        pin: sources.Pin | None = None,
+    ) -> str:
         """Reserve a slot and start launching; returns the session id at once.  `client`:
         the address of an anonymous visitor, who gets no more sessions per address than
         a user gets (a new cookie per request is free); `pin`: see `RepoPolicy.admit`."""
@@ -179,15 +196,26 @@ class SessionManager:
             raise CapacityError(
                 f"you already have {self.limits.max_per_user} sessions; stop one first", 30
             )
-        if client is not None and sum(self._client(r.id) == client for r in active) >= \
-                self.limits.max_per_user:  # fmt: skip
+        if (
+            client is not None
+            and sum(self._client(r.id) == client for r in active) >= self.limits.max_per_user
+        ):
             raise CapacityError(
                 f"{self.limits.max_per_user} sessions were started from your address already; "
-                "stop one first", 30,
-            )  # fmt: skip
+                "stop one first",
+                30,
+            )
         session_id = secrets.token_hex(8)
-        self.store.add(Record(id=session_id, owner=owner, repository=repository, ref=ref,
-                              open_path=target, status="pending"))  # fmt: skip
+        self.store.add(
+            Record(
+                id=session_id,
+                owner=owner,
+                repository=repository,
+                ref=ref,
+                open_path=target,
+                status="pending",
+            )
+        )
         self.live[session_id] = Live(session_id, client=client, pin=pin, launching=True)
         self.store.add_to("launches_requested")
         self._pool.submit(self._launch_and_tidy, session_id, repository, ref, target)
@@ -197,8 +225,9 @@ class SessionManager:
         live = self.live.get(session_id)
         return live.client if live is not None else None
 
-    def _launch_and_tidy(self, session_id: str, repository: str, ref: str,
-                         target: str | None) -> None:  # fmt: skip
+    def _launch_and_tidy(
+        self, session_id: str, repository: str, ref: str, target: str | None
+    ) -> None:
         """Launch; then remove the files of a launch that failed or was stopped, and keep
         the checkout cache within its bound."""
         live = self.live[session_id]
@@ -214,8 +243,10 @@ class SessionManager:
 
     def _trim_cache(self) -> None:
         cache = self.state_dir / "cache"
-        in_use = {sources.mirror_dir(cache, r.repository)
-                  for r in self.store.with_status("pending", "running")}  # fmt: skip
+        in_use = {
+            sources.mirror_dir(cache, r.repository)
+            for r in self.store.with_status("pending", "running")
+        }
         for mirror in sources.trim_cache(cache, self.limits.max_cache, in_use):
             log.info("removed %s from the checkout cache", mirror.name)
 
@@ -230,14 +261,21 @@ class SessionManager:
         live = self.live[session_id]
         try:
             session = launch(
-                repository, None if ref in ("", "HEAD") else ref,
-                runtime_kind=self.runtime, open_path=target, base_url=f"/s/{session_id}/",
+                repository,
+                None if ref in ("", "HEAD") else ref,
+                runtime_kind=self.runtime,
+                open_path=target,
+                base_url=f"/s/{session_id}/",
                 cache_dir=self.state_dir / "cache",
                 session_dir=self.state_dir / "sessions" / session_id,
-                on_event=lambda e: self._event(session_id, e), isolation=self.isolation,
-                fetch=Fetch(pin=live.pin, cancel=live.cancelled,
-                            limits=sources.FetchLimits(max_size=self.limits.max_repo_size)),
-            )  # fmt: skip
+                on_event=lambda e: self._event(session_id, e),
+                isolation=self.isolation,
+                fetch=Fetch(
+                    pin=live.pin,
+                    cancel=live.cancelled,
+                    limits=sources.FetchLimits(max_size=self.limits.max_repo_size),
+                ),
+            )
         except LaunchError as e:
             if live.cancelled.is_set():
                 return  # stopped: the record says so already
@@ -248,20 +286,29 @@ class SessionManager:
             log.exception("launch %s crashed", session_id)
             if live.cancelled.is_set():
                 return
-            self.store.update(session_id, status="failed", message=f"internal error: {e}",
-                              stopped=time.time())  # fmt: skip
+            self.store.update(
+                session_id, status="failed", message=f"internal error: {e}", stopped=time.time()
+            )
             self._event(session_id, Event(Phase.FAILED, "internal error; see the service log"))
             return
         live.session = session
         view = session.url[len(session.base_url) :].split("?")[0]
         if not self._record_running(
-            live, session, status="running", commit_sha=session.provenance.commit,
-            port=session.port, pid=session.pid, token=session.token, view=view,
+            live,
+            session,
+            status="running",
+            commit_sha=session.provenance.commit,
+            port=session.port,
+            pid=session.pid,
+            token=session.token,
+            view=view,
             socket=str(session.socket) if session.socket else None,
-            work_dir=str(session.work_dir), session_dir=str(session.session_dir),
-            provenance=json.dumps(asdict(session.provenance)), ready=time.time(),
+            work_dir=str(session.work_dir),
+            session_dir=str(session.session_dir),
+            provenance=json.dumps(asdict(session.provenance)),
+            ready=time.time(),
             last_activity=time.time(),
-        ):  # fmt: skip
+        ):
             return  # stopped while it launched
         self.store.add_to("launches_ready")
         self.store.add_to("launch_seconds_sum", time.monotonic() - started)
@@ -360,8 +407,9 @@ class SessionManager:
     @staticmethod
     def _jupyter_status(record: Record) -> dict[str, object] | None:
         if record.socket:
-            return sandbox.jupyter_status(Path(record.socket), f"/s/{record.id}/",
-                                          record.token or "")  # fmt: skip
+            return sandbox.jupyter_status(
+                Path(record.socket), f"/s/{record.id}/", record.token or ""
+            )
         url = f"http://127.0.0.1:{record.port}/s/{record.id}/api/status"
         request = urllib.request.Request(url, headers={"Authorization": f"token {record.token}"})
         try:
@@ -387,8 +435,10 @@ class SessionManager:
         used = _disk_usage(Path(record.work_dir)) if record.work_dir else 0
         if used <= limit:
             return False
-        self._stop(record, f"its files outgrew the disk limit of {limit // 1024**2} MiB "
-                           f"({used // 1024**2} MiB)")  # fmt: skip
+        self._stop(
+            record,
+            f"its files outgrew the disk limit of {limit // 1024**2} MiB ({used // 1024**2} MiB)",
+        )
         self.store.add_to("sessions_over_limit")
         return True
 
@@ -404,14 +454,20 @@ class SessionManager:
         kills, refused = cgroups.oom_kills(), cgroups.tasks_refused()
         if kills > live.oom_kills:
             live.oom_kills = kills
-            self._tell(record, "sessions_memory_limit_hit",
-                       f"a process of this session needed more than its memory limit of "
-                       f"{limits.memory // 1024**2} MiB and was stopped")  # fmt: skip
+            self._tell(
+                record,
+                "sessions_memory_limit_hit",
+                f"a process of this session needed more than its memory limit of "
+                f"{limits.memory // 1024**2} MiB and was stopped",
+            )
         if refused > live.tasks_refused:
             live.tasks_refused = refused
-            self._tell(record, "sessions_task_limit_hit",
-                       f"this session reached its limit of {limits.processes} processes "
-                       "and threads; starting more failed")  # fmt: skip
+            self._tell(
+                record,
+                "sessions_task_limit_hit",
+                f"this session reached its limit of {limits.processes} processes "
+                "and threads; starting more failed",
+            )
 
     def _tell(self, record: Record, counter: str, message: str) -> None:
         self.store.update(record.id, message=message)
@@ -444,9 +500,12 @@ class SessionManager:
         if status is not None and live is not None:
             live.last_answer = now
         answered = max(live.last_answer if live else 0.0, record.ready or 0.0)
-        last = max(_timestamp(status.get("last_activity")) if status else 0.0,
-                   record.last_activity or 0.0, record.ready or 0.0,
-                   live.last_proxy_activity if live else 0.0)  # fmt: skip
+        last = max(
+            _timestamp(status.get("last_activity")) if status else 0.0,
+            record.last_activity or 0.0,
+            record.ready or 0.0,
+            live.last_proxy_activity if live else 0.0,
+        )
         self.store.update(record.id, last_activity=last)
         if now - record.created > self.limits.max_age:
             reason = f"reached the maximum age of {self.limits.max_age:.0f} s"

@@ -44,9 +44,12 @@ class Origins:
             return cls(parts.scheme, host, parts.port, binder.session_domain)
         if address in WILDCARD:
             host = socket.getfqdn()
-            log.warning("binder.public_url is not set: links to sessions name "
-                        "http://%s:%d/ (set binder.public_url to the address people use)",
-                        host, port)  # fmt: skip
+            log.warning(
+                "binder.public_url is not set: links to sessions name "
+                "http://%s:%d/ (set binder.public_url to the address people use)",
+                host,
+                port,
+            )
         else:
             host = f"[{address}]" if ":" in address else address
         return cls("http", host, port, binder.session_domain)

@@ -16,20 +16,39 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # IPv4 ranges `is_global` lets through that are still not somewhere to fetch from:
 # "this network", shared address space (carrier NAT), IETF protocol assignments,
 # the 6to4 relay anycast, benchmarking, multicast and the reserved 240/4.
-_IPV4_REFUSED = tuple(ipaddress.IPv4Network(n) for n in (
-    "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "192.88.99.0/24", "198.18.0.0/15",
-    "224.0.0.0/4", "240.0.0.0/4", "255.255.255.255/32",
-))  # fmt: skip
+_IPV4_REFUSED = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "198.18.0.0/15",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+    )
+)
 # Global unicast IPv6 is 2000::/3.  Outside it: loopback, IPv4-mapped and -compatible
 # forms (::ffff:a.b.c.d, ::a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), site- and
 # link-local, unique local.  Inside it, prefixes that embed an IPv4 address the
 # address check never saw (6to4 2002::/16, Teredo 2001::/32) or that are not on the
 # internet (documentation, benchmarking, ORCHID).
 _IPV6_GLOBAL = ipaddress.IPv6Network("2000::/3")
-_IPV6_REFUSED = tuple(ipaddress.IPv6Network(n) for n in (
-    "2001::/32", "2001:2::/48", "2001:10::/28", "2001:20::/28", "2001:db8::/32",
-    "2002::/16", "3fff::/20", "64:ff9b::/96", "64:ff9b:1::/48",
-))  # fmt: skip
+_IPV6_REFUSED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "2001::/32",
+        "2001:2::/48",
+        "2001:10::/28",
+        "2001:20::/28",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+    )
+)
 _DEFAULT_PORTS = {"https": 443, "http": 80, "git": 9418}
 
 
@@ -104,9 +123,11 @@ class RepoPolicy:
         if not self.allow_local:
             for address in addresses:
                 if not is_public(address):
-                    raise RefusedError(f"{host!r} resolves to a local or private address "
-                                       f"({address}); this site only fetches from the public "
-                                       "internet")  # fmt: skip
+                    raise RefusedError(
+                        f"{host!r} resolves to a local or private address "
+                        f"({address}); this site only fetches from the public "
+                        "internet"
+                    )
         if _is_literal(host):
             return None  # nothing to look up again
         return Pin(host=host, port=port, addresses=tuple(str(a) for a in addresses))
@@ -133,8 +154,11 @@ def is_public(address: Address) -> bool:
     """Whether `address` is a globally routable unicast address on the internet."""
     if isinstance(address, ipaddress.IPv4Address):
         return address.is_global and not any(address in n for n in _IPV4_REFUSED)
-    return (address in _IPV6_GLOBAL and address.is_global
-            and not any(address in n for n in _IPV6_REFUSED))  # fmt: skip
+    return (
+        address in _IPV6_GLOBAL
+        and address.is_global
+        and not any(address in n for n in _IPV6_REFUSED)
+    )
 
 
 def _is_literal(host: str) -> bool:

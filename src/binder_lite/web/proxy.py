@@ -56,16 +56,34 @@ from binder_lite.web.upstream import Address, Head
 # Hop-by-hop headers are the proxy's business, not the upstream's; framing headers
 # are written again for the body as it is sent on, and an Expect is answered by the
 # front (a 100 Continue from upstream would be one answer too many).
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "proxy-connection", "te", "trailers", "transfer-encoding", "upgrade", "content-length",
-    "expect",
-})  # fmt: skip
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+    }
+)
 # Who the client is: only the front says (see the module's docstring).
-FORWARDING = frozenset({
-    "forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip", "x-scheme",
-})  # fmt: skip
+FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+        "x-scheme",
+    }
+)
 # Set by the proxy itself.
 REPLACED = frozenset({"host", "authorization"})
 
@@ -101,8 +119,9 @@ class TrustedProxies:
             try:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
-                raise UsageError(f"binder.trusted_proxies: {entry!r} is neither an IP address "
-                                 "nor a network") from None  # fmt: skip
+                raise UsageError(
+                    f"binder.trusted_proxies: {entry!r} is neither an IP address nor a network"
+                ) from None
 
     def trusts(self, address: IPAddress) -> bool:
         return any(address in network for network in self.networks)
@@ -184,8 +203,11 @@ def forwarded(head: Head) -> list[tuple[str, str]]:
     """The request's end-to-end headers: hop-by-hop ones, those the Connection header
     names, and what only the front may say about the client, left out."""
     named = {part.strip().lower() for v in head.all("connection") for part in v.split(",")}
-    return [(n, v) for n, v in head.headers
-            if n not in HOP_BY_HOP and n not in FORWARDING and n not in named]  # fmt: skip
+    return [
+        (n, v)
+        for n, v in head.headers
+        if n not in HOP_BY_HOP and n not in FORWARDING and n not in named
+    ]
 
 
 def session_headers(
@@ -229,10 +251,13 @@ class Reply:
 
     def encode(self, close: bool) -> bytes:
         body = self.text.encode()
-        lines = [f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
-                 "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
-                 "Cache-Control: no-store",
-                 *(f"{name}: {value}" for name, value in self.headers)]  # fmt: skip
+        lines = [
+            f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Cache-Control: no-store",
+            *(f"{name}: {value}" for name, value in self.headers),
+        ]
         if close:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -267,9 +292,13 @@ class Gate:
             return self._to_session_origin(head, m.group(1), upgrade)
         if not self._same_origin(head, None):
             return CROSS_ORIGIN
-        record = authorise(self.service.manager, m.group(1),
-                           identity_in(head, self.secret), self._auth_off,
-                           token_in(head))  # fmt: skip
+        record = authorise(
+            self.service.manager,
+            m.group(1),
+            identity_in(head, self.secret),
+            self._auth_off,
+            token_in(head),
+        )
         return record or NOT_FOUND
 
     @property
@@ -314,15 +343,19 @@ class Gate:
             location = path + (f"?{q}" if (q := _without(query, HANDOFF)) else "")
             return Reply(303, "", (("Location", location),))
         if claimed is None or record is None or record.owner != claimed:
-            return Reply(403, "This link to a session has expired or was used already: "
-                              f"open it again from {self.origins.service}/sessions\n")  # fmt: skip
+            return Reply(
+                403,
+                "This link to a session has expired or was used already: "
+                f"open it again from {self.origins.service}/sessions\n",
+            )
         return self._enter(record, path, _without(query, HANDOFF))
 
     def _enter(self, record: Record, path: str, query: str) -> Reply:
         """Redirect to `path` with a cookie naming (session, owner) for this origin:
         host-only (no Domain), HttpOnly, SameSite=Lax."""
-        value = create_signed_value(self.secret, SESSION_COOKIE,
-                                    json.dumps([record.id, record.owner])).decode()  # fmt: skip
+        value = create_signed_value(
+            self.secret, SESSION_COOKIE, json.dumps([record.id, record.owner])
+        ).decode()
         cookie = f"{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax"
         if self.service.secure_cookies:
             cookie += "; Secure"
@@ -358,8 +391,9 @@ class Handoffs:
 
     def redeem(self, value: str, session_id: str) -> str | None:
         """The identity a handoff names, if it is good for `session_id` and unused."""
-        decoded = decode_signed_value(self.secret, HANDOFF, value,
-                                      max_age_days=HANDOFF_SECONDS / 86400)  # fmt: skip
+        decoded = decode_signed_value(
+            self.secret, HANDOFF, value, max_age_days=HANDOFF_SECONDS / 86400
+        )
         if decoded is None:
             return None
         try:
@@ -388,8 +422,9 @@ def session_identity(head: Head, cookie_secret: str, session_id: str) -> str:
             name, _, value = part.strip().partition("=")
             if name != SESSION_COOKIE or not value:
                 continue
-            decoded = decode_signed_value(cookie_secret, SESSION_COOKIE, value,
-                                          max_age_days=COOKIE_DAYS)  # fmt: skip
+            decoded = decode_signed_value(
+                cookie_secret, SESSION_COOKIE, value, max_age_days=COOKIE_DAYS
+            )
             try:
                 claimed_session, identity = json.loads(decoded) if decoded else ("", "")
             except ValueError:

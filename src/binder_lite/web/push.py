@@ -88,9 +88,14 @@ class PushSource:
 
 
 def push_changes(
-    source: PushSource, author: tuple[str, str], credential: Credential | None,
-    state_dir: Path, *, max_size: int = DEFAULT_MAX_SIZE, plain_http: bool = False,
-) -> Pushed:  # fmt: skip
+    source: PushSource,
+    author: tuple[str, str],
+    credential: Credential | None,
+    state_dir: Path,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    plain_http: bool = False,
+) -> Pushed:
     """Commit the session's files on top of its base commit, in a repository the
     service owns, and push that to the origin as binder-lite/<id>.  `plain_http`
     (development) allows sending a credential over http:// to any host."""
@@ -110,8 +115,16 @@ def push_changes(
         if commit == source.base_commit:
             raise PushError("there are no changes in this session to push")
         try:
-            git(repo, "push", "--porcelain", "--no-verify", source.origin,
-                f"HEAD:refs/heads/{branch}", timeout=120, explain=False)  # fmt: skip
+            git(
+                repo,
+                "push",
+                "--porcelain",
+                "--no-verify",
+                source.origin,
+                f"HEAD:refs/heads/{branch}",
+                timeout=120,
+                explain=False,
+            )
         except CommandError as e:
             raise PushError(_explain(e.output, credential)) from None
     return Pushed(branch, source.origin, commit, _web_url(source.origin, branch))
@@ -127,8 +140,10 @@ def discard(state_dir: Path, session_id: str) -> None:
 def _check_transport(origin: str, credential: Credential | None, plain_http: bool) -> None:
     parsed = urlparse(origin)
     if credential is not None and not credential.fits(origin):
-        raise PushError(f"your login's token is only ever sent to {credential.host}, and this "
-                        f"repository is on {parsed.hostname}")  # fmt: skip
+        raise PushError(
+            f"your login's token is only ever sent to {credential.host}, and this "
+            f"repository is on {parsed.hostname}"
+        )
     if credential is None or parsed.scheme != "http" or plain_http:
         return
     host = (parsed.hostname or "").lower()
@@ -138,30 +153,42 @@ def _check_transport(origin: str, credential: Credential | None, plain_http: boo
         loopback = False
     if not loopback:
         # Anyone on the path would read it, and could answer in the forge's place.
-        raise PushError("this site sends push credentials over https:// only, and this "
-                        "repository was launched over http://")  # fmt: skip
+        raise PushError(
+            "this site sends push credentials over https:// only, and this "
+            "repository was launched over http://"
+        )
 
 
 # Settings every git command here runs with: no hooks, no fsmonitor, no credential
 # helper but the one below, no redirects (a redirect could carry the credential to
 # another host), no background maintenance outliving the push.
 _SETTINGS = (
-    "core.hooksPath=/dev/null", "core.fsmonitor=false", "core.untrackedCache=false",
-    "credential.helper=", "http.followRedirects=false", "gc.auto=0", "maintenance.auto=false",
-    "protocol.ext.allow=never", "push.recurseSubmodules=no", "submodule.recurse=false",
-)  # fmt: skip
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "credential.helper=",
+    "http.followRedirects=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "protocol.ext.allow=never",
+    "push.recurseSubmodules=no",
+    "submodule.recurse=false",
+)
 
 # Hands the user name and password to git from its environment (never its command
 # line or a file), for the one URL it is configured for.
-_HELPER = ('!f() { test "$1" = get && printf \'username=%s\\npassword=%s\\n\' '
-           '"$BINDER_LITE_GIT_USERNAME" "$BINDER_LITE_GIT_PASSWORD"; }; f')  # fmt: skip
+_HELPER = (
+    "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' "
+    '"$BINDER_LITE_GIT_USERNAME" "$BINDER_LITE_GIT_PASSWORD"; }; f'
+)
 
 
 class _Git:
     """git with the environment and settings above; errors become PushError."""
 
-    def __init__(self, state_dir: Path, author: tuple[str, str], origin: str,
-                 credential: Credential | None) -> None:  # fmt: skip
+    def __init__(
+        self, state_dir: Path, author: tuple[str, str], origin: str, credential: Credential | None
+    ) -> None:
         name, email = author
         email = email or "binder-lite@localhost"
         home = state_dir / "push"
@@ -170,26 +197,33 @@ class _Git:
         # no system or global file, no ~/.netrc (HOME is ours).
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
         self.env.update(
-            GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null", HOME=str(home),
-            XDG_CONFIG_HOME=str(home), GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/false",
-            SSH_ASKPASS="/bin/false", LC_ALL="C.UTF-8",
-            GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email,
-            GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email,
-        )  # fmt: skip
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_CONFIG_GLOBAL="/dev/null",
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home),
+            GIT_TERMINAL_PROMPT="0",
+            GIT_ASKPASS="/bin/false",
+            SSH_ASKPASS="/bin/false",
+            LC_ALL="C.UTF-8",
+            GIT_AUTHOR_NAME=name,
+            GIT_AUTHOR_EMAIL=email,
+            GIT_COMMITTER_NAME=name,
+            GIT_COMMITTER_EMAIL=email,
+        )
         self.settings = [arg for setting in _SETTINGS for arg in ("-c", setting)]
         parsed = urlparse(origin)
         if credential is not None and parsed.scheme in ("http", "https"):
             # Offered for this scheme, host and port only, whatever URL git is sent to.
             scope = f"{parsed.scheme}://{parsed.netloc.lower()}"
             self.settings += ["-c", f"credential.{scope}.helper={_HELPER}"]
-            self.env.update(BINDER_LITE_GIT_USERNAME=credential.username,
-                            BINDER_LITE_GIT_PASSWORD=credential.password)  # fmt: skip
+            self.env.update(
+                BINDER_LITE_GIT_USERNAME=credential.username,
+                BINDER_LITE_GIT_PASSWORD=credential.password,
+            )
 
-    def __call__(self, cwd: Path, *args: str, timeout: float = 60,
-                 explain: bool = True) -> str:  # fmt: skip
+    def __call__(self, cwd: Path, *args: str, timeout: float = 60, explain: bool = True) -> str:
         try:
-            return run.run(["git", *self.settings, *args], cwd=cwd, env=self.env,
-                           timeout=timeout)  # fmt: skip
+            return run.run(["git", *self.settings, *args], cwd=cwd, env=self.env, timeout=timeout)
         except CommandError as e:
             if not explain:
                 raise
@@ -218,8 +252,16 @@ def _create(repo: Path, source: PushSource, state_dir: Path, git: _Git) -> None:
     mirror = mirror_dir(state_dir / "cache", source.origin)
     origin = str(mirror) if (mirror / "HEAD").is_file() else source.origin
     # --template= : not even the sample hooks.
-    git(repo.parent, "clone", "--quiet", "--no-checkout", "--template=", origin, str(new),
-        timeout=600)  # fmt: skip
+    git(
+        repo.parent,
+        "clone",
+        "--quiet",
+        "--no-checkout",
+        "--template=",
+        origin,
+        str(new),
+        timeout=600,
+    )
     base = source.base_commit
     if not _has_commit(git, new, base):
         git(new, "fetch", "--quiet", source.origin, base, timeout=600)
@@ -254,8 +296,9 @@ class _Budget:
     def count(self) -> None:
         self.entries_left -= 1
         if self.entries_left < 0:
-            raise PushError(f"the session has more than {MAX_ENTRIES} files; "
-                            "this site does not push that many")  # fmt: skip
+            raise PushError(
+                f"the session has more than {MAX_ENTRIES} files; this site does not push that many"
+            )
 
 
 # Entries that vanished, or turned into a link or a file, while being copied.
@@ -336,8 +379,12 @@ def _copy_file(name: str, src: int, dest: int, budget: _Budget) -> None:
             return
         # git keeps one bit of a file's mode: executable by its owner or not.
         perms = 0o700 if mode & stat.S_IXUSR else 0o600
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                      perms, dir_fd=dest)  # fmt: skip
+        out = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            perms,
+            dir_fd=dest,
+        )
         with open(out, "wb") as writer:
             while chunk := reader.read(1 << 20):
                 budget.take(len(chunk))

@@ -94,8 +94,10 @@ class Store:
         values = asdict(record)
         marks = ", ".join("?" for _ in _COLUMNS)
         with self._lock:
-            self._db.execute(f"INSERT INTO sessions ({', '.join(_COLUMNS)}) VALUES ({marks})",
-                             [values[c] for c in _COLUMNS])  # fmt: skip
+            self._db.execute(
+                f"INSERT INTO sessions ({', '.join(_COLUMNS)}) VALUES ({marks})",
+                [values[c] for c in _COLUMNS],
+            )
 
     def update(self, session_id: str, **changes: Any) -> None:
         unknown = set(changes) - set(_COLUMNS)
@@ -103,8 +105,9 @@ class Store:
             raise KeyError(f"no such columns: {unknown}")
         assignments = ", ".join(f"{k} = ?" for k in changes)
         with self._lock:
-            self._db.execute(f"UPDATE sessions SET {assignments} WHERE id = ?",
-                             [*changes.values(), session_id])  # fmt: skip
+            self._db.execute(
+                f"UPDATE sessions SET {assignments} WHERE id = ?", [*changes.values(), session_id]
+            )
 
     def get(self, session_id: str) -> Record | None:
         rows = self._select("WHERE id = ?", session_id)

@@ -78,7 +78,7 @@ _VALUE = rb"(?:[!-~\x80-\xff]+(?:[ \t]+[!-~\x80-\xff]+)*)?"
 RESPONSE_HEAD = re.compile(
     rb"HTTP/1\.[01] [1-5][0-9][0-9](?: [\t !-~\x80-\xff]*)?\r\n"
     rb"(?:" + _TOKEN + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*\r\n"
-)  # fmt: skip
+)
 # A field-line of a head that matched RESPONSE_HEAD: name and value.
 _FIELD = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*(?=\r\n)")
 
@@ -154,8 +154,10 @@ async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> 
     version, status, *reason = raw[:end].decode("latin-1").split(" ", 2)
     if status == "101" and not upgrade:
         raise MessageError(502, "switched protocols unasked")
-    headers = [(name.decode("ascii").lower(), value.decode("latin-1"))
-               for name, value in _FIELD.findall(raw, end)]  # fmt: skip
+    headers = [
+        (name.decode("ascii").lower(), value.decode("latin-1"))
+        for name, value in _FIELD.findall(raw, end)
+    ]
     return Head((version, status, reason[0] if reason else ""), headers, raw)
 
 
@@ -169,8 +171,7 @@ async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
     # Every CR and LF in a CRLF, and no other control character.  (Counting, and
     # deleting the allowed bytes, cost a third of a regular expression's search.)
     crlf = lines.count(b"\r\n")
-    if (lines.count(b"\r") != crlf or lines.count(b"\n") != crlf
-            or lines.translate(None, _ALLOWED)):  # fmt: skip
+    if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf or lines.translate(None, _ALLOWED):
         raise MessageError(400, "a control character, or a CR or LF outside a CRLF, in the head")
     if b"\r\n " in lines or b"\r\n\t" in lines:
         raise MessageError(400, "a folded header line")
@@ -208,8 +209,9 @@ def request_framing(head: Head) -> int:
     length = head.get("content-length")
     if head.get("transfer-encoding") is not None:
         if length is not None or head.start[2] != "HTTP/1.1":
-            raise MessageError(400, "ambiguous framing: Transfer-Encoding with Content-Length"
-                                    " or on HTTP/1.0")  # fmt: skip
+            raise MessageError(
+                400, "ambiguous framing: Transfer-Encoding with Content-Length or on HTTP/1.0"
+            )
         return CHUNKED
     if length is None:
         return 0
@@ -235,8 +237,9 @@ def response_framing(method: str, head: Head) -> int:
     `chunked` alone on HTTP/1.1, never both (a response is refused, 502, otherwise)."""
     lengths = head.all("content-length")
     codings = head.all("transfer-encoding")
-    if codings and (lengths or head.start[0] != "HTTP/1.1"
-                    or [c.lower() for c in codings] != ["chunked"]):  # fmt: skip
+    if codings and (
+        lengths or head.start[0] != "HTTP/1.1" or [c.lower() for c in codings] != ["chunked"]
+    ):
         raise MessageError(502, "ambiguous or unknown response framing")
     if len(lengths) > 1 or (lengths and not _DIGITS.fullmatch(lengths[0])):
         raise MessageError(502, "a malformed Content-Length in the response")
