@@ -8,6 +8,7 @@ import shlex
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from binder_lite.errors import CommandError, ToolNotFoundError
 
@@ -96,3 +97,38 @@ def stream(
             yield line.rstrip("\n")
     if proc.returncode != 0:
         raise error(argv, proc.returncode, "".join(tail))
+
+
+def spawn(
+    cmd: Sequence[Arg],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    inherit_env: bool = True,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    new_session: bool = False,
+    pass_fds: Sequence[int] = (),
+    missing: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in the background and hand back the process: for servers, VMs and
+    pipelines the caller watches.  A missing program raises `ToolNotFoundError` (with
+    `missing` as its message, if given) instead of a bare FileNotFoundError."""
+    argv = _argv(cmd)
+    log.debug("+ %s &", shlex.join(argv))
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=_environment(env, inherit_env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=new_session,
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as e:
+        raise ToolNotFoundError(
+            missing or f"{argv[0]} not found; is it installed and on PATH?"
+        ) from e
