@@ -19,6 +19,7 @@ from binder_lite.guix import ImageCommand
 from binder_lite.render import issue_text, motd_text, render_image_config, write_files
 from binder_lite.site import load_site
 from binder_lite.site.model import ImageType
+from binder_lite.site.settings import SETTINGS, Kind, Layer
 
 pytestmark = pytest.mark.guix
 
@@ -163,18 +164,39 @@ def test_text_reaches_the_store_byte_for_byte(
 
 
 SERVICE_JSON = """
-(use-modules (gnu) (gnu services) (binder-lite services) (srfi srfi-1))
-(define os (load {system}))
-(define config
-  (service-value (find (lambda (s) (eq? (service-kind s) binder-lite-service-type))
-                       (operating-system-user-services os))))
-(for-each (lambda (piece) (display (if (string? piece) piece "@FILE@")))
-          ((@@ (binder-lite services) binder-lite-config-pieces) config))
+(use-modules (gnu) (gnu services) (guix) (guix derivations) (binder-lite services)
+             (srfi srfi-1))
+(define config {config})
+;; The builder Guix made for the service's binder-lite.json, run here (it only needs
+;; Guile-JSON) instead of built in the store, which needs substitutes or hours.
+(define builder
+  (with-store store
+    (last (derivation-builder-arguments
+           (run-with-store store
+             (lower-object ((@@ (binder-lite services) binder-lite-config-file) config)))))))
+(setenv "out" {out})
+(primitive-load builder)
 """
+OS_CONFIG = """(service-value (find (lambda (s) (eq? (service-kind s) binder-lite-service-type))
+                              (operating-system-user-services (load {system}))))"""
+
+
+def service_json(guix: str, tmp_path: Path, config: str) -> Path:
+    """The file `binder-lite serve` gets for `config` (a Scheme expression), as the
+    service's own gexp writes it with Guile-JSON."""
+    from binder_lite.scheme import scm_str
+
+    out = tmp_path / "binder-lite.json"
+    script = tmp_path / "service-json.scm"
+    script.write_text(SERVICE_JSON.format(config=config, out=scm_str(str(out))))
+    proc = guix_run(guix, "repl", "-L", ROOT / "services", "--", script)
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 ROUND_TRIP = [
     SITES / "all-images.yaml",
+    SITES / "hostile-text.yaml",
     EXAMPLES / "genenetwork.yaml",
     EXAMPLES / "bare-metal.yaml",
 ]
@@ -182,23 +204,23 @@ ROUND_TRIP = [
 
 @pytest.mark.parametrize("site_file", ROUND_TRIP, ids=lambda p: p.stem)
 def test_service_configuration_round_trip(
-    guix: str, cli: Cli, tmp_path: Path, site_file: Path
+    guix: str, store_root: Path, cli: Cli, tmp_path: Path, site_file: Path
 ) -> None:
     """site file → rendered system → Guix's binder-lite-configuration → the JSON file the
     service gives `binder-lite serve` → the same settings, read back by binder-lite."""
     from binder_lite.scheme import scm_str
 
     assert cli("render", site_file, "-o", tmp_path).code == 0
-    script = tmp_path / "pieces.scm"
-    script.write_text(SERVICE_JSON.format(system=scm_str(str(tmp_path / "system.scm"))))
-    proc = guix_run(guix, "repl", "-L", ROOT / "services", "--", script)
-    assert proc.returncode == 0, proc.stderr
-    stand_in = tmp_path / "store-file"
-    stand_in.write_text("<svg/>")
-    service_file = tmp_path / "binder-lite.json"
-    service_file.write_text(proc.stdout.replace("@FILE@", str(stand_in)))
+    system = scm_str(str(tmp_path / "system.scm"))
+    written = service_json(guix, tmp_path, OS_CONFIG.format(system=system))
     site = load_site(site_file)
-    served = load_site(service_file, for_service=True)
+    settings = json.loads(written.read_text())
+    logo = settings["site"]["logo_path"]
+    if logo is not None:  # a store file, the site's logo byte for byte
+        logo = settings["site"]["logo_path"] = str(store_root / logo.lstrip("/"))
+        assert site.site.logo and Path(logo).read_bytes() == site.site.logo.read_bytes()
+        written.write_text(json.dumps(settings))
+    served = load_site(written, for_service=True)
     # The preloaded packages reach the service as store items, not names.
     assert served.binder == dataclasses.replace(site.binder, preload=())
     assert (served.site.name, served.site.slug, served.site.tagline) == (
@@ -208,7 +230,59 @@ def test_service_configuration_round_trip(
     )
     assert served.site.primary_color == site.site.primary_color
     assert (served.site.logo is None) == (site.site.logo is None)
-    assert served.jupyter_profile == str(stand_in)
+    kept = settings["keep_in_store"]
+    assert [Path(k).name[33:] for k in kept] == ["binder-lite-jupyter", "binder-lite-preload"]
+
+
+def test_service_defaults_are_the_table_s(guix: str, tmp_path: Path) -> None:
+    """`(binder-lite-configuration)` with nothing given: the service reads the defaults
+    of the settings table."""
+    from binder_lite.site.model import Binder
+
+    written = service_json(guix, tmp_path, "(binder-lite-configuration)")
+    served = load_site(written, for_service=True)
+    assert served.binder == Binder()
+    defaults = {s.key: s.default for s in SETTINGS}
+    assert (served.site.name, served.site.slug) == (defaults["site.name"], defaults["site.slug"])
+    assert served.site.tagline == defaults["site.tagline"]
+    assert served.site.primary_color == defaults["site.primary_color"]
+    assert served.site.logo is None
+
+
+RECORD_FIELDS = """
+(use-modules (gnu services configuration) (guix gexp) (binder-lite services) (json))
+(define (plain value)
+  (cond ((not (maybe-value-set? value)) 'null)
+        ((file-like? value) "<file-like>")
+        ((list? value) (list->vector value))
+        (else value)))
+(scm->json
+ (list->vector
+  (map (lambda (field)
+         `(("name" . ,(configuration-field-name field))
+           ("type" . ,(configuration-field-type field))
+           ("documentation" . ,(configuration-field-documentation field))
+           ("default" . ,(plain ((configuration-field-getter field)
+                                 (binder-lite-configuration))))))
+       binder-lite-configuration-fields)))
+"""
+
+
+def test_guix_record_fields_evaluated_by_guix_are_the_table_s(guix: str, tmp_path: Path) -> None:
+    script = tmp_path / "fields.scm"
+    script.write_text(RECORD_FIELDS)
+    proc = guix_run(guix, "repl", "-L", ROOT / "services", "--", script)
+    assert proc.returncode == 0, proc.stderr
+    fields = json.loads(proc.stdout)
+    table = [s for s in SETTINGS if Layer.GUIX in s.layers]
+    assert [f["name"] for f in fields] == [s.guix for s in table]
+    for field, setting in zip(fields, table, strict=True):
+        assert field["type"] == setting.guix_type, setting.key
+        assert field["documentation"] == setting.doc, setting.key
+        if setting.kind is Kind.PACKAGE:
+            assert field["default"] == "<file-like>"
+        else:
+            assert field["default"] == setting.guix_default, setting.key
 
 
 FAKE_BUILD = """#!/bin/sh

@@ -5,8 +5,10 @@
 (define-module (binder-lite services)
   #:use-module (gnu)
   #:use-module (gnu packages admin)
+  #:use-module (gnu packages guile)
   #:use-module (gnu packages jupyter)
   #:use-module (gnu packages package-management)
+  #:use-module (gnu services configuration)
   #:use-module (gnu services shepherd)
   #:use-module (guix gexp)
   #:use-module (guix modules)
@@ -18,84 +20,122 @@
   #:use-module (srfi srfi-1)
   #:export (binder-lite-configuration
             binder-lite-configuration?
+            binder-lite-configuration-fields
             binder-lite-configuration-port
             binder-lite-configuration-user
             binder-lite-configuration-state-directory
             binder-lite-configuration-log-file
+            binder-lite-service-json
             binder-lite-service-type))
 
-(define-record-type* <binder-lite-configuration>
-  binder-lite-configuration make-binder-lite-configuration
-  binder-lite-configuration?
-  (package          binder-lite-configuration-package          ;file-like
-                    (default binder-lite))
-  (site-name        binder-lite-configuration-site-name        ;string
-                    (default "binder-lite"))
-  (slug             binder-lite-configuration-slug             ;string
-                    (default "binder-lite"))
-  (tagline          binder-lite-configuration-tagline          ;string
-                    (default "Reproducible notebooks on GNU Guix"))
-  (logo             binder-lite-configuration-logo             ;file-like | #f
-                    (default #f))
-  (primary-color    binder-lite-configuration-primary-color    ;string
-                    (default "#0b6e4f"))
-  (port             binder-lite-configuration-port             ;integer
-                    (default 8080))
-  (max-sessions     binder-lite-configuration-max-sessions     ;integer
-                    (default 8))
-  (max-sessions-per-user binder-lite-configuration-max-sessions-per-user
-                    (default 2))
-  (idle-timeout     binder-lite-configuration-idle-timeout     ;seconds
-                    (default 3600))
-  (max-age          binder-lite-configuration-max-age          ;seconds
-                    (default 21600))
-  (allowed-repos    binder-lite-configuration-allowed-repos    ;list of strings
-                    (default '("https://*")))
-  ;; Packages kept in the store, with Jupyter and the Guix kernel, so that
-  ;; sessions needing them start without building anything.
-  (preload          binder-lite-configuration-preload          ;list of file-like
-                    (default '()))
-  (runtime          binder-lite-configuration-runtime          ;'guix | 'local
-                    (default 'guix))
-  (user             binder-lite-configuration-user             ;string
-                    (default "binder"))
-  (state-directory  binder-lite-configuration-state-directory  ;string
-                    (default "/var/lib/binder-lite"))
-  (log-file         binder-lite-configuration-log-file         ;string
-                    (default "/var/log/binder-lite.log"))
-  (auth-provider    binder-lite-configuration-auth-provider    ;'none | 'github | 'gitlab | 'oidc
-                    (default 'none))
-  (auth-issuer      binder-lite-configuration-auth-issuer      ;string | #f
-                    (default #f))
-  (auth-client-id   binder-lite-configuration-auth-client-id   ;string | #f
-                    (default #f))
-  ;; A file name on the target, read by `binder-lite serve' when it starts: the
-  ;; secret itself never enters the store.
-  (auth-client-secret-file binder-lite-configuration-auth-client-secret-file
-                    (default #f))
-  ;; "user:token" in a file on the target, for pushing sessions' changes
-  ;; when a login provides no token of its own.
-  (push-credential-file binder-lite-configuration-push-credential-file
-                    (default #f))
-  ;; Where people reach the service; OAuth redirects are built from it.
-  (public-url       binder-lite-configuration-public-url       ;string | #f
-                    (default #f))
-  ;; Proxies in front whose X-Forwarded-* headers are believed.
-  (trusted-proxies  binder-lite-configuration-trusted-proxies  ;list of strings
-                    (default '()))
-  (session-network  binder-lite-configuration-session-network  ;'none | 'outbound
-                    (default 'outbound))
-  ;; Per-session limits, enforced by the session sandbox.
-  (session-memory   binder-lite-configuration-session-memory   ;bytes
-                    (default (* 2 1024 1024 1024)))
-  (session-processes binder-lite-configuration-session-processes ;integer
-                    (default 256))
-  (session-disk     binder-lite-configuration-session-disk     ;bytes
-                    (default (* 2 1024 1024 1024)))
-  (max-repo-size    binder-lite-configuration-max-repo-size    ;bytes
-                    (default (* 512 1024 1024)))
-  (session-domain   binder-lite-configuration-session-domain   ;string | #f
-                    (default #f)))
+;; The fields, their defaults and documentation are those of the settings table,
+;; src/binder_lite/site/settings.py; tests/test_settings.py checks that they agree.
+;; Secrets never enter the store: the fields name files on the machine, read by
+;; `binder-lite serve' when it starts.
+
+(define-maybe/no-serialization string)
+(define-maybe/no-serialization file-like)
+
+(define (list-of-package-outputs? value)
+  ;; What `specifications->packages' returns: packages, or (package output) lists.
+  (and (list? value)
+       (every (match-lambda
+                ((? package?) #t)
+                (((? package?) (? string?)) #t)
+                (_ #f))
+              value)))
+
+(define-configuration/no-serialization binder-lite-configuration
+  (site-name
+   (string "binder-lite")
+   "The site's name: the web page's title, GRUB's menu entry and /etc/issue.")
+  (slug
+   (string "binder-lite")
+   "Short name, [a-z0-9-]{1,32}: image file names and the ISO label.")
+  (tagline
+   (string "")
+   "Shown under the name on the web page.")
+  (logo
+   maybe-file-like
+   "Image shown on the landing page; a file next to the site file.")
+  (primary-color
+   (string "#0b6e4f")
+   "CSS hex colour of the page.")
+  (package
+   (file-like binder-lite)
+   "The binder-lite package that runs the service.")
+  (port
+   (integer 8080)
+   "TCP port the web service listens on.")
+  (max-sessions
+   (integer 8)
+   "Sessions running at once, for everybody.")
+  (max-sessions-per-user
+   (integer 2)
+   "Sessions one person may run at once.")
+  (idle-timeout
+   (integer 3600)
+   "Seconds without activity before a session is stopped.")
+  (max-age
+   (integer (* 6 3600))
+   "Seconds a session may live at all.")
+  (allowed-repos
+   (list-of-strings '("https://*" "git://*"))
+   "URL patterns of the repositories people may launch; * is a wildcard.")
+  (preload
+   (list-of-package-outputs '())
+   "Guix packages kept in the store so that sessions needing them start at once.")
+  (runtime
+   (symbol 'guix)
+   "How sessions run: in Guix containers, or with the service's own Jupyter.")
+  (user
+   (string "binder")
+   "System account the service runs as.")
+  (state-directory
+   (string "/var/lib/binder-lite")
+   "Directory of the service's database, secrets and sessions.")
+  (log-file
+   (string "/var/log/binder-lite.log")
+   "The service's log file (the Shepherd rotates it).")
+  (push-credential-file
+   maybe-string
+   "File on the machine holding \"user:token\", to push when a login gives no token.")
+  (auth-provider
+   (symbol 'none)
+   "Who logs people in: nobody (anonymous visitors), GitHub, GitLab or OIDC.")
+  (auth-issuer
+   maybe-string
+   "The login provider's URL (required for OIDC).")
+  (auth-client-id
+   maybe-string
+   "OAuth client ID registered with the provider.")
+  (auth-client-secret-file
+   maybe-string
+   "File on the machine holding the OAuth client secret, read when the service starts.")
+  (public-url
+   maybe-string
+   "Where people reach the service; OAuth redirects are built from it.")
+  (trusted-proxies
+   (list-of-strings '())
+   "Proxies in front (IPs or CIDRs) whose X-Forwarded-* headers are believed.")
+  (session-network
+   (symbol 'outbound)
+   "What sessions may reach: the internet (never this machine's networks) or nothing.")
+  (session-memory
+   (integer (* 2 1024 1024 1024))
+   "Memory one session may use, all its processes together.")
+  (session-processes
+   (integer 256)
+   "Tasks (processes and threads) one session may run at once.")
+  (session-disk
+   (integer (* 2 1024 1024 1024))
+   "Disk one session's files may take (its checkout and /tmp).")
+  (max-repo-size
+   (integer (* 512 1024 1024))
+   "Disk a repository may take in the cache.")
+  (session-domain
+   maybe-string
+   "Serve each session from ID.DOMAIN, an origin of its own, instead of /s/ID/."))
 
 (define (binder-lite-accounts config)
   (let ((user (binder-lite-configuration-user config)))
@@ -122,24 +162,6 @@
             (mkdir-p/perms #$state account #o700)
             (mkdir-p/perms (string-append #$state "/sessions") account #o700))))))
 
-(define (json-string str)
-  ;; A JSON string literal; the file below is read as YAML, which accepts JSON.
-  (define (escape char)
-    (let ((code (char->integer char)))
-      (cond ((char=? char #\") "\\\"")
-            ((char=? char #\\) "\\\\")
-            ((< code 32) (format #f "\\u~4,'0x" code))
-            (else (string char)))))
-  (string-append "\"" (string-concatenate (map escape (string->list str))) "\""))
-
-(define (json-value value)
-  (cond ((string? value) (json-string value))
-        ((symbol? value) (json-string (symbol->string value)))
-        ((number? value) (number->string value))
-        ((eq? value #t) "true")
-        ((not value) "null")
-        ((list? value) (string-append "[" (string-join (map json-value value) ", ") "]"))))
-
 (define (binder-lite-kernel-profile config)
   ;; Jupyter and the Guix kernel, ready in the store for the first session.
   (profile
@@ -162,60 +184,97 @@
         (iota (length (binder-lite-configuration-preload config)))
         (binder-lite-configuration-preload config))))
 
-(define (binder-lite-config-pieces config)
-  ;; The service's own settings, in the shape of a site file's `site:' and
-  ;; `binder:' sections, as JSON (which YAML reads) that `binder-lite serve'
-  ;; loads like a site file.  A list of strings and file-like objects, which
-  ;; become their store file names.
-  (match-record config <binder-lite-configuration>
-    (site-name slug tagline logo primary-color port max-sessions
-     max-sessions-per-user idle-timeout max-age allowed-repos runtime user
-     state-directory auth-provider auth-issuer auth-client-id
-     auth-client-secret-file push-credential-file public-url trusted-proxies
-     session-network session-memory session-processes session-disk max-repo-size
-     session-domain)
-    (define (field name value)
-      (string-append (json-string name) ": " (json-value value)))
-    (define (object . fields)
-      (string-append "{" (string-join fields ", ") "}"))
-    (list
-     "{\"version\": 1, \"site\": {"
-     (string-join (list (field "name" site-name) (field "slug" slug)
-                        (field "tagline" tagline)
-                        (field "primary_color" primary-color))
-                  ", ")
-     ;; The logo, a file-like object, is spliced in as its own piece.
-     (if logo ", \"logo_path\": \"" "")
-     (or logo "")
-     (if logo "\"" "")
-     "}, \"binder\": "
-     (object (field "port" port) (field "max_sessions" max-sessions)
-             (field "max_sessions_per_user" max-sessions-per-user)
-             (field "idle_timeout" idle-timeout) (field "max_age" max-age)
-             (field "allowed_repos" allowed-repos) (field "runtime" runtime)
-             (field "user" user) (field "state_dir" state-directory)
-             (field "push_credential_file" push-credential-file)
-             (field "public_url" public-url)
-             (field "trusted_proxies" trusted-proxies)
-             (field "session_network" session-network)
-             (string-append
-              "\"session_limits\": "
-              (object (field "memory" session-memory)
-                      (field "processes" session-processes)
-                      (field "disk" session-disk)))
-             (field "max_repo_size" max-repo-size)
-             (field "session_domain" session-domain)
-             (string-append
-              "\"auth\": "
-              (object (field "provider" auth-provider)
-                      (field "issuer" auth-issuer)
-                      (field "client_id" auth-client-id)
-                      (field "client_secret_file" auth-client-secret-file))))
-     ", \"jupyter_profile\": \"" (binder-lite-kernel-profile config) "\""
-     ", \"preload\": \"" (binder-lite-preload config) "\"}\n")))
+(define %service-json-keys
+  ;; Where each field goes in the file `binder-lite serve' reads, which has the
+  ;; shape of a site file's `site' and `binder' sections.  The package, the log
+  ;; file and the preloaded packages (store items, not names) are not settings of
+  ;; the running service.
+  '((site-name "site" "name")
+    (slug "site" "slug")
+    (tagline "site" "tagline")
+    (logo "site" "logo_path")
+    (primary-color "site" "primary_color")
+    (port "binder" "port")
+    (max-sessions "binder" "max_sessions")
+    (max-sessions-per-user "binder" "max_sessions_per_user")
+    (idle-timeout "binder" "idle_timeout")
+    (max-age "binder" "max_age")
+    (allowed-repos "binder" "allowed_repos")
+    (runtime "binder" "runtime")
+    (user "binder" "user")
+    (state-directory "binder" "state_dir")
+    (push-credential-file "binder" "push_credential_file")
+    (auth-provider "binder" "auth" "provider")
+    (auth-issuer "binder" "auth" "issuer")
+    (auth-client-id "binder" "auth" "client_id")
+    (auth-client-secret-file "binder" "auth" "client_secret_file")
+    (public-url "binder" "public_url")
+    (trusted-proxies "binder" "trusted_proxies")
+    (session-network "binder" "session_network")
+    (session-memory "binder" "session_limits" "memory")
+    (session-processes "binder" "session_limits" "processes")
+    (session-disk "binder" "session_limits" "disk")
+    (max-repo-size "binder" "max_repo_size")
+    (session-domain "binder" "session_domain")))
+
+(define (json-field-value value)
+  ;; Guile-JSON's native form: a vector is an array, 'null is null (an unset
+  ;; maybe- field); symbols become strings.
+  (cond ((not (maybe-value-set? value)) 'null)
+        ((list? value) (list->vector value))
+        (else value)))
+
+(define (json-insert tree path value)
+  ;; TREE, an alist of JSON objects, with VALUE at PATH (a list of keys).
+  (match path
+    ((key) (append tree (list (cons key value))))
+    ((key rest ...)
+     (let ((inner (or (assoc-ref tree key) '())))
+       (append (alist-delete key tree)
+               (list (cons key (json-insert inner rest value))))))))
+
+(define (binder-lite-service-json config)
+  "The settings `binder-lite serve' reads, as Guile-JSON's native value: an alist
+of objects in which file-like objects (the logo, the profiles) stand for their
+store file names."
+  (define (field-value name)
+    (let ((field (find (lambda (f) (eq? (configuration-field-name f) name))
+                       binder-lite-configuration-fields)))
+      ((configuration-field-getter field) config)))
+  (fold (match-lambda*
+          (((name . path) tree)
+           (json-insert tree path (json-field-value (field-value name)))))
+        `(("version" . 1)
+          ;; Store items the file keeps alive, so that they are in the image:
+          ;; Jupyter and the Guix kernel, and the preloaded packages.
+          ("keep_in_store" . #(,(binder-lite-kernel-profile config)
+                               ,(binder-lite-preload config))))
+        %service-json-keys))
+
+(define (json-gexp value)
+  ;; A gexp evaluating to VALUE in which each file-like object is its file name.
+  (cond ((file-like? value) #~#$value)
+        ((vector? value) #~(vector #$@(map json-gexp (vector->list value))))
+        ((symbol? value) #~'#$value)
+        ((pair? value)
+         #~(list #$@(map (match-lambda
+                           ((key . item) #~(cons #$key #$(json-gexp item))))
+                         value)))
+        (else value)))
 
 (define (binder-lite-config-file config)
-  (apply mixed-text-file "binder-lite.json" (binder-lite-config-pieces config)))
+  (computed-file
+   "binder-lite.json"
+   (with-extensions (list guile-json-4)
+     #~(begin
+         (use-modules (json))
+         (call-with-output-file #$output
+           (lambda (port)
+             ;; #:unicode escapes control characters and those beyond U+00FF;
+             ;; the rest of Latin-1 is written in UTF-8.
+             (set-port-encoding! port "UTF-8")
+             (scm->json #$(json-gexp (binder-lite-service-json config)) port
+                        #:unicode #t #:pretty #t)))))))
 
 (define (binder-lite-shepherd-service config)
   (match-record config <binder-lite-configuration>

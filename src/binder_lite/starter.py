@@ -9,6 +9,7 @@ from pathlib import Path
 
 from binder_lite.scheme import environment
 from binder_lite.site.model import ImageType
+from binder_lite.site.settings import BY_KEY, file_value, starter_section
 
 _KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
@@ -37,4 +38,6 @@ def render_starter(path: Path, name: str, ssh_key: str | None) -> str:
         user=user,
         ssh_key=ssh_key,
         image_types=" | ".join(t.value for t in ImageType),
+        binder_section=starter_section("binder"),
+        primary_color=file_value(BY_KEY["site.primary_color"]),
     )

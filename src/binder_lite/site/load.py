@@ -7,6 +7,7 @@ line and column, or a list of located problems.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,39 @@ def load_yaml(path: Path) -> tuple[RawNode | None, list[Problem]]:
         return None, [bomb]
     raw = _convert(name, root, problems)
     return (None if problems else raw), problems
+
+
+def load_json(path: Path) -> tuple[RawNode | None, list[Problem]]:
+    """Parse the JSON file the binder-lite service type writes (Guile's JSON library
+    escapes characters beyond U+FFFF as surrogate pairs, which YAML would not join).
+    JSON keeps no positions: every node is at 1:1."""
+    name = str(path)
+    try:
+        value = json.loads(path.read_bytes(), object_pairs_hook=_unique_keys)
+    except OSError as e:
+        return None, [Problem(name, 1, 1, "", f"cannot read the file: {e.strerror}")]
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a key given twice
+        return None, [Problem(name, 1, 1, "", f"not valid JSON: {e}")]
+    return _from_json(value), []
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key is given twice in {keys}")
+    return dict(pairs)
+
+
+def _from_json(value: Any) -> RawNode:
+    mark = Mark(1, 1)
+    if isinstance(value, dict):
+        items = {key: _from_json(item) for key, item in value.items()}
+        return RawMap(items, dict.fromkeys(items, mark), mark)
+    if isinstance(value, list):
+        return RawSeq([_from_json(item) for item in value], mark)
+    if isinstance(value, str):
+        return RawScalar(value, value, False, mark)
+    return RawScalar(value, json.dumps(value), True, mark)  # unquoted, as in YAML
 
 
 def _decode(name: str, data: bytes, problems: list[Problem]) -> str | None:

@@ -6,14 +6,14 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The closed sets of the service's settings are declared with them, and re-exported.
+from binder_lite.site.settings import AuthProvider as AuthProvider
+from binder_lite.site.settings import KebabEnum, default
+from binder_lite.site.settings import Runtime as Runtime
+from binder_lite.site.settings import SessionNetwork as SessionNetwork
 
-class _KebabEnum(enum.StrEnum):
-    @staticmethod
-    def _generate_next_value_(name: str, start: int, count: int, last_values: list[str]) -> str:
-        return name.lower().replace("_", "-")
 
-
-class ImageType(_KebabEnum):
+class ImageType(KebabEnum):
     """`guix system image -t` names binder-lite builds (x86_64 PC and VM types)."""
 
     ISO9660 = enum.auto()
@@ -40,39 +40,19 @@ class ImageType(_KebabEnum):
         return "qcow2" if self.value.startswith("qcow2") else "img"
 
 
-class Firmware(_KebabEnum):
+class Firmware(KebabEnum):
     BIOS = enum.auto()  # GRUB in the MBR gap (qcow2, mbr-raw, mbr-hybrid-raw)
     EFI = enum.auto()  # GRUB-EFI on a GPT ESP (efi-raw, qcow2-gpt)
     HYBRID = enum.auto()  # ISO: Guix swaps in grub-mkrescue, which boots both
-
-
-class AuthProvider(_KebabEnum):
-    NONE = enum.auto()
-    GITHUB = enum.auto()
-    GITLAB = enum.auto()
-    OIDC = enum.auto()
-
-
-class Runtime(_KebabEnum):
-    GUIX = enum.auto()
-    LOCAL = enum.auto()
-
-
-class SessionNetwork(_KebabEnum):
-    """What a session's code may reach: nothing, or the internet through a user-mode
-    network stack that cannot reach this machine's loopback or private ranges."""
-
-    NONE = enum.auto()
-    OUTBOUND = enum.auto()
 
 
 @dataclass(frozen=True)
 class Branding:
     name: str
     slug: str
-    tagline: str = ""
+    tagline: str = default("site.tagline")
     logo: Path | None = None  # absolute, on the machine that renders
-    primary_color: str = "#0b6e4f"
+    primary_color: str = default("site.primary_color")
     issue: str | None = None
     motd: str | None = None
 
@@ -115,48 +95,46 @@ class Ssh:
     password_authentication: bool = False
 
 
+# The service's settings: defaults and documentation are in settings.SETTINGS.
+
+
 @dataclass(frozen=True)
 class Auth:
-    provider: AuthProvider = AuthProvider.NONE
-    issuer: str | None = None
-    client_id: str | None = None
-    client_secret_file: str | None = None  # a path on the target, never the secret
+    provider: AuthProvider = default("binder.auth.provider")
+    issuer: str | None = default("binder.auth.issuer")
+    client_id: str | None = default("binder.auth.client_id")
+    client_secret_file: str | None = default("binder.auth.client_secret_file")
 
 
 @dataclass(frozen=True)
 class SessionLimits:
     """What one session may use; enforced by the sandbox (sandbox.py)."""
 
-    memory: int = 2 * 1024**3  # bytes, for all its processes together
-    processes: int = 256  # tasks (processes and threads) at once
-    disk: int = 2 * 1024**3  # bytes in its files (the checkout and /tmp)
+    memory: int = default("binder.session_limits.memory")
+    processes: int = default("binder.session_limits.processes")
+    disk: int = default("binder.session_limits.disk")
 
 
 @dataclass(frozen=True)
 class Binder:
-    port: int = 8080
-    max_sessions: int = 8
-    max_sessions_per_user: int = 2
-    idle_timeout: int = 3600
-    max_age: int = 6 * 3600
-    allowed_repos: tuple[str, ...] = ("https://*", "git://*")
-    preload: tuple[str, ...] = ()
-    runtime: Runtime = Runtime.GUIX
-    user: str = "binder"
-    state_dir: str = "/var/lib/binder-lite"
-    # "user:token" for pushing sessions' changes when the login gives no token.
-    push_credential_file: str | None = None
+    port: int = default("binder.port")
+    max_sessions: int = default("binder.max_sessions")
+    max_sessions_per_user: int = default("binder.max_sessions_per_user")
+    idle_timeout: int = default("binder.idle_timeout")
+    max_age: int = default("binder.max_age")
+    allowed_repos: tuple[str, ...] = default("binder.allowed_repos")
+    preload: tuple[str, ...] = default("binder.preload")
+    runtime: Runtime = default("binder.runtime")
+    user: str = default("binder.user")
+    state_dir: str = default("binder.state_dir")
+    push_credential_file: str | None = default("binder.push_credential_file")
     auth: Auth = field(default_factory=Auth)
-    # Where people reach the service (OAuth redirects are built from it, never from
-    # a request's Host header), e.g. https://binder.example.org/.
-    public_url: str | None = None
-    # Proxies in front (IPs or CIDRs) whose X-Forwarded-* headers are believed.
-    trusted_proxies: tuple[str, ...] = ()
-    session_network: SessionNetwork = SessionNetwork.OUTBOUND
+    public_url: str | None = default("binder.public_url")
+    trusted_proxies: tuple[str, ...] = default("binder.trusted_proxies")
+    session_network: SessionNetwork = default("binder.session_network")
     session_limits: SessionLimits = field(default_factory=SessionLimits)
-    max_repo_size: int = 512 * 1024**2  # bytes a repository may take in the cache
-    # Serve each session from <id>.<domain> (its own origin) instead of /s/<id>/.
-    session_domain: str | None = None
+    max_repo_size: int = default("binder.max_repo_size")
+    session_domain: str | None = default("binder.session_domain")
 
 
 @dataclass(frozen=True)
@@ -195,8 +173,6 @@ class Site:
     services: tuple[ServiceSpec, ...] = ()
     images: tuple[ImageSpec, ...] = ()  # validation fills in the default (iso9660, qcow2)
     guix: GuixSpec = field(default_factory=GuixSpec)
-    # Only in the files the binder-lite service type writes: its store profile.
-    jupyter_profile: str | None = None
 
     def image(self, type_: ImageType) -> ImageSpec:
         """The site's spec for `type_`, or a default one when the site does not list it."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from binder_lite.errors import SiteError
-from binder_lite.site import checks
-from binder_lite.site.load import Mark, load_yaml
+from binder_lite.site import checks, settings
+from binder_lite.site.load import Mark, load_json, load_yaml
 from binder_lite.site.model import (
     Auth,
     AuthProvider,
@@ -19,21 +20,25 @@ from binder_lite.site.model import (
     ImageSpec,
     ImageType,
     Network,
-    Runtime,
     ServiceSpec,
     SessionLimits,
-    SessionNetwork,
     Site,
     Ssh,
     StaticNetwork,
     User,
 )
 from binder_lite.site.reader import REQUIRED, Problems, Section
+from binder_lite.site.settings import KebabEnum, Kind, Setting
 
 SITE_VERSION = 1
 DEFAULT_IMAGES = (ImageSpec(ImageType.ISO9660), ImageSpec(ImageType.QCOW2))
 
-E = TypeVar("E", Runtime, AuthProvider, ImageType, SessionNetwork)
+E = TypeVar("E", bound=KebabEnum)
+
+# The host name of the file the service type writes, which has no `host` section.
+SERVICE_HOSTNAME = "localhost"
+# The interface of a `static:` network that names none.
+STATIC_INTERFACE = "eth0"
 
 # Shepherd services a binder-lite system already provides (Guix's %base-services,
 # openssh, dhcpcd/static networking and ours).  A site service with one of these
@@ -98,11 +103,11 @@ SYSTEM_ACCOUNTS = frozenset(
 def load_site(path: Path, *, for_service: bool = False) -> Site:
     """Load and validate the site file at `path`; raise `SiteError` listing every problem.
 
-    `for_service`: the file configures `binder-lite serve` only (the service type
-    writes one), so only `version` and `site` are required.
+    `for_service`: the file configures `binder-lite serve` only, so only `version` and
+    `site` are required; the one the service type writes is JSON (`*.json`).
     """
     path = path.absolute()
-    raw, problems = load_yaml(path)
+    raw, problems = load_json(path) if for_service and path.suffix == ".json" else load_yaml(path)
     if raw is None:
         raise SiteError(problems)
     collector = Problems(str(path))
@@ -133,9 +138,10 @@ def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
     services = _services(root, {"root", binder.user, *(u.name for u in users)})
     images = _images(root)
     guix = _guix(root.section("guix"), base)
-    profile = root.text("jupyter_profile") if for_service else None
     if for_service:
-        root.text("preload")
+        # Store items the service type keeps alive (Jupyter's profile, the preloaded
+        # packages) by naming them in the file; nothing reads them.
+        root.texts("keep_in_store")
     root.finish()
     if not for_service:
         _check_login(root, ssh, users)
@@ -154,23 +160,22 @@ def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
         services=services,
         images=images,
         guix=guix,
-        jupyter_profile=profile,
     )
 
 
 def _branding(s: Section, base: Path, for_service: bool = False) -> Branding | None:
-    name = s.text("name", REQUIRED)
+    name = _read(s, settings.BY_KEY["site.name"])
     if name is not None and not name.strip():
         s.fail(s.mark_of("name"), "name", "must not be empty")
-    slug = s.text("slug", REQUIRED, checks.slug)
-    tagline = s.text("tagline", "")
+    slug = _read(s, settings.BY_KEY["site.slug"])
+    tagline = _read(s, settings.BY_KEY["site.tagline"])
     logo = s.text("logo")
     logo_path = _existing_file(s, "logo", logo, base) if logo is not None else None
     if for_service and logo is None:
         # The service type gives the logo's store file name, already absolute.
         stored = s.text("logo_path", None, checks.absolute_target_path)
         logo_path = _existing_file(s, "logo_path", stored, base) if stored else None
-    color = s.text("primary_color", "#0b6e4f", checks.color)
+    color = _read(s, settings.BY_KEY["site.primary_color"])
     issue = s.text("issue")
     motd = s.text("motd")
     s.finish()
@@ -193,11 +198,11 @@ def _existing_file(s: Section, key: str, value: str, base: Path) -> Path | None:
 
 
 def _host(s: Section, for_service: bool = False) -> Host | None:
-    hostname = s.text("hostname", "localhost" if for_service else REQUIRED, checks.hostname)
-    timezone = s.text("timezone", "Etc/UTC", checks.timezone)
-    locale = s.text("locale", "en_US.utf8", checks.locale)
-    keyboard = s.text("keyboard", None, checks.keyboard)
-    disk = s.text("disk", "/dev/vda", checks.device)
+    hostname = s.text("hostname", SERVICE_HOSTNAME if for_service else REQUIRED, checks.hostname)
+    timezone = s.text("timezone", _default(Host, "timezone"), checks.timezone)
+    locale = s.text("locale", _default(Host, "locale"), checks.locale)
+    keyboard = s.text("keyboard", _default(Host, "keyboard"), checks.keyboard)
+    disk = s.text("disk", _default(Host, "disk"), checks.device)
     s.finish()
     return Host(hostname, timezone, locale, keyboard, disk) if hostname is not None else None
 
@@ -207,8 +212,8 @@ def _users(root: Section, binder_user: str) -> tuple[User, ...]:
     seen: dict[str, int] = {}
     for s in root.sections("users"):
         name = s.text("name", REQUIRED, checks.user_name)
-        comment = s.text("comment", "")
-        admin = s.boolean("admin", False)
+        comment = s.text("comment", _default(User, "comment"))
+        admin = s.boolean("admin", _default(User, "admin"))
         keys = s.texts("ssh_keys", check=checks.ssh_public_key)
         s.finish()
         if name is None:
@@ -247,7 +252,7 @@ def _network(s: Section) -> Network:
 
 
 def _static(s: Section) -> StaticNetwork | None:
-    interface = s.text("interface", "eth0", checks.interface)
+    interface = s.text("interface", STATIC_INTERFACE, checks.interface)
     address = s.text("address", REQUIRED, checks.ip_interface)
     gateway = s.text("gateway", None, checks.ip_address)
     dns = s.texts("dns", check=checks.ip_address)
@@ -274,9 +279,11 @@ def _check_gateway(s: Section, address: str, gateway: str | None) -> None:
 
 def _ssh(s: Section) -> Ssh:
     ssh = Ssh(
-        enabled=s.boolean("enabled", True),
-        port=s.integer("port", 22, 1, 65535),
-        password_authentication=s.boolean("password_authentication", False),
+        enabled=s.boolean("enabled", _default(Ssh, "enabled")),
+        port=s.integer("port", _default(Ssh, "port"), 1, 65535),
+        password_authentication=s.boolean(
+            "password_authentication", _default(Ssh, "password_authentication")
+        ),
     )
     s.finish()
     return ssh
@@ -294,45 +301,37 @@ def _check_login(root: Section, ssh: Ssh, users: tuple[User, ...]) -> None:
 
 
 def _binder(s: Section) -> Binder:
-    d = Binder()
-    binder = Binder(
-        port=s.integer("port", d.port, 1, 65535),
-        max_sessions=s.integer("max_sessions", d.max_sessions, 1, 10_000),
-        max_sessions_per_user=s.integer(
-            "max_sessions_per_user", d.max_sessions_per_user, 1, 10_000
-        ),
-        idle_timeout=s.integer("idle_timeout", d.idle_timeout, 60, 30 * 86400),
-        max_age=s.integer("max_age", d.max_age, 60, 365 * 86400),
-        allowed_repos=s.texts("allowed_repos", d.allowed_repos, checks.repo_pattern),
-        preload=s.texts("preload", check=checks.package),
-        runtime=_choice(s, "runtime", Runtime, d.runtime),
-        user=s.text("user", d.user, checks.user_name),
-        state_dir=s.text("state_dir", d.state_dir, checks.absolute_target_path),
-        push_credential_file=s.text("push_credential_file", None, checks.absolute_target_path),
-        auth=_auth(s.section("auth")),
-        public_url=s.text("public_url", None, checks.public_url),
-        trusted_proxies=s.texts("trusted_proxies", check=checks.ip_network),
-        session_network=_choice(s, "session_network", SessionNetwork, d.session_network),
-        session_limits=_limits(s.section("session_limits")),
-        max_repo_size=_size(s, "max_repo_size", d.max_repo_size),
-        session_domain=s.text("session_domain", None, checks.domain),
-    )
+    values = _settings(s, "binder")
+    auth = _auth(s.section("auth"))
+    limits = s.section("session_limits")
+    session_limits = SessionLimits(**_settings(limits, "binder.session_limits"))
+    limits.finish()
     s.finish()
-    return binder
+    return Binder(**values, auth=auth, session_limits=session_limits)
 
 
-def _limits(s: Section) -> SessionLimits:
-    d = SessionLimits()
-    limits = SessionLimits(
-        memory=_size(s, "memory", d.memory, low=64 * 1024**2),
-        processes=s.integer("processes", d.processes, 8, 100_000),
-        disk=_size(s, "disk", d.disk, low=16 * 1024**2),
-    )
-    s.finish()
-    return limits
+def _settings(s: Section, section: str) -> dict[str, Any]:
+    """The settings (settings.py) a site file gives in `section`, by model field."""
+    return {setting.name: _read(s, setting) for setting in settings.in_section(section)}
 
 
-def _size(s: Section, key: str, default: int, low: int = 1024**2) -> int:
+def _read(s: Section, setting: Setting) -> Any:
+    """One setting, read and checked as its kind says."""
+    key, default = setting.name, setting.default
+    if setting.kind is Kind.INTEGER:
+        return s.integer(key, default, setting.low, setting.high)
+    if setting.kind is Kind.SIZE:
+        return _size(s, key, default, setting.low)
+    if setting.kind in (Kind.TEXTS, Kind.PACKAGES):
+        return s.texts(key, default, setting.check)
+    if setting.kind is Kind.CHOICE:
+        assert setting.choices is not None
+        return _choice(s, key, setting.choices, default)
+    assert setting.kind is Kind.TEXT, setting  # files are read where their base is known
+    return s.text(key, REQUIRED if setting.required else default, setting.check)
+
+
+def _size(s: Section, key: str, default: int, low: int) -> int:
     """A size in bytes, written as a number or with a unit (512MiB, 2GiB)."""
     value = s.text(key, None, checks.byte_size)
     if not isinstance(value, int):
@@ -344,15 +343,13 @@ def _size(s: Section, key: str, default: int, low: int = 1024**2) -> int:
 
 
 def _auth(s: Section) -> Auth:
-    provider = _choice(s, "provider", AuthProvider, AuthProvider.NONE)
-    issuer = s.text("issuer", None, checks.issuer_url)
-    client_id = s.text("client_id")
-    secret_file = s.text("client_secret_file", None, checks.absolute_target_path)
+    auth = Auth(**_settings(s, "binder.auth"))
+    provider, secret_file = auth.provider, auth.client_secret_file
     if provider is not AuthProvider.NONE:
-        for key, value in (("client_id", client_id), ("client_secret_file", secret_file)):
+        for key, value in (("client_id", auth.client_id), ("client_secret_file", secret_file)):
             if value is None:
                 s.fail(s.mark_of("provider"), key, f"is required with provider: {provider}")
-    if provider is AuthProvider.OIDC and issuer is None:
+    if provider is AuthProvider.OIDC and auth.issuer is None:
         s.fail(
             s.mark_of("provider"),
             "issuer",
@@ -360,7 +357,12 @@ def _auth(s: Section) -> Auth:
             "give the issuer URL, e.g. https://keycloak.example.org/realms/main",
         )
     s.finish()
-    return Auth(provider, issuer, client_id, secret_file)
+    return auth
+
+
+def _default(model: type[Any], name: str) -> Any:
+    """The model's default for `name`: each default is written once, in model.py."""
+    return next(f.default for f in dataclasses.fields(model) if f.name == name)
 
 
 def _choice(s: Section, key: str, enum: type[E], default: E | None) -> E:
@@ -385,11 +387,11 @@ def _services(root: Section, accounts: set[str]) -> tuple[ServiceSpec, ...]:
     for s in root.sections("services"):
         name = s.text("name", REQUIRED, checks.service_name)
         command = s.texts("command", REQUIRED)
-        user = s.text("user", "root", checks.user_name)
-        requirement = s.texts("requirement", ("user-processes",), checks.symbol)
-        respawn = s.boolean("respawn", True)
+        user = s.text("user", _default(ServiceSpec, "user"), checks.user_name)
+        requirement = s.texts("requirement", _default(ServiceSpec, "requirement"), checks.symbol)
+        respawn = s.boolean("respawn", _default(ServiceSpec, "respawn"))
         environment = s.text_map("environment")
-        documentation = s.text("documentation", "")
+        documentation = s.text("documentation", _default(ServiceSpec, "documentation"))
         s.finish()
         _check_service(s, name, command, user, environment, accounts, services)
         if name is not None and command:
