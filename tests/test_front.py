@@ -19,7 +19,7 @@ import pytest
 from launchkit import make_repo
 from webkit import Client, Server
 
-from binder_lite.launch.sandbox import Handle
+from binder_lite.launch import lifetime
 
 
 @dataclass(frozen=True)
@@ -225,9 +225,10 @@ def test_a_session_whose_jupyter_died_answers_502(session: Session, raw: Raw) ->
     # The recorded pid is bubblewrap's outer process: the sandbox's handle finds
     # Jupyter (and everything else of the session) to kill.  What it killed may be
     # listed a moment longer, until its new parent has reaped it.
-    handle = Handle.load(Path(server.session_field(sid, "session_dir")) / "sandbox.json")
+    folder = Path(server.session_field(sid, "session_dir"))
+    handle = lifetime.load(folder)
     assert handle is not None and handle.alive()
-    handle.stop(grace=0)
+    lifetime.stop(folder, grace=0)
     deadline = time.monotonic() + 10
     while handle.alive() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import queue
 import re
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -25,14 +28,12 @@ from launchkit import (
 )
 
 from binder_lite.errors import JupyterError, LaunchError, SourceError
-from binder_lite.launch import Event, Phase, launch
+from binder_lite.launch import Event, Phase, Session, launch, lifetime
 from binder_lite.launch import runtime as runtime_module
-from binder_lite.launch.sandbox import Handle
-from binder_lite.launch.session import process_alive
 from binder_lite.site.model import Runtime
 
 
-def local(source: str, tmp_path: Path, **kwargs: object) -> object:
+def local(source: str, tmp_path: Path, **kwargs: object) -> Session:
     return launch(source, runtime_kind=Runtime.LOCAL, cache_dir=tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
 
 
@@ -77,13 +78,59 @@ def test_launch_serves_the_notebook_with_its_token_only(repo: Path, tmp_path: Pa
     assert processes_mentioning(str(session.session_dir)) == []
 
 
-def test_kernel_override_and_open_path(repo: Path, tmp_path: Path) -> None:
-    (repo / "sub").mkdir()
-    session = local(str(repo), tmp_path, kernel="my-kernel", open_path="sub")
+def test_kernel_override(repo: Path, tmp_path: Path) -> None:
+    session = local(str(repo), tmp_path, kernel="my-kernel")
     try:
-        assert get_json(f"{session.base_url}api/kernelspecs", session.token)["default"] == (
-            "my-kernel"
+        specs = get_json(f"{session.base_url}api/kernelspecs", session.token)
+        assert isinstance(specs, dict) and specs["default"] == "my-kernel"
+    finally:
+        session.stop()
+
+
+OPENED = {
+    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["opened by name"]}],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.mark.parametrize(
+    ("open_path", "view", "kind"),
+    [
+        ("my notes/a b.ipynb", "notebooks", "notebook"),
+        ("my notes", "tree", "directory"),
+        ("my notes/data.csv", "edit", "file"),
+    ],
+)
+def test_open_path_leads_to_what_it_names(
+    tmp_path: Path, open_path: str, view: str, kind: str
+) -> None:
+    files = {"my notes/a b.ipynb": json.dumps(OPENED), "my notes/data.csv": "a,b\n1,2\n"}
+    session = local(str(make_repo(tmp_path / "repo", files)), tmp_path, open_path=open_path)
+    try:
+        # The page given to the browser forwards to the URL the launcher prints ...
+        forward = re.search(r'content="1;url=([^"]*)"', session.open_file().read_text())
+        assert forward is not None and html.unescape(forward[1]) == session.url
+        # ... which is the server's view of the path asked for, with the token ...
+        url = urllib.parse.urlsplit(session.url)
+        prefix = urllib.parse.urlsplit(session.base_url).path + view + "/"
+        assert url.path.startswith(prefix)
+        named = urllib.parse.unquote(url.path.removeprefix(prefix))
+        assert named == open_path
+        assert urllib.parse.parse_qs(url.query) == {"token": [session.token]}
+        assert http_status(session.url) == 200
+        # ... and the server finds there the notebook, folder or file of the repository.
+        found = get_json(
+            f"{session.base_url}api/contents/{urllib.parse.quote(named)}", session.token
         )
+        assert isinstance(found, dict) and (found["type"], found["path"]) == (kind, open_path)
+        if kind == "notebook":
+            assert found["content"]["cells"][0]["source"] == "opened by name"
+        elif kind == "file":
+            assert found["content"] == "a,b\n1,2\n"
+        else:
+            assert {c["name"] for c in found["content"]} == {"a b.ipynb", "data.csv"}
     finally:
         session.stop()
 
@@ -275,8 +322,8 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
         url = lines[4].split()[-1]
         assert http_status(url) == 200
         session_dir = Path(lines[1].strip().removeprefix("file://").removesuffix("/open.html"))
-        handle = Handle.load(session_dir / "sandbox.json")
-        assert handle is not None and handle.pid_namespaces
+        handle = lifetime.load(session_dir)
+        assert handle is not None and handle.namespaces
         server = handle.members()
         execute(url.split("notebooks/")[0], url.split("token=")[1], "1")  # start a kernel too
         assert handle.members() - server, "no kernel process in the session's sandbox"
@@ -284,12 +331,15 @@ def test_launcher_command_prints_urls_and_ctrl_c_stops_everything(
         assert proc.wait(timeout=60) == 130, stderr_path.read_text()
     finally:
         _end(proc)
-    assert "stopped the notebook server" in stderr_path.read_text()
+    # A clean stop after Ctrl-C says so, and nothing else: no "aborted", no traceback.
+    said = stderr_path.read_text().splitlines()
+    assert said[-1] == "stopped the notebook server", said[-5:]
+    assert "aborted" not in said and not any("Traceback" in line for line in said), said
     # Nothing of the session is left: no process in its sandbox (server, kernel), none
     # naming its files, no network helper, and nothing answering at the URL.
-    assert {pid for pid in handle.members() if process_alive(pid)} == set()  # zombies aside
+    assert handle.members() == set()  # zombies aside
     assert processes_mentioning(str(session_dir)) == []
-    assert not any(process_alive(pid) for pid in handle.helpers)
+    assert not any(helper.alive() for helper in handle.helpers)
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
 

@@ -21,11 +21,14 @@ def _argv(cmd: Sequence[Arg]) -> list[str]:
     return [os.fspath(a) for a in cmd]
 
 
-def _environment(extra: dict[str, str] | None, inherit: bool = True) -> dict[str, str]:
+def _environment(
+    extra: dict[str, str] | None, inherit: bool = True, fixed_locale: bool = True
+) -> dict[str, str]:
     # A fixed locale: Guix and git messages are parsed and shown to users, and
     # non-ASCII text (site names, /etc/issue) must survive as UTF-8.
     env = dict(os.environ) if inherit else {}
-    env.setdefault("LC_ALL", "C.UTF-8")
+    if fixed_locale:
+        env.setdefault("LC_ALL", "C.UTF-8")
     env.update(extra or {})
     return env
 
@@ -111,17 +114,19 @@ def spawn(
     new_session: bool = False,
     pass_fds: Sequence[int] = (),
     missing: str | None = None,
+    fixed_locale: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start `cmd` in the background and hand back the process: for servers, VMs and
     pipelines the caller watches.  A missing program raises `ToolNotFoundError` (with
-    `missing` as its message, if given) instead of a bare FileNotFoundError."""
+    `missing` as its message, if given) instead of a bare FileNotFoundError.  Without
+    `fixed_locale` the program keeps the locale `env` gives it (a user's own server)."""
     argv = _argv(cmd)
     log.debug("+ %s &", shlex.join(argv))
     try:
         return subprocess.Popen(
             argv,
             cwd=cwd,
-            env=_environment(env, inherit_env),
+            env=_environment(env, inherit_env, fixed_locale),
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,

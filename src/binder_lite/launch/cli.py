@@ -49,14 +49,34 @@ def run_launcher(
         on_event=progress,
         isolation=Isolation(sandboxed=not unsandboxed, network=SessionNetwork(network)),
     )
+    interrupted = False
     try:
         _print_urls(session)
         if not no_browser:
             webbrowser.open(session.url)
         _serve(session)
+    except KeyboardInterrupt:
+        interrupted = True  # how the user stops the server: not an error
     finally:
+        _stop(session)
+    if interrupted:
+        # Exits as a program ended by SIGINT does, without click's "Aborted!".
+        raise SystemExit(128 + signal.SIGINT)
+
+
+def _stop(session: Session) -> None:
+    """Stop the session; a second Ctrl-C (or SIGTERM) meanwhile does not cut the
+    stop short, which would leave its processes behind (the stop is bounded)."""
+    previous = (
+        signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.signal(signal.SIGTERM, signal.SIG_IGN),
+    )
+    try:
         session.stop()
-        click.echo("stopped the notebook server", err=True)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    click.echo("stopped the notebook server", err=True)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -91,11 +111,16 @@ def _serve(session: Session) -> None:
     raise SystemExit(1)
 
 
-def run_manifest(repo: Path, *, write: bool, check: bool) -> None:
+def run_manifest(repo: Path, *, write: bool, check: bool, explain: bool = False) -> None:
     from binder_lite import guix
     from binder_lite.launch.runtime import guix_available
 
     env = detect.detect(repo)
+    if explain and env.kind == "manifest":
+        from binder_lite.launch.explain import explain as explanation
+
+        click.echo(explanation(env), nl=False)
+        return
     if env.kind == "manifest":
         if write:
             raise UsageError(f"{env.config_dir / 'manifest.scm'} exists; nothing to write")
@@ -105,8 +130,15 @@ def run_manifest(repo: Path, *, write: bool, check: bool) -> None:
         env = detect.with_checked_names(env, guix.available_packages)
     elif check:
         click.echo("no guix here: package names are not checked", err=True)
+    if explain:
+        from binder_lite.launch.explain import explain as explanation
+
+        click.echo(explanation(env), nl=False)
+        return
     for r in env.unavailable:
         click.echo(f"not in Guix: {r.source} ({r.note})", err=True)
+    for s in env.skipped:  # by file and line, as the web progress shows them
+        click.echo(f"skipped {s.where}: {s.reason}", err=True)
     if write:
         from binder_lite.render import write_files
 

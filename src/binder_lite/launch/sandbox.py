@@ -9,24 +9,23 @@ reach the service's ports, another session, or anything on the host's loopback.
 
 Limits: memory and the number of tasks through a cgroup per session (v2 when the
 service has a delegated cgroup, else v1), file sizes through RLIMIT_FSIZE and /tmp
-through a bounded tmpfs; the manager checks the checkout's size as it culls.  Stopping
-kills every process of the cgroup, or, without one, every process of the session's
-PID namespace and process tree.
+through a bounded tmpfs; the manager checks the checkout's size as it culls.  A
+`Handle` finds every process of the cgroup, or, without one, of the session's PID
+namespaces and process tree; lifetime.py stops them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
 import os
 import select
 import shutil
-import signal
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -37,9 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from binder_lite.errors import LaunchError
 from binder_lite.guix import guix_program
+from binder_lite.procs import ProcessId
+from binder_lite.run import spawn
 from binder_lite.site.model import SessionLimits, SessionNetwork
 
 if TYPE_CHECKING:
+    from subprocess import Popen
+
     from binder_lite.launch.runtime import GuixPaths
 
 log = logging.getLogger(__name__)
@@ -141,10 +144,6 @@ class Sandbox:
     @property
     def inner_socket(self) -> str:
         return f"{RUN_DIR}/{SOCKET_NAME}"
-
-    @property
-    def state_file(self) -> Path:
-        return self.session_dir / "sandbox.json"
 
 
 def bubblewrap() -> str:
@@ -548,7 +547,7 @@ def outbound_helper() -> str | None:
     return shutil.which("slirp4netns")
 
 
-def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+def attach_network(box: Sandbox, process: Popen[bytes]) -> Popen[bytes]:
     """Give the sandbox of `process` (whose PID namespace's first process is found
     under it) outbound access through slirp4netns, which cannot reach the host's
     loopback.  Raises SandboxError when it cannot."""
@@ -561,7 +560,7 @@ def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess
     ready_read, ready_write = os.pipe()
     log = box.session_dir / "slirp4netns.log"
     with open(log, "wb") as errors:
-        slirp = subprocess.Popen(
+        slirp = spawn(
             [
                 helper,
                 "--configure",
@@ -571,10 +570,9 @@ def attach_network(box: Sandbox, process: subprocess.Popen[bytes]) -> subprocess
                 str(child),
                 "tap0",
             ],
-            stdin=subprocess.DEVNULL,
             stdout=errors,
             stderr=errors,
-            start_new_session=True,
+            new_session=True,
             pass_fds=(ready_write,),
         )
     os.close(ready_write)
@@ -654,95 +652,112 @@ def _in_namespaces(namespaces: set[str]) -> Iterator[int]:
             yield int(entry.name)
 
 
+def _namespace_inits(pid: int) -> list[int]:
+    """The first process of each PID namespace under `pid` (the last of its NSpid
+    values, its PID in its own namespace, is 1), other than ours."""
+    own = _ns(os.getpid(), "pid")
+    inits = []
+    for child in descendants(pid):
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        lines = status.splitlines()
+        nspid = next((x.split()[1:] for x in lines if x.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1" and _ns(child, "pid") != own:
+            inits.append(child)
+    return inits
+
+
+HANDLE_FORMAT = 2  # 1 named processes by bare PIDs: never trusted (see `Handle.load`)
+
+
 @dataclass(frozen=True)
 class Handle:
     """How to find every process of a running session, also after a restart of the
-    service: its root process, its cgroups, and its PID namespaces."""
+    service: its first process, its cgroups, the first process of each PID namespace
+    it made, and its network helper.
 
-    pid: int
+    Each process is a `ProcessId`, and only one that is still current counts: after a
+    reboot or once a PID is reused, the number names someone else's process.  A PID
+    namespace is named by its first process, not by its inode number (which the
+    kernel hands out again): the namespace ends with that process."""
+
+    process: ProcessId
     cgroups: tuple[str, ...] = ()
-    pid_namespaces: tuple[str, ...] = ()
-    helpers: tuple[int, ...] = ()  # slirp4netns
+    namespaces: tuple[ProcessId, ...] = ()
+    helpers: tuple[ProcessId, ...] = ()  # slirp4netns
 
     def save(self, path: Path) -> None:
         path.write_text(
             json.dumps(
                 {
-                    "pid": self.pid,
+                    "format": HANDLE_FORMAT,
+                    "process": self.process.to_json(),
                     "cgroups": self.cgroups,
-                    "pid_namespaces": self.pid_namespaces,
-                    "helpers": self.helpers,
+                    "namespaces": [p.to_json() for p in self.namespaces],
+                    "helpers": [p.to_json() for p in self.helpers],
                 }
             )
         )
 
     @staticmethod
     def load(path: Path) -> Handle | None:
+        """The handle saved at `path`; None when there is none, or it is of an older
+        format (bare PIDs, which name nothing we can trust)."""
         try:
             data = json.loads(path.read_text())
-            return Handle(
-                int(data["pid"]),
-                tuple(data["cgroups"]),
-                tuple(data["pid_namespaces"]),
-                tuple(data.get("helpers", ())),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return None
+        if not isinstance(data, dict) or data.get("format") != HANDLE_FORMAT:
+            return None
+        process = ProcessId.from_json(data.get("process"))
+        cgroups = data.get("cgroups")
+        if process is None or not isinstance(cgroups, list):
+            return None
+        return Handle(
+            process,
+            tuple(str(d) for d in cgroups),
+            _process_ids(data.get("namespaces")),
+            _process_ids(data.get("helpers")),
+        )
 
     def with_namespaces(self) -> Handle:
         """Note the PID namespaces the session's processes are in now (bwrap makes
         its namespace a moment after it starts)."""
-        own = _ns(os.getpid(), "pid")
-        spaces = {ns for p in descendants(self.pid) if (ns := _ns(p, "pid")) and ns != own}
-        return Handle(self.pid, self.cgroups, tuple(sorted(spaces)), self.helpers)
+        if not self.process.is_current():
+            return self
+        inits = (ProcessId.of(pid) for pid in _namespace_inits(self.process.pid))
+        found = tuple(sorted({p for p in inits if p is not None}, key=lambda p: p.pid))
+        return dataclasses.replace(self, namespaces=found)
 
-    def members(self) -> set[int]:
-        """The session's processes that still run (zombies only wait to be reaped)."""
+    def processes(self) -> set[ProcessId]:
+        """The session's processes that still run (zombies only wait to be reaped),
+        each named as it is now, so that a signal reaches that very process."""
         pids: set[int] = set()
         if self.cgroups:
             pids |= Cgroups(tuple(Path(d) for d in self.cgroups)).members()
-        if _alive(self.pid):
-            pids.add(self.pid)
-            pids.update(descendants(self.pid))
-        if self.pid_namespaces:
-            pids.update(_in_namespaces(set(self.pid_namespaces)))
+        if self.process.is_current():
+            pids.add(self.process.pid)
+            pids.update(descendants(self.process.pid))
+        spaces = {ns for p in self.namespaces if p.is_current() and (ns := _ns(p.pid, "pid"))}
+        if spaces:
+            pids.update(_in_namespaces(spaces))
         pids.discard(os.getpid())
-        return {pid for pid in pids if _alive(pid)}
+        found = (ProcessId.of(pid) for pid in pids)
+        return {p for p in found if p is not None and p.alive()}
+
+    def members(self) -> set[int]:
+        """The PIDs of `processes()`."""
+        return {p.pid for p in self.processes()}
 
     def alive(self) -> bool:
-        return bool(self.members())
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM everything (Jupyter then shuts its kernels down), SIGKILL whatever is
-        left after `grace`, until nothing of the session runs."""
-        _signal_all(self.members(), signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.members():
-            time.sleep(0.05)
-        for _ in range(50):
-            left = self.members()
-            if not left:
-                break
-            _signal_all(left, signal.SIGKILL)
-            time.sleep(0.02)
-        for helper in self.helpers:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(helper, signal.SIGKILL)
-        Cgroups(tuple(Path(d) for d in self.cgroups)).remove()
+        return bool(self.processes())
 
 
-def _signal_all(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+def _process_ids(data: object) -> tuple[ProcessId, ...]:
+    items = data if isinstance(data, list) else []
+    return tuple(p for p in map(ProcessId.from_json, items) if p is not None)
 
 
 # -- talking to the session's Jupyter -------------------------------------------------

@@ -1,15 +1,13 @@
-"""`launch()`: repository → running Jupyter, reported as phases, stopped cleanly."""
+"""`launch()`: repository → running Jupyter, reported as phases (lifetime.py ends it)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import html
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import threading
@@ -19,13 +17,23 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import quote
 
 from binder_lite import guix, net
-from binder_lite.errors import EnvironmentSpecError, GuixError, JupyterError, LaunchError
-from binder_lite.launch import detect, runtime, sandbox, sources
+from binder_lite.errors import (
+    EnvironmentSpecError,
+    GuixError,
+    JupyterError,
+    LaunchError,
+    ToolNotFoundError,
+)
+from binder_lite.launch import detect, lifetime, runtime, sandbox, sources
+from binder_lite.run import spawn
 from binder_lite.site.model import Runtime, SessionLimits, SessionNetwork
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 
 class Phase(enum.StrEnum):
@@ -73,21 +81,20 @@ class Session:
     work_dir: Path  # the session's clone of the repository
     session_dir: Path
     provenance: Provenance
-    process: subprocess.Popen[bytes] = field(repr=False)
+    process: Popen[bytes] = field(repr=False)
+    handle: sandbox.Handle = field(repr=False)  # its processes (also in session_dir)
     log_file: Path = field(repr=False)
     socket: Path | None = None  # where a sandboxed Jupyter listens, on the host
-    handle: sandbox.Handle | None = field(default=None, repr=False)
     forwarder: sandbox.Forwarder | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
-        """End the server and everything it started: SIGTERM first (Jupyter shuts its
-        kernels down), then SIGKILL whatever is left."""
+        """End the server and everything it started (see `lifetime.stop`)."""
         if self.forwarder is not None:
             self.forwarder.close()
-        _stop_started(self.process, self.handle, self.session_dir, grace)
+        lifetime.stop(self.session_dir, handle=self.handle, process=self.process, grace=grace)
 
     def open_file(self) -> Path:
         return self.session_dir / "open.html"
@@ -95,7 +102,10 @@ class Session:
 
 Report = Callable[[Event], None]
 
-DEFAULT_TIMEOUT = {Runtime.LOCAL: 120.0, Runtime.GUIX: 3600.0}
+# How long Jupyter may take to answer.  Locally it is seconds on a quiet machine, but a
+# guest under emulation (TCG) or a host at full load has taken over two minutes; a hung
+# server is still caught, and a person waiting can stop the launch.
+DEFAULT_TIMEOUT = {Runtime.LOCAL: 300.0, Runtime.GUIX: 3600.0}
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,58 @@ def launch(
         raise
 
 
+def prepare(
+    source: str,
+    ref: str | None = None,
+    *,
+    runtime_kind: Runtime = Runtime.GUIX,
+    cache_dir: Path | None = None,
+    session_dir: Path | None = None,
+    on_event: Report | None = None,
+    isolation: Isolation | None = None,
+    fetch: Fetch | None = None,
+) -> Provenance:
+    """What `launch` does before it starts Jupyter: fetch `source` at `ref`, work out its
+    environment and, for the Guix runtime, have Guix check it.  Nothing is started
+    (BinderHub's build_only); the last event is ready.  Raises a `LaunchError`."""
+    report = _Reporter(on_event or (lambda event: None))
+    cache = cache_dir or default_cache_dir()
+    session_id = secrets.token_hex(8)
+    plan = _Plan(
+        source,
+        ref,
+        runtime_kind,
+        None,
+        None,
+        None,
+        "/",
+        None,
+        cache,
+        session_dir or cache / "sessions" / session_id,
+        session_id,
+        isolation or Isolation(),
+        fetch or Fetch(),
+    )
+    try:
+        plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        checkout, env, provenance = _prepare(plan, report)
+        if plan.kind is Runtime.GUIX:
+            box, spec = _box_and_spec(plan, checkout)
+            boxed = plan.isolation.sandboxed
+            manifest = plan.session_dir / "manifest.scm"
+            argv = _guix_command(spec, box, manifest, env.channels, boxed)
+            _check_with_guix(
+                _guix_check_command(spec, box, manifest, env.channels, boxed, argv),
+                report,
+                sandbox.guix_environment({}) if boxed else None,
+            )
+    except LaunchError as e:
+        report.last(Event(Phase.FAILED, str(e)))
+        raise
+    report.last(Event(Phase.READY, f"environment ready: {provenance.commit}"))
+    return provenance
+
+
 class _Reporter:
     """Passes events on, from the launching thread and the log reader, until the last
     one (ready or failed): nothing is reported after it."""
@@ -215,6 +277,43 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
     plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     checkout, env, provenance = _prepare(plan, report)
     boxed = plan.isolation.sandboxed
+    box, spec = _box_and_spec(plan, checkout)
+    if plan.port is not None:
+        _check_port_free(plan.port)
+    token = secrets.token_hex(24)
+    started = _start(plan, spec, box, env, token, report)
+    forwarder = None
+    port = spec.port
+    if boxed and plan.isolation.forward:
+        forwarder = _forward(plan.port, box.socket, plan.session_dir, started)
+        port = forwarder.port
+    origin = f"http://127.0.0.1:{port}{spec.base_url}" if port else spec.origin
+    session = Session(
+        id=plan.session_id,
+        url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
+        base_url=origin,
+        token=token,
+        port=port,
+        pid=started.process.pid,
+        work_dir=checkout.path,
+        session_dir=plan.session_dir,
+        provenance=provenance,
+        process=started.process,
+        handle=started.handle,
+        log_file=started.log_file,
+        socket=box.socket if boxed else None,
+        forwarder=forwarder,
+    )
+    _write_open_file(session)
+    report.last(Event(Phase.READY, session.url))
+    return session
+
+
+def _box_and_spec(
+    plan: _Plan, checkout: sources.Checkout
+) -> tuple[sandbox.Sandbox, runtime.ServerSpec]:
+    """The session's sandbox, and how its Jupyter is to be started."""
+    boxed = plan.isolation.sandboxed
     box = sandbox.Sandbox(
         plan.session_id,
         plan.session_dir,
@@ -231,42 +330,16 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
         ),
         socket=box.inner_socket if boxed else None,
     )
-    if plan.port is not None:
-        _check_port_free(plan.port)
-    token = secrets.token_hex(24)
-    started = _start(plan, spec, box, env, token, report)
-    forwarder = None
-    port = spec.port
-    if boxed and plan.isolation.forward:
-        forwarder = _forward(plan.port, box.socket, started)
-        port = forwarder.port
-    origin = f"http://127.0.0.1:{port}{spec.base_url}" if port else spec.origin
-    session = Session(
-        id=plan.session_id,
-        url=f"{origin}{_view_path(checkout.path, target)}?token={token}",
-        base_url=origin,
-        token=token,
-        port=port,
-        pid=started.process.pid,
-        work_dir=checkout.path,
-        session_dir=plan.session_dir,
-        provenance=provenance,
-        process=started.process,
-        log_file=started.log_file,
-        socket=box.socket if boxed else None,
-        handle=started.handle,
-        forwarder=forwarder,
-    )
-    _write_open_file(session)
-    report.last(Event(Phase.READY, session.url))
-    return session
+    return box, spec
 
 
-def _forward(port: int | None, path: Path, started: _Started) -> sandbox.Forwarder:
+def _forward(
+    port: int | None, path: Path, session_dir: Path, started: _Started
+) -> sandbox.Forwarder:
     try:
         return sandbox.Forwarder(port or 0, path)
     except OSError as e:
-        _stop_started(started.process, started.handle, path.parent.parent, 5.0)
+        lifetime.stop(session_dir, handle=started.handle, process=started.process, grace=5.0)
         raise LaunchError(f"cannot listen on 127.0.0.1:{port or 0}: {e.strerror}") from None
 
 
@@ -310,9 +383,9 @@ def _prepare(
 
 @dataclass(frozen=True)
 class _Started:
-    process: subprocess.Popen[bytes]
+    process: Popen[bytes]
     log_file: Path
-    handle: sandbox.Handle | None
+    handle: sandbox.Handle
 
 
 def _start(
@@ -338,21 +411,51 @@ def _start(
         argv = runtime.local_argv(spec)
     where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
     report(Event(Phase.BUILDING if guix_runtime else Phase.STARTING, f"starting Jupyter{where}"))
-    cgroups = None
     if boxed:
         box.run_dir.mkdir(mode=0o700, exist_ok=True)
         if not guix_runtime:  # the guix runtime's command has its sandbox already
             readonly = [*_jupyter_files(plan.session_dir), *_borrowed_objects(box.repo)]
             argv = sandbox.bwrap_argv(box, argv, readonly)
+    deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        try:
+            return _start_once(plan, spec, box, argv, token, deadline, report)
+        except JupyterError as e:
+            if attempt == SETUP_ATTEMPTS or not _transient_setup_failure(str(e)):
+                raise
+            report(Event(Phase.STARTING, "the sandbox's setup failed for a moment; again"))
+    raise AssertionError("unreachable")
+
+
+# bubblewrap's loopback setup in a new network namespace sometimes fails with ECHILD
+# from netlink when the machine is loaded (seen under gVisor); nothing of the session
+# ran yet, so starting again is safe.
+SETUP_ATTEMPTS = 3
+_TRANSIENT = ("bwrap: loopback: Failed RTM_NEWADDR",)
+
+
+def _transient_setup_failure(message: str) -> bool:
+    return "before it was ready" in message and any(t in message for t in _TRANSIENT)
+
+
+def _start_once(
+    plan: _Plan,
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    argv: list[str],
+    token: str,
+    deadline: float,
+    report: Report,
+) -> _Started:
+    boxed = plan.isolation.sandboxed
+    cgroups = None
+    if boxed:
         cgroups = sandbox.make_cgroups(box.session_id, box.limits)
         argv = sandbox.limited(argv, cgroups, box.limits)
     process, log_file = _spawn(argv, token, plan.session_dir, box.repo, plan.kind, boxed, report)
     handle = None
-    if boxed:
-        handle = sandbox.Handle(process.pid, tuple(str(d) for d in cgroups.dirs) if cgroups else ())
-        handle.save(box.state_file)
-    deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     try:
+        handle = lifetime.track(plan.session_dir, process, cgroups)
         if boxed and box.network is SessionNetwork.OUTBOUND:
             handle = _attach_network(box, process, handle, report)
         _wait_ready(
@@ -365,12 +468,9 @@ def _start(
             plan.fetch.cancel,
         )
     except BaseException:
-        _stop_started(process, handle, plan.session_dir, 5.0)
+        lifetime.stop(plan.session_dir, handle=handle, process=process, grace=5.0)
         raise
-    if handle is not None:
-        handle = handle.with_namespaces()
-        handle.save(box.state_file)
-    return _Started(process, log_file, handle)
+    return _Started(process, log_file, lifetime.settled(plan.session_dir, handle))
 
 
 def _guix_command(
@@ -414,10 +514,10 @@ def _guix_check_command(
 
 def _attach_network(
     box: sandbox.Sandbox,
-    process: subprocess.Popen[bytes],
-    handle: sandbox.Handle | None,
+    process: Popen[bytes],
+    handle: sandbox.Handle,
     report: Report,
-) -> sandbox.Handle | None:
+) -> sandbox.Handle:
     """Outbound network for the session; without it the session still runs, offline
     (failing closed), and says so."""
     try:
@@ -425,11 +525,7 @@ def _attach_network(
     except sandbox.SandboxError as e:
         report(Event(Phase.STARTING, f"no outbound network for this session: {e}"))
         return handle
-    if handle is None:
-        return None
-    handle = dataclasses.replace(handle, helpers=(*handle.helpers, slirp.pid))
-    handle.save(box.state_file)
-    return handle
+    return lifetime.with_helper(box.session_dir, handle, slirp)
 
 
 BORROWED_INSIDE = "/run/binder-lite-objects"
@@ -541,7 +637,7 @@ def _spawn(
     kind: Runtime,
     boxed: bool,
     report: Report,
-) -> tuple[subprocess.Popen[bytes], Path]:
+) -> tuple[Popen[bytes], Path]:
     config = session_dir / "jupyter-config"
     config.mkdir(exist_ok=True)
     settings = _lab_settings(session_dir)
@@ -568,16 +664,17 @@ def _spawn(
     log_file = session_dir / "jupyter.log"
     log = open(log_file, "wb")  # noqa: SIM115 (handed to the reader thread)
     try:
-        process = subprocess.Popen(
+        process = spawn(
             argv,
             cwd=repo,
             env=env,
-            stdin=subprocess.DEVNULL,
+            inherit_env=False,  # `env` is the whole of it (see above)
+            fixed_locale=False,  # a user's own locale reaches their notebooks
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            new_session=True,
         )
-    except FileNotFoundError:
+    except ToolNotFoundError:
         log.close()
         raise JupyterError(f"{argv[0]} not found") from None
     phase = Phase.BUILDING if kind is Runtime.GUIX else Phase.STARTING
@@ -595,7 +692,7 @@ def _lab_settings(session_dir: Path) -> Path:
     return settings
 
 
-def _pump(process: subprocess.Popen[bytes], log: BinaryIO, phase: Phase, report: Report) -> None:
+def _pump(process: Popen[bytes], log: BinaryIO, phase: Phase, report: Report) -> None:
     """Copy the server's output to its log file and, as events, to the reporter."""
     assert process.stdout is not None
     with log:
@@ -613,7 +710,7 @@ def _wait_ready(
     spec: runtime.ServerSpec,
     socket_path: Path | None,
     token: str,
-    process: subprocess.Popen[bytes],
+    process: Popen[bytes],
     log_file: Path,
     deadline: float,
     cancel: threading.Event | None = None,
@@ -658,80 +755,6 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
     kept = [line for line in text.splitlines() if "token=" not in line]
     return "\n".join(kept[-lines:]) or "(empty log)"
-
-
-def _stop_started(
-    process: subprocess.Popen[bytes],
-    handle: sandbox.Handle | None,
-    session_dir: Path,
-    grace: float,
-) -> None:
-    if handle is not None:
-        handle.stop(grace)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)  # reaped: not a zombie of the service
-    else:
-        _terminate_group(process, grace)
-        reap_strays(session_dir)
-
-
-def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def stop_process_group(pid: int, session_dir: Path, grace: float = 10.0) -> None:
-    """Stop a session server that is not our child (adopted after a restart)."""
-    handle = sandbox.Handle.load(session_dir / "sandbox.json")
-    if handle is not None:
-        handle.stop(grace)
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    reap_strays(session_dir)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone for our purposes
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return False
-
-
-def reap_strays(session_dir: Path) -> None:
-    """Kill processes whose command line names a file of the session: its server after
-    a restart, and kernels, which run in sessions of their own, out of its group."""
-    marker = os.fsencode(session_dir) + b"/"
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _write_open_file(session: Session) -> None:

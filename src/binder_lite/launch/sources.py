@@ -30,10 +30,14 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlunparse
 
 from binder_lite import run
 from binder_lite.errors import CommandError, SourceError
+
+if TYPE_CHECKING:
+    from subprocess import Popen
 
 REMOTE_SCHEMES = ("https", "http", "git", "ssh")
 _SHA = re.compile(r"[0-9a-f]{7,40}")
@@ -225,16 +229,14 @@ def _git_bounded(remote: _Remote, mirror: Path, *args: str) -> str:
     launch is stopped.  (binder_lite.run cannot watch a command while it runs.)"""
     limits = remote.limits
     argv = [*_file_size_limit(limits.max_size), "git", *remote.config, *args]
-    env = {**os.environ, "LC_ALL": "C.UTF-8", **GIT_ENV}
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
+        proc = run.spawn(
             argv,
             cwd=mirror,
-            env=env,
-            stdin=subprocess.DEVNULL,
+            env={"LC_ALL": "C.UTF-8", **GIT_ENV},
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            new_session=True,
         )
         if argv[0] == "git":
             _limit_file_size(proc.pid, limits.max_size)
@@ -296,7 +298,7 @@ def _limit_file_size(pid: int, limit: int) -> None:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, limit))
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def _kill_group(proc: Popen[bytes]) -> None:
     # git runs git-remote-https and index-pack as children: end them all, and wait
     # (briefly) until they are gone, not only git itself.
     with contextlib.suppress(ProcessLookupError):
