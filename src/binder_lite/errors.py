@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class BinderLiteError(Exception):
@@ -112,3 +113,38 @@ class SmokeError(BinderLiteError):
 
 class BuildError(BinderLiteError):
     """An image could not be built or copied out of the store."""
+
+
+class StateError(BinderLiteError):
+    """The service's state database cannot be used by this version of binder-lite."""
+
+
+class StateTooNewError(StateError):
+    """The state database was migrated by a newer binder-lite (this is a roll-back);
+    it is refused untouched, and `backup` is the copy that newer version made before
+    migrating, when there is one."""
+
+    def __init__(self, path: Path, found: int, known: int, backup: Path | None) -> None:
+        self.path, self.found, self.known, self.backup = path, found, known, backup
+        restore = (
+            f"; the copy made before that upgrade is {backup}: with the service stopped, "
+            f"move it to {path} and delete {path.name}-wal and {path.name}-shm"
+            if backup
+            else ""
+        )
+        super().__init__(
+            f"{path}: the state database is at schema version {found}, newer than the "
+            f"{known} this binder-lite knows; run the newer binder-lite{restore}"
+        )
+
+
+class StateMigrationError(StateError):
+    """A migration of the state database failed; the database is as it was."""
+
+    def __init__(self, path: Path, found: int, target: int, backup: Path | None, why: str) -> None:
+        self.path, self.found, self.target, self.backup = path, found, target, backup
+        kept = f"; a copy from before is {backup}" if backup else ""
+        super().__init__(
+            f"{path}: migrating the state database from schema version {found} to "
+            f"{target} failed ({why}); it is unchanged{kept}"
+        )

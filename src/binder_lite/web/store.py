@@ -1,18 +1,30 @@
-"""Session records in SQLite, so a restarted service finds the sessions it started."""
+"""Session records in SQLite, so a restarted service finds the sessions it started.
+
+The schema has a version, `PRAGMA user_version`, and an ordered list of migrations
+that bring an older database up to it when the service opens it (an upgrade)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
+from binder_lite.errors import StateError, StateMigrationError, StateTooNewError
+from binder_lite.procs import ProcessId
+
+log = logging.getLogger(__name__)
+
+# The newest schema, as a new database gets it.  A change here needs a migration below
+# (tests/test_store_migrations.py checks that migrating gives this same schema).
+SCHEMA = (
+    """CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -23,7 +35,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     commit_sha TEXT,
     port INTEGER,
     socket TEXT,                   -- the Unix socket Jupyter listens on, when sandboxed
-    pid INTEGER,
+    pid INTEGER,                   -- shown only: `process` names the process
+    process TEXT,                  -- JSON: its ProcessId (pid, start time, boot)
     token TEXT,
     view TEXT,                     -- URL path of the page to show, under the session
     work_dir TEXT,
@@ -33,10 +46,129 @@ CREATE TABLE IF NOT EXISTS sessions (
     ready REAL,
     last_activity REAL,
     stopped REAL
-);
-CREATE INDEX IF NOT EXISTS sessions_status ON sessions (status);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
+)""",
+    "CREATE INDEX sessions_status ON sessions (status)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What takes a database from `version - 1` to `version`."""
+
+    version: int
+    summary: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _sql(*statements: str) -> Callable[[sqlite3.Connection], None]:
+    def apply(db: sqlite3.Connection) -> None:
+        for statement in statements:
+            db.execute(statement)
+
+    return apply
+
+
+# Version 1 is the first release's schema (sessions and counters, commit 0999b78).
+MIGRATIONS = (
+    Migration(2, "sessions.socket", _sql("ALTER TABLE sessions ADD COLUMN socket TEXT")),
+    Migration(3, "sessions.process", _sql("ALTER TABLE sessions ADD COLUMN process TEXT")),
+)
+VERSION = MIGRATIONS[-1].version
+
+# The releases before user_version was set left it at 0: their version is told by the
+# columns each added.  Databases from later releases carry their version.
+_UNVERSIONED = ((3, "process"), (2, "socket"), (1, "created"))
+
+# How long an open waits for another process's migration (or write) to finish.
+_LOCK_WAIT = 30.0
+
+
+def backup_path(path: Path, version: int) -> Path:
+    """Where the database is copied before it is migrated to `version`: a roll-back to
+    the release before restores it from there."""
+    return path.with_name(f"{path.name}.before-v{version}")
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int | None:
+    """Bring the database at `path` (open as `db`, in autocommit mode) to `VERSION`, all
+    or nothing; the version it was at when a migration ran, else None.  The write lock is
+    taken before the version is read, so of two processes opening it at once one migrates
+    and the other then finds it done."""
+    if _stored_version(db) == VERSION:
+        return None
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = _version(db, path)
+        if found > VERSION:
+            raise StateTooNewError(path, found, VERSION, _existing(backup_path(path, found)))
+        if found == 0:
+            _sql(*SCHEMA)(db)
+        elif found < VERSION:
+            _apply(db, path, found)
+        db.execute(f"PRAGMA user_version = {VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk, ...)
+            db.execute("ROLLBACK")
+        raise
+    return found if 0 < found < VERSION else None
+
+
+def _apply(db: sqlite3.Connection, path: Path, found: int) -> None:
+    backup = backup_path(path, VERSION)
+    try:
+        _copy(path, backup)
+    except (OSError, sqlite3.Error) as e:
+        raise StateMigrationError(path, found, VERSION, None, f"copying it to {backup}: {e}") from e
+    for migration in MIGRATIONS:
+        if migration.version > found:
+            try:
+                migration.apply(db)
+            except Exception as e:
+                why = f"version {migration.version}, {migration.summary}: {e}"
+                raise StateMigrationError(path, found, VERSION, backup, why) from e
+
+
+def _stored_version(db: sqlite3.Connection) -> int:
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _version(db: sqlite3.Connection, path: Path) -> int:
+    stored = _stored_version(db)
+    if stored:
+        return stored
+    columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    if not columns:
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StateError(f"{path}: not a binder-lite state database (no sessions table)")
+        return 0
+    for version, column in _UNVERSIONED:
+        if column in columns:
+            return version
+    raise StateError(f"{path}: not a binder-lite state database (sessions has no `created`)")
+
+
+def _copy(path: Path, backup: Path) -> None:
+    """A consistent copy of the database (with what is still in its WAL), made from a
+    second connection: the migrating one holds the write lock, and WAL lets others read."""
+    partial = backup.with_name(backup.name + ".partial")
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # tokens: 0600
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+    source = sqlite3.connect(path)
+    target = sqlite3.connect(partial)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    os.replace(partial, backup)
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None
 
 
 @dataclass
@@ -52,6 +184,7 @@ class Record:
     port: int | None = None
     socket: str | None = None
     pid: int | None = None
+    process: str | None = None  # ProcessId.to_json() of the session's first process
     token: str | None = None
     view: str | None = None
     work_dir: str | None = None
@@ -64,6 +197,14 @@ class Record:
 
     def provenance_dict(self) -> dict[str, Any]:
         return json.loads(self.provenance) if self.provenance else {}
+
+    def process_id(self) -> ProcessId | None:
+        """The session's first process as recorded; None for a record made before
+        processes were named by more than their PID (or an unreadable one)."""
+        try:
+            return ProcessId.from_json(json.loads(self.process or "null"))
+        except ValueError:
+            return None
 
 
 _COLUMNS = [f.name for f in fields(Record)]
@@ -79,14 +220,20 @@ class Store:
             fd = os.open(path.with_name(name), os.O_RDWR | os.O_CREAT, 0o600)
             os.fchmod(fd, 0o600)
             os.close(fd)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        # A database made before a column existed gets it (no migrations framework yet).
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        for column, kind in (("socket", "TEXT"),):
-            if column not in have:
-                self._db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {kind}")
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=_LOCK_WAIT
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            was = migrate(self._db, path)
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StateError(f"{path}: cannot open the state database: {e}") from e
+        except BaseException:
+            self._db.close()
+            raise
+        if was is not None:
+            log.info("%s: migrated from schema version %d to %d", path, was, VERSION)
         self._lock = threading.Lock()
 
     def add(self, record: Record) -> None:
