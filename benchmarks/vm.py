@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/vm.py
 
 1. Boot-to-SSH and the smoke suite's time for the stand-in image (tests/standin.py),
-   booted by `binder-lite vm run` (accelerator chosen as users get it: auto).
+   booted by `binder-lite vm run` (accelerator chosen as users get it: auto), and how
+   long `vm run --timeout 45` takes to give up on a guest that never starts SSH.
 2. A no-op `binder-lite image build` (the image exists, the derivation is unchanged)
    against plain `guix system image -d` on the same site: goal ≤ 1.2×.  Guix cannot
    build images here, so the first build's build step is a stand-in (as in the tests);
@@ -61,9 +62,39 @@ def vm_times(work: Path) -> None:
             + ("   (includes a failed KVM attempt)" if "warning" in output else "")
         )
         smoke, _ = timed([BIN / "binder-lite", "smoke", name, "--site", site, "-i", key])
-        print(f"smoke suite (7 checks):          {smoke:7.1f} s")
+        print(f"smoke suite ({len(smoke_checks())} checks):          {smoke:7.1f} s")
     finally:
         subprocess.run([BIN / "binder-lite", "vm", "stop", name], capture_output=True)
+    print(f"vm run giving up (no SSH, 45 s): {give_up_time(image, work):7.1f} s")
+
+
+def smoke_checks() -> list[str]:
+    from binder_lite.smoke import checks
+
+    return [name for name in vars(checks) if name.startswith("test_")]
+
+
+def give_up_time(image: Path, work: Path) -> float:
+    """A guest whose init does not exist: `vm run` waits its --timeout, then stops it."""
+    import dataclasses
+
+    from binder_lite import imagemeta
+
+    meta = imagemeta.read(image)
+    assert meta is not None and meta.boot.append and meta.boot.kernel and meta.boot.initrd
+    broken = work / "broken.img"
+    broken.symlink_to(image)
+    boot = dataclasses.replace(
+        meta.boot,
+        append=meta.boot.append.replace("init=/sbin/standin-init", "init=/nonexistent"),
+        kernel=str(image.parent / meta.boot.kernel),
+        initrd=str(image.parent / meta.boot.initrd),
+    )
+    imagemeta.write(broken, dataclasses.replace(meta, image=broken.name, boot=boot))
+    argv: list[str | os.PathLike[str]] = [BIN / "binder-lite", "vm", "run", broken]
+    started = time.perf_counter()
+    subprocess.run([*argv, "--accel", "tcg", "--timeout", "45"], capture_output=True)
+    return time.perf_counter() - started
 
 
 def build_times(work: Path) -> None:

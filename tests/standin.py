@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from binder_lite import imagemeta
+from binder_lite.imagemeta import Boot, ImageMeta
 from binder_lite.render import issue_text, motd_text
 from binder_lite.site.model import Site
 
@@ -136,7 +138,8 @@ def wheel(out: Path) -> Path:
 
 
 def build(site: Site, out_dir: Path, secret: str) -> Path:
-    """The stand-in image for `site` in `out_dir`, with its .json like built images."""
+    """The stand-in image for `site` in `out_dir`, with its metadata as built images
+    have it (without a build record: no Guix built it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = python_root()
     root = out_dir / "root"
@@ -165,24 +168,22 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
     shutil.copy(kernel, out_dir / "vmlinuz")
     shutil.copy(initrd, out_dir / "initrd.img")
     shutil.rmtree(root)
-    user = next(u.name for u in site.users if u.ssh_keys)
-    meta = {
-        "image": image.name,
-        "format": "raw",
-        "type": "standin",
-        "boot": {
-            "firmware": "bios",
-            "kernel": "vmlinuz",
-            "initrd": "initrd.img",
-            "append": "root=/dev/vda rw console=ttyS0,115200 "
+    meta = ImageMeta(
+        image=image.name,
+        type="standin",
+        format="raw",
+        boot=Boot(
+            firmware="bios",
+            kernel="vmlinuz",
+            initrd="initrd.img",
+            append="root=/dev/vda rw console=ttyS0,115200 "
             "init=/sbin/standin-init net.ifnames=0 quiet",
-        },
-        "ssh_user": user,
-        "ssh_port": 22,
-        "http_port": site.binder.port,
-        "site": str(site.path),
-    }
-    image.with_name(image.name + ".json").write_text(json.dumps(meta, indent=2))
+        ),
+        ssh_user=next(u.name for u in site.users if u.ssh_keys),
+        ssh_port=22,
+        http_port=site.binder.port,
+    )
+    imagemeta.write(image, meta)
     return image
 
 

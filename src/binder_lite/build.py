@@ -1,7 +1,8 @@
 """`binder-lite image build`: run Guix, copy the image out of the store, describe it.
 
-Next to each image go `<image>.sha256` and `<image>.json` (the site file's hash, the
-derivation, Guix's version and channels, type, size, build time, how it boots).  When
+Next to each image go `<image>.sha256` and `<image>.json` (binder_lite.imagemeta: the
+site file's hash, the derivation, Guix's version and channels, type, size, build time,
+how it boots).  When
 the derivation is the one already built and the image is still there unchanged, the
 build says so and returns without running Guix's build.
 """
@@ -9,7 +10,6 @@ build says so and returns without running Guix's build.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from binder_lite import guix, render, run
+from binder_lite import guix, imagemeta, render, run
 from binder_lite.errors import BuildError, GuixError
+from binder_lite.imagemeta import BuildRecord, ImageMeta, MetadataError
 from binder_lite.site.model import Firmware, ImageType, Site
 
 Progress = Callable[[str], None]
@@ -37,16 +38,20 @@ def image_path(site: Site, image_type: ImageType, out_dir: Path) -> Path:
     return out_dir / f"{site.site.slug}-{image_type}.{image_type.extension}"
 
 
-def metadata_path(image: Path) -> Path:
-    return image.with_name(image.name + ".json")
+@dataclass(frozen=True)
+class Listed:
+    """An image `image build` made, as `image list` shows it."""
+
+    path: Path
+    meta: ImageMeta
+    build: BuildRecord
+    present: bool  # False: the metadata is there, the image file is not
 
 
-def read_metadata(image: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(metadata_path(image).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+@dataclass(frozen=True)
+class Listing:
+    images: list[Listed]
+    unreadable: list[str]  # why each metadata-looking file was skipped
 
 
 def build(
@@ -77,11 +82,15 @@ def build(
 
 
 def _up_to_date(target: Path, drv: str) -> bool:
-    meta = read_metadata(target)
-    if meta is None or meta.get("derivation") != drv or not target.is_file():
+    try:
+        meta = imagemeta.read(target)
+    except MetadataError:
+        return False  # damaged or someone else's: build, which rewrites it
+    built = meta.build if meta is not None else None
+    if built is None or built.derivation != drv or not target.is_file():
         return False
     stat = target.stat()
-    return meta.get("bytes") == stat.st_size and meta.get("mtime_ns") == stat.st_mtime_ns
+    return built.nbytes == stat.st_size and built.mtime_ns == stat.st_mtime_ns
 
 
 def _run_build(command: guix.ImageCommand, progress: Progress, started: float) -> str:
@@ -133,34 +142,43 @@ def _describe(
     target.with_name(target.name + ".sha256").write_text(f"{digest}  {target.name}\n")
     channels = site.guix.channels.read_text() if site.guix.channels else None
     stat = target.stat()
-    meta = {
-        "image": target.name,
-        "type": str(image_type),
-        "sha256": digest,
-        "bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "size": size or site.image(image_type).size,
-        "derivation": drv,
-        "site": str(site.path),
-        "site_sha256": hashlib.sha256(site.path.read_bytes()).hexdigest(),
-        "guix_version": guix.version(),
-        "channels": channels,
-        "build_seconds": round(seconds, 1),
-        "built_at": time.time(),
-        "boot": {"firmware": "efi" if image_type.firmware is Firmware.EFI else "bios"},
-        "format": {"qcow2": "qcow2", "iso": "iso"}.get(image_type.extension, "raw"),
-        "ssh_user": next((u.name for u in site.users if u.ssh_keys), None),
-        "ssh_port": site.ssh.port,
-        "http_port": site.binder.port,
-    }
-    metadata_path(target).write_text(json.dumps(meta, indent=2) + "\n")
+    build = BuildRecord(
+        sha256=digest,
+        nbytes=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        size=size or site.image(image_type).size,
+        derivation=drv,
+        site=str(site.path),
+        site_sha256=hashlib.sha256(site.path.read_bytes()).hexdigest(),
+        guix_version=guix.version(),
+        channels=channels,
+        build_seconds=round(seconds, 1),
+        built_at=time.time(),
+    )
+    meta = ImageMeta(
+        image=target.name,
+        type=str(image_type),
+        format={"qcow2": "qcow2", "iso": "iso"}.get(image_type.extension, "raw"),
+        boot=imagemeta.Boot(firmware="efi" if image_type.firmware is Firmware.EFI else "bios"),
+        ssh_user=next((u.name for u in site.users if u.ssh_keys), None),
+        ssh_port=site.ssh.port,
+        http_port=site.binder.port,
+        build=build,
+    )
+    imagemeta.write(target, meta)
 
 
-def list_images(out_dir: Path) -> list[dict[str, object]]:
-    found = []
+def list_images(out_dir: Path) -> Listing:
+    """The images `image build` wrote into `out_dir` (those without a build record,
+    such as the test suite's stand-in, are not listed)."""
+    images, unreadable = [], []
     for meta_file in sorted(out_dir.glob("*.json")):
         image = meta_file.with_name(meta_file.name.removesuffix(".json"))
-        meta = read_metadata(image)
-        if meta is not None and "derivation" in meta:
-            found.append({**meta, "path": str(image), "present": image.is_file()})
-    return found
+        try:
+            meta = imagemeta.read(image)
+        except MetadataError as e:
+            unreadable.append(str(e))
+            continue
+        if meta is not None and meta.build is not None:
+            images.append(Listed(image, meta, meta.build, image.is_file()))
+    return Listing(images, unreadable)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import functools
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +11,9 @@ import paramiko
 import pytest
 
 from binder_lite.smoke.forward import forward
+from binder_lite.smoke.readiness import ServiceWait
 from binder_lite.smoke.runner import CONTEXT, SmokeContext
+from binder_lite.smoke.shepherd import AsRoot, ShepherdService, as_root_on
 from binder_lite.vm import ssh
 
 
@@ -41,24 +43,38 @@ def machine(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Any:
 
 
 @pytest.fixture(scope="session")
-def web(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]:
-    """binder-lite's address, reached through the SSH connection."""
+def as_root(machine: Any) -> AsRoot:
+    return as_root_on(machine)
+
+
+@pytest.fixture(scope="session")
+def tunnel(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]:
+    """binder-lite's address, reached through the SSH connection (answering or not)."""
     transport = ssh_client.get_transport()
     assert transport is not None
     with forward(transport, smoke.site.binder.port) as port:
-        url = f"http://127.0.0.1:{port}"
-        # A machine that just booted may still be starting the service: give it time
-        # (bounded), so that the checks judge the service, not the boot's timing.
-        deadline = time.monotonic() + smoke.service_timeout
-        while not answers(url):
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"binder-lite did not answer on port {smoke.site.binder.port} "
-                    f"within {smoke.service_timeout:.0f} s",
-                    pytrace=False,
-                )
-            time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def service(smoke: SmokeContext, tunnel: str, machine: Any, as_root: AsRoot) -> ServiceWait:
+    def diagnose() -> str:
+        status = ShepherdService(machine, "binder-lite", as_root).status()
+        return f"herd status binder-lite:\n{status.output}"
+
+    return ServiceWait(
+        functools.partial(answers, tunnel),
+        smoke.service_timeout,
+        f"binder-lite on port {smoke.site.binder.port}",
+        diagnose,
+    )
+
+
+@pytest.fixture
+def web(service: ServiceWait, tunnel: str) -> str:
+    """binder-lite's address once it answers (the wait is shared by all checks)."""
+    service.require()
+    return tunnel
 
 
 def answers(url: str) -> bool:

@@ -10,6 +10,7 @@ import paramiko
 import pytest
 
 from binder_lite.site.model import Site
+from binder_lite.smoke.command import SERVICE_TIMEOUT
 from binder_lite.vm import ssh
 
 CHECKS = Path(__file__).with_name("checks.py")
@@ -23,7 +24,7 @@ class SmokeContext:
     site: Site
     repo: str | None = None  # a repository the target may launch; else one made there
     respawn_within: float = 10.0
-    service_timeout: float = 180.0  # for the service to answer at all, after a boot
+    service_timeout: float = SERVICE_TIMEOUT  # for the service to answer at all, after a boot
     results: list[tuple[str, str, str]] = field(default_factory=list)
 
 

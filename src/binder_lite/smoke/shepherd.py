@@ -1,11 +1,27 @@
 """A Shepherd service as seen through testinfra (which knows systemd, OpenRC and SysV
-init, not the Shepherd)."""
+init, not the Shepherd), and running commands as root on the target."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class AsRoot:
+    """How a command runs as root on the target: directly when we log in as root (a
+    host may have no sudo at all), else through `sudo -n` (which never prompts)."""
+
+    sudo: bool
+
+    def __call__(self, command: str) -> str:
+        return f"sudo -n {command}" if self.sudo else command
+
+
+def as_root_on(host: Any) -> AsRoot:
+    """Ask the target who we are: root is uid 0, whatever the account's name."""
+    return AsRoot(sudo=host.run("id -u").stdout.strip() != "0")
 
 
 @dataclass(frozen=True)
@@ -17,14 +33,13 @@ class ShepherdStatus:
 
 
 class ShepherdService:
-    def __init__(self, host: Any, name: str, sudo: bool = True) -> None:
+    def __init__(self, host: Any, name: str, as_root: AsRoot) -> None:
         self.host = host
         self.name = name
-        self.sudo = sudo
+        self.as_root = as_root
 
     def status(self) -> ShepherdStatus:
-        prefix = "sudo -n " if self.sudo else ""
-        result = self.host.run(prefix + "herd status %s", self.name)
+        result = self.host.run(self.as_root("herd status %s"), self.name)
         output = (result.stdout + result.stderr).strip()
         return ShepherdStatus(
             self.name, result.rc == 0 and _is_running(output), _main_pid(output), output

@@ -1,20 +1,19 @@
-"""The `binder-lite vm …` and `binder-lite smoke` commands (arguments only; the work is
-in vm.machine, vm.ssh and smoke.runner, imported when a command runs)."""
+"""The `binder-lite vm …` commands (arguments only; the work is in vm.machine, vm.ssh
+and, for `vm smoke`, smoke.command, imported when a command runs)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from binder_lite.errors import SmokeError, UsageError
+from binder_lite.errors import UsageError
 
 if TYPE_CHECKING:
-    from binder_lite.vm.qemu import RunningVM
+    from binder_lite.vm.machine import Survey
 
 identity_option = click.option(
     "-i",
@@ -157,13 +156,21 @@ def vm_ssh(name: str, identity: Path | None, user: str | None, command: tuple[st
 
 
 @vm.command("stop")
-@click.argument("name")
-def vm_stop(name: str) -> None:
-    """Stop the running VM NAME."""
+@click.argument("name", required=False)
+def vm_stop(name: str | None) -> None:
+    """Stop the running VM NAME [default: the only one running]."""
     from binder_lite.vm import machine
 
-    machine.running(name).stop()
-    click.echo(f"stopped {name}")
+    running = machine.running(name) if name else machine.only_running(_reported(machine.survey()))
+    running.stop()
+    click.echo(f"stopped {running.spec.name}")
+
+
+def _reported(survey: Survey) -> Survey:
+    """`survey` after telling the user about the stale records it removed."""
+    for stale in survey.stale:
+        click.echo(f"warning: {stale.reason}", err=True)
+    return survey
 
 
 @vm.command("list")
@@ -171,7 +178,7 @@ def vm_list() -> None:
     """Show the running VMs."""
     from binder_lite.vm import machine
 
-    found = machine.all_running()
+    found = _reported(machine.survey()).running
     if not found:
         click.echo("no VMs are running")
     for running in found:
@@ -179,129 +186,6 @@ def vm_list() -> None:
         click.echo(
             f"{s.name}  pid {running.pid}  ssh 127.0.0.1:{s.ssh_port}  "
             f"http 127.0.0.1:{s.http_port}  {s.accel}  {s.image}"
-        )
-
-
-smoke_options: list[Decorator] = [
-    click.option(
-        "--site",
-        "site_file",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="The site file the target was built from.",
-    ),
-    identity_option,
-    click.option(
-        "--host-key",
-        "host_keys",
-        multiple=True,
-        help="The target's public host key ('ssh-ed25519 AAAA…'); repeatable.",
-    ),
-    click.option(
-        "--known-hosts",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="A known_hosts file [default: ~/.ssh/known_hosts].",
-    ),
-    click.option(
-        "--repo",
-        help="A repository the target may launch [default: one made "
-        "on the target, which needs file:// allowed there].",
-    ),
-    click.option(
-        "--junit-xml",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Write the results as JUnit XML here.",
-    ),
-    click.option("-v", "--verbose", is_flag=True, help="Show pytest's own report too."),
-]
-
-
-Decorator = Callable[[Callable[..., None]], Callable[..., None]]
-
-
-def _with(options: list[Decorator]) -> Decorator:
-    """Apply shared click options (`smoke` and `vm smoke` take the same)."""
-
-    def decorate(f: Callable[..., None]) -> Callable[..., None]:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-@click.command("smoke")
-@click.argument("target", metavar="TARGET")
-@_with(smoke_options)
-def smoke(
-    target: str,
-    site_file: Path | None,
-    identity: Path | None,
-    host_keys: tuple[str, ...],
-    known_hosts: Path | None,
-    repo: str | None,
-    junit_xml: Path | None,
-    verbose: bool,
-) -> None:
-    """Check over SSH that TARGET (ssh://user@host:port, or the name of a running VM)
-    is a working binder-lite machine for SITE.  Host keys are checked, never trusted."""
-    from binder_lite.vm import machine
-    from binder_lite.vm import ssh as vmssh
-
-    running = None
-    if "://" not in target and "@" not in target:
-        running = machine.running(target)
-    if site_file is None:
-        raise UsageError("give --site: the site file the target was built from")
-    if running is not None:
-        keys = list(host_keys) or _serial_keys(running)
-        user = machine.ssh_user(running)
-        spec = vmssh.Target("127.0.0.1", running.spec.ssh_port, user or "")
-        if not spec.user:
-            raise UsageError("the VM's image does not say which user logs in")
-    else:
-        spec = vmssh.parse_target(target)
-        keys = list(host_keys)
-    _run_smoke(spec, site_file, identity, keys, known_hosts, repo, junit_xml, verbose)
-
-
-def _serial_keys(running: RunningVM) -> list[str]:
-    keys_file = running.spec.run_dir / "host-keys"
-    if not keys_file.is_file():
-        raise UsageError("the VM's host keys are not known yet (binder-lite vm run waits)")
-    return [k for k in keys_file.read_text().splitlines() if k]
-
-
-def _run_smoke(
-    target: object,
-    site_file: Path,
-    identity: Path | None,
-    keys: list[str],
-    known_hosts: Path | None,
-    repo: str | None,
-    junit_xml: Path | None,
-    verbose: bool,
-) -> None:
-    from binder_lite.site import load_site
-    from binder_lite.smoke.runner import SmokeContext, run, summary
-    from binder_lite.vm import ssh as vmssh
-
-    assert isinstance(target, vmssh.Target)
-    files = [known_hosts] if known_hosts else [Path.home() / ".ssh" / "known_hosts"]
-    host_keys = vmssh.host_keys_for(target, files, keys)
-    if host_keys.lookup(target.key_name) is None:
-        raise SmokeError(
-            f"{target}: no known host key; give --host-key or --known-hosts "
-            "(binder-lite never accepts an unknown key)"
-        )
-    # One connection first: a refused host key or login is one clear error, not seven.
-    vmssh.connect(target, host_keys, identity).close()
-    context = SmokeContext(target, host_keys, identity, load_site(site_file), repo=repo)
-    status = run(context, junit_xml, verbose)
-    click.echo(summary(context))
-    if status != 0:
-        raise SmokeError(
-            f"smoke tests failed against {target}"
-            + (f"; details in {junit_xml}" if junit_xml else "")
         )
 
 
@@ -341,6 +225,7 @@ def vm_smoke(
     """Build SITE's image, boot it, wait for SSH, run the smoke tests, shut it down."""
     from binder_lite.site import load_site
     from binder_lite.site.model import Firmware, ImageType
+    from binder_lite.smoke.command import run_smoke
     from binder_lite.vm import machine
     from binder_lite.vm import ssh as vmssh
 
@@ -368,7 +253,8 @@ def vm_smoke(
         keys = machine.wait_for_ssh(running, timeout)
         user = machine.ssh_user(running) or ""
         target = vmssh.Target("127.0.0.1", running.spec.ssh_port, user)
-        _run_smoke(target, site_file, identity, keys, None, repo, junit_xml, False)
+        host_keys = vmssh.host_keys_for(target, [], keys)
+        run_smoke(target, site_file, identity, host_keys, repo=repo, junit_xml=junit_xml)
     finally:
         if not keep:
             running.stop()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from binder_lite import net
+from binder_lite import imagemeta, net
 from binder_lite.errors import BootError, UsageError
 from binder_lite.vm import qemu, ssh
 
@@ -23,35 +22,33 @@ def vms_dir() -> Path:
 class ImageInfo:
     path: Path
     format: str
-    boot: qemu.Boot
+    boot: imagemeta.Boot
     ssh_user: str | None
     guest_ssh_port: int
     guest_http_port: int
 
 
 def image_info(image: Path) -> ImageInfo:
-    """What `image`'s metadata file says about booting it."""
-    meta_file = image.with_name(image.name + ".json")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError):
-        meta = {}
+    """What `image`'s metadata says about booting it (without metadata: guessed from
+    its name, booted from its disk).  Damaged metadata is an error, not a guess."""
     if not image.is_file():
         raise UsageError(f"{image}: no such image (binder-lite image build makes them)")
-    suffix = image.suffix.lstrip(".")
-    fmt = str(meta.get("format") or {"qcow2": "qcow2", "iso": "iso"}.get(suffix, "raw"))
-    boot = dict(meta.get("boot") or {})
-    for key in ("kernel", "initrd"):  # paths relative to the image
-        if boot.get(key):
-            boot[key] = str((image.parent / str(boot[key])).resolve())
-    return ImageInfo(
-        image.resolve(),
-        fmt,
-        qemu.Boot(**boot),
-        meta.get("ssh_user"),
-        int(meta.get("ssh_port") or 22),
-        int(meta.get("http_port") or 8080),
+    meta = imagemeta.read(image)
+    if meta is None:
+        fmt = {"qcow2": "qcow2", "iso": "iso"}.get(image.suffix.lstrip("."), "raw")
+        return ImageInfo(image.resolve(), fmt, imagemeta.Boot(), None, 22, 8080)
+    boot = dataclasses.replace(
+        meta.boot,  # kernel and initrd may be relative to the image
+        kernel=_beside(image, meta.boot.kernel),
+        initrd=_beside(image, meta.boot.initrd),
     )
+    return ImageInfo(
+        image.resolve(), meta.format, boot, meta.ssh_user, meta.ssh_port, meta.http_port
+    )
+
+
+def _beside(image: Path, path: str | None) -> str | None:
+    return str((image.parent / path).resolve()) if path else None
 
 
 def run(
@@ -68,8 +65,12 @@ def run(
     info = image_info(image)
     name = name or image.name.split(".")[0]
     run_dir = vms_dir() / name
-    existing = qemu.RunningVM.load(run_dir)
-    if existing is not None and existing.alive():
+    notes = []
+    existing = qemu.load(run_dir)
+    if isinstance(existing, qemu.StaleRecord):
+        existing.discard()
+        notes.append(existing.reason)
+    elif existing is not None and existing.alive():
         raise UsageError(f"a VM named {name!r} is running; `binder-lite vm stop {name}` first")
     if info.guest_ssh_port != 22:
         raise UsageError(
@@ -102,12 +103,12 @@ def run(
         # boot again with TCG.
         spec = dataclasses.replace(spec, accel="tcg")
         vm = qemu.start(spec, binary, ovmf)
-        vm.warning = (
+        warning = (
             f"KVM could not run this guest ({str(e).splitlines()[-1].strip()}); "
             "booted with TCG, which is slower"
         )
         (run_dir / "ssh-user").write_text(info.ssh_user or "")
-        return vm
+        return dataclasses.replace(vm, warning=_joined([*notes, warning]))
     if chosen == "kvm" and accel == "auto" and not _shows_life(vm, LIFE_SIGN_SECONDS):
         # KVM ran the probe's boot sector, yet this guest printed nothing: on some
         # hosts KVM hangs once a guest leaves real mode.  Boot again with TCG.
@@ -118,9 +119,12 @@ def run(
             f"KVM started but the guest printed nothing in {LIFE_SIGN_SECONDS:.0f} s; "
             "booted again with TCG, which is slower"
         )
-    vm.warning = warning
     (run_dir / "ssh-user").write_text(info.ssh_user or "")
-    return vm
+    return dataclasses.replace(vm, warning=_joined([*notes, warning]))
+
+
+def _joined(warnings: list[str | None]) -> str | None:
+    return "\n".join(w for w in warnings if w) or None
 
 
 LIFE_SIGN_SECONDS = 20.0
@@ -137,19 +141,55 @@ def _shows_life(vm: qemu.RunningVM, seconds: float) -> bool:
 
 
 def running(name: str) -> qemu.RunningVM:
-    vm = qemu.RunningVM.load(vms_dir() / name)
-    if vm is None or not vm.alive():
+    """The running VM `name`; a record naming no process we may signal is removed
+    and reported as the error."""
+    found = _look(vms_dir() / name)
+    if isinstance(found, qemu.StaleRecord):
+        raise UsageError(found.reason)
+    if found is None:
         raise UsageError(f"no running VM named {name!r} (binder-lite vm list)")
-    return vm
+    return found
 
 
-def all_running() -> list[qemu.RunningVM]:
-    found = []
+@dataclass(frozen=True)
+class Survey:
+    running: list[qemu.RunningVM]
+    stale: list[qemu.StaleRecord]  # removed; each says why, for the user
+
+
+def survey() -> Survey:
+    """Every running VM; stale records are removed and returned for reporting."""
+    running, stale = [], []
     if vms_dir().is_dir():
         for run_dir in sorted(vms_dir().iterdir()):
-            vm = qemu.RunningVM.load(run_dir)
-            if vm is not None and vm.alive():
-                found.append(vm)
+            found = _look(run_dir)
+            if isinstance(found, qemu.StaleRecord):
+                stale.append(found)
+            elif found is not None:
+                running.append(found)
+    return Survey(running, stale)
+
+
+def only_running(found: Survey) -> qemu.RunningVM:
+    """The one running VM, for commands whose NAME may be left out."""
+    if len(found.running) == 1:
+        return found.running[0]
+    if not found.running:
+        raise UsageError("no VM is running (binder-lite vm list)")
+    names = ", ".join(vm.spec.name for vm in found.running)
+    raise UsageError(f"{len(found.running)} VMs are running ({names}): say which")
+
+
+def _look(run_dir: Path) -> qemu.RunningVM | qemu.StaleRecord | None:
+    """The record in `run_dir` if its QEMU runs; stale and finished records are removed."""
+    found = qemu.load(run_dir)
+    if isinstance(found, qemu.StaleRecord):
+        found.discard()
+        return found
+    if found is not None and not found.alive():
+        # QEMU has gone (powered off, killed, or a reboot since): the record is history.
+        (run_dir / qemu.STATE_FILE).unlink(missing_ok=True)
+        return None
     return found
 
 

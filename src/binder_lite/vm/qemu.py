@@ -4,22 +4,30 @@
 /dev/kvm can exist and still be unusable (a nested or restricted host where KVM hangs
 after the BIOS or aborts): `auto` proves KVM with a real, two-second boot of a tiny
 boot sector before trusting it, and falls back to TCG, saying so.
+
+A running machine is recorded in `<run dir>/vm.json` with its QEMU's `ProcessId`
+(PID, start time, boot), checked before every signal: after a reboot or once the PID
+is reused, a later `vm stop` must not hit whatever process has that number now.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+from binder_lite import run
 from binder_lite.errors import BootError, ToolNotFoundError
+from binder_lite.imagemeta import Boot
+from binder_lite.procs import ProcessId
 
 OVMF_CANDIDATES = (
     "/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -28,6 +36,7 @@ OVMF_CANDIDATES = (
     "/usr/share/qemu/OVMF.fd",
 )
 PROBE_MARKER = b"BLKVMOK"
+T = TypeVar("T")
 
 
 def find_qemu() -> str:
@@ -79,7 +88,7 @@ def kvm_works(qemu: str, timeout: float = 5.0) -> tuple[bool, str]:
             "none",
             "-nodefaults",
         ]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = run.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -105,16 +114,6 @@ def choose_accel(requested: str, qemu: str) -> tuple[str, str | None]:
     if requested == "kvm":
         raise BootError(f"KVM was asked for but does not work here: {why}")
     return "tcg", f"KVM unusable ({why}); using TCG, which is slower"
-
-
-@dataclass(frozen=True)
-class Boot:
-    """How an image boots: from its disk (firmware bios/efi), or a given kernel."""
-
-    firmware: str = "bios"  # bios | efi
-    kernel: str | None = None
-    initrd: str | None = None
-    append: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,23 +191,24 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
     return argv
 
 
-@dataclass
+STATE_FILE = "vm.json"
+
+
+@dataclass(frozen=True)
 class RunningVM:
+    """A machine `start` booted, as its vm.json records it."""
+
     spec: VMSpec
-    pid: int
+    process: ProcessId  # QEMU's
     argv: list[str] = field(default_factory=list)
     warning: str | None = None
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().split(") ", 1)[1][:1]
-        except (OSError, IndexError):
-            return False
-        return state != "Z"
+        return self.process.alive()
 
     def serial_tail(self, lines: int = 30) -> str:
         try:
@@ -219,21 +219,15 @@ class RunningVM:
         return "\n".join(text.splitlines()[-lines:]) or "(no serial output)"
 
     def stop(self, grace: float = 20.0) -> None:
-        """Power the machine down (ACPI), then kill QEMU if it is still there."""
+        """Power the machine down (ACPI), then end QEMU if it is still there; forget it.
+        Only the process recorded is ever signalled (`ProcessId` checks it each time)."""
         if self.alive() and not self.spec.snapshot:
             _qmp(self.spec.qmp_socket, "system_powerdown")
             deadline = time.monotonic() + grace
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while self.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
-        with_state = self.spec.run_dir / "vm.json"
-        with_state.unlink(missing_ok=True)
+        self.process.terminate(grace=5.0)
+        (self.spec.run_dir / STATE_FILE).unlink(missing_ok=True)
 
     def save(self) -> None:
         data = {
@@ -242,21 +236,84 @@ class RunningVM:
                 "image": str(self.spec.image),
                 "run_dir": str(self.spec.run_dir),
             },
-            "pid": self.pid,
+            "process": self.process.to_json(),
             "argv": self.argv,
         }
-        (self.spec.run_dir / "vm.json").write_text(json.dumps(data, indent=2))
+        (self.spec.run_dir / STATE_FILE).write_text(json.dumps(data, indent=2))
 
-    @staticmethod
-    def load(run_dir: Path) -> RunningVM | None:
-        try:
-            data = json.loads((run_dir / "vm.json").read_text())
-        except (OSError, ValueError):
-            return None
-        spec = data["spec"]
-        spec["image"], spec["run_dir"] = Path(spec["image"]), Path(spec["run_dir"])
-        spec["boot"] = Boot(**spec["boot"])
-        return RunningVM(VMSpec(**spec), int(data["pid"]), list(data.get("argv", [])))
+
+@dataclass(frozen=True)
+class StaleRecord:
+    """A vm.json that names no process binder-lite may signal."""
+
+    name: str
+    path: Path
+    reason: str  # for the user: what is wrong and what to do
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def load(run_dir: Path) -> RunningVM | StaleRecord | None:
+    """The machine recorded in `run_dir` (None: no record; it may have stopped since)."""
+    path = run_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return StaleRecord(run_dir.name, path, f"{path} is damaged ({e}); removed it")
+    if not isinstance(data, dict):
+        return StaleRecord(run_dir.name, path, f"{path} is damaged; removed it")
+    process = ProcessId.from_json(data.get("process"))
+    if process is None:
+        return StaleRecord(run_dir.name, path, _unsignalled(run_dir.name, path, data.get("pid")))
+    try:
+        spec = _spec(data["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        return StaleRecord(
+            run_dir.name, path, f"{path} is damaged ({type(e).__name__}: {e}); removed it"
+        )
+    argv = data.get("argv")
+    return RunningVM(spec, process, [str(a) for a in argv] if isinstance(argv, list) else [])
+
+
+def _unsignalled(name: str, path: Path, pid: object) -> str:
+    if type(pid) is not int:
+        return f"{path} names no QEMU process; removed it"
+    # Written by an earlier binder-lite: a bare PID may by now belong to anything.
+    return (
+        f"VM {name} was recorded by its PID alone ({pid}), which may now name another "
+        f"process, so binder-lite will not signal it; removed {path}.  If that VM's QEMU "
+        f"still runs (check: ps -o pid,args -p {pid}), stop it yourself"
+    )
+
+
+def _spec(data: object) -> VMSpec:
+    if not isinstance(data, dict):
+        raise TypeError("spec is not an object")
+    boot = _typed(data, "boot", dict)
+    return VMSpec(
+        name=_typed(data, "name", str),
+        image=Path(_typed(data, "image", str)),
+        image_format=_typed(data, "image_format", str),
+        boot=Boot(**boot),
+        run_dir=Path(_typed(data, "run_dir", str)),
+        ssh_port=_typed(data, "ssh_port", int),
+        http_port=_typed(data, "http_port", int),
+        guest_http_port=_typed(data, "guest_http_port", int),
+        memory_mib=_typed(data, "memory_mib", int),
+        cpus=_typed(data, "cpus", int),
+        accel=_typed(data, "accel", str),
+        snapshot=_typed(data, "snapshot", bool),
+    )
+
+
+def _typed(data: dict[str, Any], key: str, kind: type[T]) -> T:
+    value = data[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"spec.{key} is not {kind.__name__}")
+    return value
 
 
 def start(spec: VMSpec, qemu: str, ovmf: str | None = None) -> RunningVM:
@@ -266,20 +323,18 @@ def start(spec: VMSpec, qemu: str, ovmf: str | None = None) -> RunningVM:
     argv = qemu_argv(qemu, spec, ovmf)
     errors = spec.run_dir / "qemu.stderr"
     with open(errors, "wb") as err:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-    vm = RunningVM(spec, proc.pid, argv)
-    time.sleep(0.3)
-    if proc.poll() is not None:
+        proc = run.spawn(argv, stdout=subprocess.DEVNULL, stderr=err, new_session=True)
+    # QEMU refuses a bad command line or image within moments; a bounded wait turns
+    # that into an error here rather than a machine that never answers.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.3)
+    process = ProcessId.of(proc.pid) if proc.returncode is None else None
+    if process is None:
         raise BootError(
             f"QEMU exited at once (status {proc.returncode}):\n"
             f"{errors.read_text(errors='replace').strip()[-2000:]}"
         )
+    vm = RunningVM(spec, process, argv)
     vm.save()
     return vm
 
