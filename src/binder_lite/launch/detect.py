@@ -1,10 +1,24 @@
 """Which environment a repository asks for, as a Guix manifest.
 
-Detection follows repo2docker: a `binder/` or `.binder/` folder, when present, is
-the only place looked at; otherwise the repository's root.  In that folder the
-first of these wins: manifest.scm (with channels.scm), requirements.txt,
-setup.py / pyproject.toml dependencies, R's DESCRIPTION / install.R, Julia's
-Project.toml; without any, a default scientific Python environment.
+Detection follows repo2docker's buildpacks, in their order and with their
+combinations.  A `binder/` or `.binder/` folder, when present, is the only place
+looked at (files at the root are reported as not read); otherwise the root.  A
+repository's own manifest.scm (with channels.scm) wins; then, as repo2docker:
+
+- Julia: Project.toml (with requirements.txt and the Python package files);
+- R: runtime.txt `r-[version-]date`, or DESCRIPTION at the root (with install.R,
+  requirements.txt and the Python package files);
+- conda: environment.yml / .yaml, its `pip:` list included (requirements.txt,
+  Pipfile, setup.py and runtime.txt are then not read);
+- Pipfile.lock, else Pipfile (requirements3.txt with Python 2; requirements.txt and
+  setup.py only through a `{path = "."}` entry);
+- Python: requirements.txt, plus at the root setup.py / setup.cfg / pyproject.toml;
+- without any, a default scientific Python environment.
+
+install.R alone, which repo2docker reads only with an R runtime.txt, gives an R
+environment too.  apt.txt is read with every kind.  Dockerfile, default.nix and
+REQUIRE are not supported and are reported, as are postBuild and start (scripts,
+not packages) and every file that another one took precedence over.
 
 Every file is read through `repofiles` (inside the checkout, regular, bounded, UTF-8),
 and what is repeated back (events, provenance, manifest comments) is either a name
@@ -13,33 +27,27 @@ that passed a strict grammar or a file and line number with binder-lite's own wo
 
 from __future__ import annotations
 
-import ast
+import posixpath
 import re
-import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from binder_lite.errors import EnvironmentSpecError
-from binder_lite.launch.names import (
-    PYPI_REASONS,
-    julia_to_guix,
-    normalise_pypi,
-    pypi_to_guix,
-    r_to_guix,
-)
-from binder_lite.launch.repofiles import RepoFile, RepoTree
+from binder_lite.launch import conda, guixpackages, names, pipfile, pypackage, rpkg, system
+from binder_lite.launch.repofiles import RepoFile, RepositoryFileError, RepoTree
 from binder_lite.launch.requirements import (
     MAX_ENTRIES,
     PyPI,
     Skipped,
-    parse_requirement,
+    read_pip_lines,
     read_requirements,
 )
 from binder_lite.scheme import scm_comment, scm_str
 
 __all__ = [
     "Environment",
+    "FileReport",
     "Requirement",
     "Skipped",
     "detect",
@@ -54,9 +62,42 @@ DEFAULT_PACKAGES = ("python", "python-numpy", "python-pandas", "python-matplotli
 R_KERNEL = ("r", "r-irkernel")
 JULIA = ("julia",)
 
-_R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*")
+GUIX = f"Guix {guixpackages.GUIX_VERSION[:3]}"
+SESSION_SCRIPT = "a script: it runs inside the session, not when the environment is made"
+UNSUPPORTED = {
+    "Dockerfile": "not supported: binder-lite builds no Docker images; "
+    "the environment comes from the other files here, or is the default",
+    "default.nix": "not supported: Nix is not run; write a Guix manifest.scm instead; "
+    "the environment comes from the other files here, or is the default",
+    "REQUIRE": "not supported: Julia's REQUIRE is obsolete (repo2docker refuses it too); "
+    "use Project.toml",
+    "postBuild": SESSION_SCRIPT,
+    "start": SESSION_SCRIPT,
+}
 _JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DESCRIPTION_FIELD = re.compile(r"^(?:Depends|Imports):(.*(?:\n[ \t].*)*)", re.MULTILINE)
+
+# Files repo2docker reads, in the order they are reported.
+CONFIG_FILES = (
+    "Project.toml",
+    "JuliaProject.toml",
+    "Manifest.toml",
+    "runtime.txt",
+    "DESCRIPTION",
+    "install.R",
+    "environment.yml",
+    "environment.yaml",
+    "Pipfile.lock",
+    "Pipfile",
+    "requirements.txt",
+    "requirements3.txt",
+    "setup.py",
+    "setup.cfg",
+    "pyproject.toml",
+    "apt.txt",
+    *UNSUPPORTED,
+)
+# Read only at the root, and only without a binder/ folder (as repo2docker).
+ROOT_ONLY = frozenset({"DESCRIPTION", "setup.py", "setup.cfg", "pyproject.toml"})
 
 
 @dataclass(frozen=True)
@@ -64,18 +105,34 @@ class Requirement:
     source: str  # as understood, rebuilt from checked parts (e.g. "numpy==1.26"), never raw
     guix: str | None  # the Guix package, or None
     note: str = ""  # a pin, or why there is no package
+    closest: tuple[str, ...] = ()  # Guix names like the one looked for, when none was found
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One configuration file: what was read from it and what it became, or why it
+    was not read."""
+
+    name: str  # relative to the checkout, e.g. "binder/environment.yml"
+    read: bool
+    reason: str = ""  # what the file is, or why it was not read
+    requirements: tuple[Requirement, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Environment:
-    kind: str  # manifest | requirements | setup.py | pyproject.toml | R | Julia | default
+    # manifest | conda | Pipfile | requirements | setup.py | pyproject.toml | R | Julia | default
+    kind: str
     config_dir: Path  # where the configuration was found
     manifest: str  # Scheme text of the manifest a session runs with
     channels: Path | None = None  # channels.scm next to a manifest.scm (inside the checkout)
     requirements: tuple[Requirement, ...] = ()
-    skipped: tuple[Skipped, ...] = ()  # lines and entries that gave no package
+    skipped: tuple[Skipped, ...] = ()  # lines, entries and files that gave no package
     channels_text: str | None = None  # channels.scm's text, as read through repofiles
     origin: str = ""  # what a generated manifest was made from
+    files: tuple[FileReport, ...] = ()  # file by file, for `binder-lite manifest --explain`
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -104,12 +161,10 @@ def detect(repo: Path) -> Environment:
     """The environment `repo` asks for (its files are read, never changed)."""
     tree = RepoTree(repo)
     where = find_config_dir(tree)
-    for _kind, probe in DETECTORS:
-        env = probe(tree, where)
-        if env is not None:
-            return env
-    reqs = tuple(Requirement(p, p, "default environment") for p in DEFAULT_PACKAGES)
-    return _generated("default", tree, where, reqs, (), "no environment file found")
+    manifest = _user_manifest(tree, where)
+    if manifest is not None:
+        return manifest
+    return _Build(tree, where).environment()
 
 
 def _user_manifest(tree: RepoTree, where: PurePosixPath) -> Environment | None:
@@ -123,6 +178,7 @@ def _user_manifest(tree: RepoTree, where: PurePosixPath) -> Environment | None:
         manifest=wrap_manifest(manifest.path),
         channels=channels.path if channels else None,
         channels_text=channels.text if channels else None,
+        files=(FileReport(manifest.name, True, "the repository's own Guix manifest"),),
     )
 
 
@@ -143,194 +199,434 @@ def wrap_manifest(manifest: Path) -> str:
 """
 
 
-def _requirements_txt(tree: RepoTree, where: PurePosixPath) -> Environment | None:
-    parsed = read_requirements(tree, str(where / "requirements.txt"))
-    if parsed is None:
-        return None
-    reqs = tuple(_pypi(p) for p in parsed.packages)
-    return _generated("requirements", tree, where, reqs, parsed.skipped, "requirements.txt")
+def _requirement(source: str, found: names.Found, note: str = "") -> Requirement:
+    """`source` as Guix has it, or why not, with the closest Guix names."""
+    if found.guix:
+        return Requirement(source, found.guix, note)
+    if found.reason:
+        return Requirement(source, None, found.reason)
+    tried = found.tried
+    missing = (
+        f"{tried[0]} is not a Guix package"
+        if len(tried) == 1
+        else f"none of {', '.join(tried)} is a Guix package"
+    )
+    closest = dict.fromkeys(c for name in tried for c in guixpackages.closest(name))
+    return Requirement(source, None, missing, tuple(closest)[:3])
 
 
-def _pypi(p: PyPI) -> Requirement:
-    guix = pypi_to_guix(p.name)
-    if guix is None:
-        return Requirement(p.text, None, PYPI_REASONS.get(normalise_pypi(p.name), "not in Guix"))
-    notes = [f"{p.pin} asked; Guix provides one version per channel"] if p.pin else []
+def _pypi(p: PyPI, note: str = "") -> Requirement:
+    notes = [note] if note else []
+    if p.pin:
+        notes.append(f"{p.pin} asked; Guix provides one version per channel")
     if p.url:
         notes.append("its URL is not used, Guix's package is")
-    return Requirement(p.text, guix, "; ".join(notes))
+    return _requirement(p.text, names.pypi(p.name), "; ".join(notes))
 
 
-def _pypi_entries(entries: Iterable[PyPI | Skipped]) -> tuple[list[Requirement], list[Skipped]]:
-    reqs: list[Requirement] = []
-    skipped: list[Skipped] = []
-    for entry in entries:
-        if isinstance(entry, PyPI):
-            reqs.append(_pypi(entry))
+def _pinned(guix: str, asked: str, what: str) -> str:
+    have = guixpackages.version(guix)
+    return f"{what} {asked} asked; {GUIX} has {have}" if asked else ""
+
+
+@dataclass
+class _Build:
+    """The files of one configuration folder, read in repo2docker's way."""
+
+    tree: RepoTree
+    where: PurePosixPath
+    reports: list[FileReport] = field(default_factory=list)
+    kind: str = "default"
+
+    @property
+    def binder_dir(self) -> bool:
+        return self.where != PurePosixPath(".")
+
+    def path(self, name: str) -> PurePosixPath:
+        return self.where / name
+
+    def shown(self, name: str) -> str:
+        return str(self.path(name))
+
+    def exists(self, name: str) -> bool:
+        if name in ROOT_ONLY and self.binder_dir:
+            return False
+        return _present(self.tree, self.path(name))
+
+    def read(self, name: str) -> RepoFile | None:
+        return None if name in ROOT_ONLY and self.binder_dir else self.tree.read(self.path(name))
+
+    def done(self, name: str) -> bool:
+        return any(r.name == self.shown(name) for r in self.reports)
+
+    def report(self, report: FileReport) -> None:
+        self.reports.append(report)
+
+    def environment(self) -> Environment:
+        runtime = self._runtime()
+        for name in ("Dockerfile", "default.nix"):
+            if self.exists(name):
+                self.report(FileReport(self.shown(name), False, UNSUPPORTED[name]))
+        python_runtime = runtime is None or runtime.name == "python"
+        if self.exists("Project.toml") or self.exists("JuliaProject.toml"):
+            self._julia()
+            self._python(runtime)
+        elif (runtime and runtime.name == "r" and runtime.date) or self.exists("DESCRIPTION"):
+            self._r(runtime)
+            self._python(runtime)
+        elif self.exists("environment.yml") or self.exists("environment.yaml"):
+            self._conda(runtime)
+        elif python_runtime and (self.exists("Pipfile") or self.exists("Pipfile.lock")):
+            self._pipfile(runtime)
+        elif self.exists("install.R"):
+            self._r(runtime)
+            self._python(runtime)
         else:
-            skipped.append(entry)
-    return reqs, skipped
+            self._python(runtime)
+        self._apt()
+        self._not_read()
+        return self._environment()
 
+    # runtime.txt
 
-def _setup_py(tree: RepoTree, where: PurePosixPath) -> Environment | None:
-    file = tree.read(where / "setup.py")
-    if file is None:
-        return None
-    try:
-        module = ast.parse(file.text, filename="setup.py")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        # Python's own message may quote the file: only the line number is given.
-        line = getattr(e, "lineno", None)
-        at = f"{file.name}:{line}" if line else file.name
-        raise EnvironmentSpecError(f"{at}: cannot parse setup.py (not valid Python)") from None
-    entries: list[PyPI | Skipped] = []
-    for node in ast.walk(module):
-        if isinstance(node, ast.keyword) and node.arg == "install_requires":
-            entries += _install_requires(node.value, file.name)
-    reqs, skipped = _pypi_entries(entries)
-    return _generated("setup.py", tree, where, tuple(reqs), skipped, "setup.py install_requires")
+    def _runtime(self) -> system.RuntimeTxt | None:
+        file = self.read("runtime.txt")
+        if file is None:
+            return None
+        runtime = system.read_runtime(file)
+        if isinstance(runtime, Skipped):
+            self.report(FileReport(file.name, False, runtime.reason))
+            return None
+        return runtime
 
-
-def _install_requires(value: ast.expr, name: str) -> list[PyPI | Skipped]:
-    if not isinstance(value, ast.List | ast.Tuple):
-        return [
-            Skipped(
-                f"{name}:{value.lineno}",
-                "install_requires is computed when setup.py runs: not read",
+    def _runtime_report(self, runtime: system.RuntimeTxt | None, used: bool) -> None:
+        if runtime is None or self.done("runtime.txt"):
+            return
+        name = self.shown("runtime.txt")
+        if not used:
+            self.report(FileReport(name, False, f"{runtime.text}: not used with this environment"))
+        elif runtime.name == "python" and runtime.major == "2":
+            self.report(
+                FileReport(name, True, "Python 2", (_python2(runtime.text),), _py2_skipped(name))
             )
-        ]
-    return [
-        parse_requirement(item.value, f"{name}:{item.lineno}")
-        if isinstance(item, ast.Constant) and isinstance(item.value, str)
-        else Skipped(f"{name}:{item.lineno}", "not understood")
-        for item in value.elts
-    ]
-
-
-def _pyproject(tree: RepoTree, where: PurePosixPath) -> Environment | None:
-    file = tree.read(where / "pyproject.toml")
-    if file is None:
-        return None
-    project = _toml(file).get("project")
-    deps = project.get("dependencies") if isinstance(project, dict) else None
-    if not isinstance(deps, list):
-        return None
-    reqs, skipped = _pypi_entries(
-        parse_requirement(d, f"{file.name}: dependency {i}")
-        if isinstance(d, str)
-        else Skipped(f"{file.name}: dependency {i}", "not understood")
-        for i, d in enumerate(deps, start=1)
-    )
-    return _generated(
-        "pyproject.toml", tree, where, tuple(reqs), skipped, "pyproject.toml [project] dependencies"
-    )
-
-
-def _toml(file: RepoFile) -> dict[str, object]:
-    try:
-        return tomllib.loads(file.text)
-    except tomllib.TOMLDecodeError as e:  # its message gives a place, not the text
-        raise EnvironmentSpecError(f"{file.name}: cannot parse {file.real.name}: {e}") from None
-
-
-def _r(tree: RepoTree, where: PurePosixPath) -> Environment | None:
-    description = tree.read(where / "DESCRIPTION")
-    install_r = tree.read(where / "install.R")
-    if description is None and install_r is None:
-        return None
-    names: list[str] = []
-    skipped: list[Skipped] = []
-    if description is not None:
-        names, skipped = _description_packages(description)
-    if install_r is not None:
-        names += _install_r_packages(install_r.text)
-    reqs = [Requirement(p, p, "R kernel") for p in R_KERNEL]
-    for name in dict.fromkeys(names):
-        guix = r_to_guix(name)
-        reqs.append(Requirement(name, guix, "" if guix else "part of R itself"))
-    return _generated("R", tree, where, tuple(reqs), skipped, "DESCRIPTION / install.R")
-
-
-def _install_r_packages(text: str) -> list[str]:
-    """Quoted names in `install.packages(...)` calls.  Each call is looked for in the text
-    up to the next one, so that an unclosed call cannot make the search quadratic."""
-    names: list[str] = []
-    for call in text.split("install.packages")[1:]:
-        m = re.match(r"\s*\(([^)]*)\)", call)
-        if m:
-            names += re.findall(r"[\"']([A-Za-z][A-Za-z0-9.]*)[\"']", m[1])
-    return names
-
-
-def _description_packages(file: RepoFile) -> tuple[list[str], list[Skipped]]:
-    """Package names of the Depends and Imports fields, and the items not understood."""
-    names: list[str] = []
-    skipped: list[Skipped] = []
-    for m in _DESCRIPTION_FIELD.finditer(file.text):
-        first = file.text.count("\n", 0, m.start(1)) + 1
-        # Version constraints may span lines: blank them, keeping the line breaks.
-        value = re.sub(r"\([^()]*\)", lambda c: "\n" * c[0].count("\n"), m[1])
-        line = first  # where the next item starts, counted as the items go by
-        for item in value.split(","):
-            name = item.strip()
-            start = line + item[: len(item) - len(item.lstrip())].count("\n")
-            line += item.count("\n")
-            if _R_NAME.fullmatch(name):
-                names.append(name)
-            elif name:
-                skipped.append(Skipped(f"{file.name}:{start}", "not understood"))
-    return names, skipped
-
-
-def _julia(tree: RepoTree, where: PurePosixPath) -> Environment | None:
-    file = tree.read(where / "Project.toml")
-    if file is None:
-        return None
-    deps = _toml(file).get("deps", {})
-    reqs = [
-        Requirement(p, p, "Julia (Guix has no IJulia kernel; use the Guix kernel)") for p in JULIA
-    ]
-    skipped: list[Skipped] = []
-    for i, name in enumerate(deps if isinstance(deps, dict) else (), start=1):
-        if _JULIA_NAME.fullmatch(name):
-            reqs.append(Requirement(name, julia_to_guix(name)))
+        elif runtime.name == "python":
+            req = Requirement(runtime.text, "python", _pinned("python", runtime.version, "Python"))
+            self.report(FileReport(name, True, "the Python version", (req,)))
+        elif runtime.name == "r":
+            notes = [_pinned("r", runtime.version, "R")] if runtime.version else []
+            if runtime.date:
+                notes.append(f"CRAN snapshot of {runtime.date} asked; {GUIX}'s R packages are used")
+            req = Requirement(runtime.text, "r", "; ".join(notes))
+            self.report(FileReport(name, True, "the R version", (req,)))
         else:
-            skipped.append(Skipped(f"{file.name}: [deps] entry {i}", "not understood"))
-    return _generated("Julia", tree, where, tuple(reqs), skipped, "Project.toml [deps]")
+            self.report(FileReport(name, False, f"{runtime.name}: not a runtime repo2docker knows"))
 
+    # Python buildpack: requirements.txt, the package files at the root
 
-DETECTORS: tuple[tuple[str, Callable[[RepoTree, PurePosixPath], Environment | None]], ...] = (
-    ("manifest.scm", _user_manifest),
-    ("requirements.txt", _requirements_txt),
-    ("setup.py", _setup_py),
-    ("pyproject.toml", _pyproject),
-    ("R", _r),
-    ("Julia", _julia),
-)
+    def _python(self, runtime: system.RuntimeTxt | None) -> None:
+        if self.kind == "default":
+            self.kind = "requirements" if self.exists("requirements.txt") else self.kind
+        self._requirements_txt("requirements.txt")
+        if runtime and runtime.name == "python" and runtime.major == "2":
+            self._requirements_txt("requirements3.txt", "for the notebook server")
+        if not self.binder_dir:
+            for declared in pypackage.read_package(self.tree, self.where):
+                if self.kind == "default":
+                    self.kind = declared.file.real.name
+                self._declared(declared)
+        self._runtime_report(runtime, used=runtime is None or runtime.name in ("python", "r"))
 
-
-def _generated(
-    kind: str,
-    tree: RepoTree,
-    where: PurePosixPath,
-    reqs: tuple[Requirement, ...],
-    skipped: Iterable[Skipped],
-    origin: str,
-) -> Environment:
-    skipped = tuple(skipped)
-    if len(reqs) + len(skipped) > MAX_ENTRIES:
-        raise EnvironmentSpecError(
-            f"{where / origin.split()[0]}: more than {MAX_ENTRIES} "
-            "entries; binder-lite reads at most that many"
+    def _requirements_txt(self, name: str, note: str = "") -> None:
+        parsed = read_requirements(self.tree, self.shown(name))
+        if parsed is None:
+            return
+        reqs = tuple(_pypi(p, note) for p in parsed.packages)
+        self.report(
+            FileReport(self.shown(name), True, "pip requirements", reqs, tuple(parsed.skipped))
         )
-    return Environment(
-        kind,
-        tree.root / where,
-        render_manifest(reqs, origin, skipped),
-        requirements=reqs,
-        skipped=skipped,
-        origin=origin,
+
+    def _declared(self, declared: pypackage.Declared, why: str = "") -> None:
+        reqs = tuple(_pypi(e) for e in declared.entries if isinstance(e, PyPI))
+        skipped = tuple(e for e in declared.entries if isinstance(e, Skipped))
+        reason = f"the package's {declared.what}" + (f" ({why})" if why else "")
+        if self.done(declared.file.name):
+            return
+        self.report(FileReport(declared.file.name, True, reason, reqs, skipped))
+
+    # conda
+
+    def _conda(self, runtime: system.RuntimeTxt | None) -> None:
+        self.kind = "conda"
+        file = self.read("environment.yml") or self.read("environment.yaml")
+        assert file is not None
+        env = conda.read_environment(file)
+        reqs: list[Requirement] = []
+        uses_r = False
+        for dep in env.deps:
+            if dep.name.lower() == "python" and dep.version.split(".")[0] == "2":
+                reqs.append(_python2(dep.text))
+            elif dep.name.lower() in ("python", "r-base"):
+                what = "Python" if dep.name.lower() == "python" else "R"
+                guix = "python" if what == "Python" else "r"
+                reqs.append(Requirement(dep.text, guix, _pinned(guix, dep.version, what)))
+            else:
+                reqs.append(_conda_requirement(dep))
+            uses_r = uses_r or dep.name.lower().startswith("r-")
+        if uses_r:  # repo2docker adds R's kernel to a conda environment with R
+            reqs.append(Requirement("r-irkernel", "r-irkernel", "R kernel, as repo2docker adds"))
+            if not any(r.guix == "r" for r in reqs):
+                reqs.append(Requirement("r-base", "r", "R itself, for its packages"))
+        skipped = list(env.skipped)
+        if env.pip:
+            parsed = read_pip_lines(self.tree, file, list(env.pip))
+            reqs += [_pypi(p, "from its pip: list") for p in parsed.packages]
+            skipped += parsed.skipped
+        notes = (
+            (f"channels: {', '.join(env.channels)} (Guix's packages are used)",)
+            if env.channels
+            else ()
+        )
+        python2 = any(r.guix == "python2" for r in reqs)
+        skipped += _py2_skipped(file.name) if python2 else ()
+        self.report(
+            FileReport(file.name, True, "a conda environment", tuple(reqs), tuple(skipped), notes)
+        )
+        for other in ("environment.yml", "environment.yaml"):
+            if self.exists(other) and not self.done(other):
+                self.report(FileReport(self.shown(other), False, f"not read: {file.name} is used"))
+        self._runtime_report(runtime, used=False)
+
+    # Pipfile
+
+    def _pipfile(self, runtime: system.RuntimeTxt | None) -> None:
+        self.kind = "Pipfile"
+        lock = self.read("Pipfile.lock")
+        file = lock or self.read("Pipfile")
+        assert file is not None
+        env = pipfile.read_lock(file) if lock else pipfile.read_pipfile(file)
+        reqs: list[Requirement] = []
+        skipped: list[Skipped] = []
+        local: list[pypackage.Declared] = []
+        for entry in env.entries:
+            if isinstance(entry, PyPI):
+                reqs.append(_pypi(entry))
+            elif isinstance(entry, Skipped):
+                skipped.append(entry)
+            else:
+                local += self._local_package(file, entry, skipped)
+        python2 = env.python.split(".")[0] == "2" or bool(runtime and runtime.major == "2")
+        if env.python and not python2:
+            reqs.insert(
+                0,
+                Requirement(
+                    f"python {env.python}", "python", _pinned("python", env.python, "Python")
+                ),
+            )
+        if python2:
+            version = env.python or (runtime.version if runtime else "")
+            reqs.insert(0, _python2(f"python {version}"))
+            skipped += _py2_skipped(file.name)
+        what = (
+            "Pipfile.lock (default and develop)"
+            if lock
+            else "Pipfile ([packages] and [dev-packages])"
+        )
+        self.report(FileReport(file.name, True, what, tuple(reqs), tuple(skipped)))
+        for declared in local:
+            self._declared(declared, f"through {file.name}'s path entry")
+        if lock and self.exists("Pipfile"):
+            self.report(
+                FileReport(
+                    self.shown("Pipfile"), False, "not read: Pipfile.lock is used, as pipenv does"
+                )
+            )
+        if python2:
+            self._requirements_txt("requirements3.txt", "for the notebook server")
+        self._runtime_report(runtime, used=True)
+
+    def _local_package(
+        self, file: RepoFile, entry: pipfile.LocalPackage, skipped: list[Skipped]
+    ) -> list[pypackage.Declared]:
+        """A `{path = ...}` entry: that folder's package files (inside the checkout)."""
+        folder = PurePosixPath(posixpath.normpath(file.real.parent / entry.path))
+        declared = pypackage.read_package(self.tree, folder)
+        if not declared:
+            skipped.append(
+                Skipped(entry.where, "a local package with no setup.py or pyproject.toml")
+            )
+        return declared
+
+    # R
+
+    def _r(self, runtime: system.RuntimeTxt | None) -> None:
+        self.kind = "R"
+        kernel = tuple(Requirement(p, p, "R kernel") for p in R_KERNEL)
+        description = self.read("DESCRIPTION")
+        install_r = self.read("install.R")
+        for file, reader, what in (
+            (
+                description,
+                rpkg.description_packages,
+                "an R package's Depends, Imports and LinkingTo",
+            ),
+            (install_r, rpkg.install_r_packages, "R packages install.R installs"),
+        ):
+            if file is None:
+                continue
+            packages, skipped = reader(file)
+            first: dict[str, rpkg.RPackage] = {}
+            for package in packages:  # one requirement a name, however often it is named
+                first.setdefault(package.name, package)
+            packages = list(first.values())
+            reqs = [*kernel, *(_r_requirement(p) for p in packages)]
+            notes = (
+                ("the package itself is not installed: load it with devtools::load_all()",)
+                if file is description
+                else ()
+            )
+            self.report(FileReport(file.name, True, what, tuple(reqs), tuple(skipped), notes))
+            kernel = ()
+        if kernel:  # an R runtime.txt alone
+            self.report(
+                FileReport("(R kernel)", True, "R's kernel, as repo2docker installs", kernel)
+            )
+
+    # Julia
+
+    def _julia(self) -> None:
+        self.kind = "Julia"
+        file = self.read("JuliaProject.toml") or self.read("Project.toml")
+        assert file is not None
+        data = pypackage.load_toml(file)
+        compat = data.get("compat")
+        asked = compat.get("julia") if isinstance(compat, dict) else None
+        version = asked.lstrip("=^~ ") if isinstance(asked, str) and _versionish(asked) else ""
+        reqs = [Requirement("julia", "julia", _pinned("julia", version, "Julia") or "Julia")]
+        ijulia = names.julia("IJulia")
+        reqs.append(
+            Requirement("IJulia", ijulia.guix, "Julia kernel")
+            if ijulia.guix
+            else Requirement(
+                "IJulia", None, f"{GUIX} has no IJulia: no Julia kernel; julia runs in the terminal"
+            )
+        )
+        skipped: list[Skipped] = []
+        deps = data.get("deps", {})
+        for i, name in enumerate(deps if isinstance(deps, dict) else (), start=1):
+            if _JULIA_NAME.fullmatch(name):
+                reqs.append(_requirement(name, names.julia(name)))
+            else:
+                skipped.append(Skipped(f"{file.name}: [deps] entry {i}", "not understood"))
+        self.report(
+            FileReport(file.name, True, "a Julia project's [deps]", tuple(reqs), tuple(skipped))
+        )
+        manifest = self.read("Manifest.toml")
+        if manifest is not None:
+            self.report(
+                FileReport(
+                    manifest.name,
+                    False,
+                    "its exact versions are not applied (Guix has one version per channel)",
+                )
+            )
+
+    # apt.txt
+
+    def _apt(self) -> None:
+        file = self.read("apt.txt")
+        if file is None:
+            return
+        packages, skipped = system.read_apt(file)
+        reqs = tuple(_requirement(p.name, names.debian(p.name)) for p in packages)
+        self.report(
+            FileReport(file.name, True, "Debian packages, as Guix names", reqs, tuple(skipped))
+        )
+
+    # what was not read, and why
+
+    def _not_read(self) -> None:
+        main = next((r.name for r in self.reports if r.read), "")
+        for name in CONFIG_FILES:
+            if self.done(name) or not self.exists(name):
+                continue
+            if name in UNSUPPORTED:
+                reason = UNSUPPORTED[name]
+            elif name == "requirements3.txt":
+                reason = "not read: only used with a Python 2 kernel, as in repo2docker"
+            else:
+                reason = f"not read: {main} decides the environment, as in repo2docker"
+            self.report(FileReport(self.shown(name), False, reason))
+        if self.binder_dir:
+            for name in CONFIG_FILES:
+                if not any(r.name == name for r in self.reports) and _present(self.tree, name):
+                    reason = (
+                        f"not read: the {self.where}/ folder is used instead, as in repo2docker"
+                    )
+                    self.report(FileReport(name, False, reason))
+
+    def _environment(self) -> Environment:
+        reqs = [r for report in self.reports for r in report.requirements]
+        if self.kind == "default":
+            packages = tuple(Requirement(p, p, "default environment") for p in DEFAULT_PACKAGES)
+            default = FileReport("(no environment file)", True, "the default environment", packages)
+            self.reports.insert(0, default)
+            reqs = [*default.requirements, *reqs]
+        skipped = [s for report in self.reports for s in report.skipped]
+        skipped += [Skipped(r.name, r.reason) for r in self.reports if not r.read]
+        read = [r.name for r in self.reports if r.read and not r.name.startswith("(")]
+        origin = ", ".join(read) or "no environment file found"
+        if len(reqs) + len(skipped) > MAX_ENTRIES:
+            raise EnvironmentSpecError(
+                f"{read[0] if read else self.where}: more than {MAX_ENTRIES} "
+                "entries; binder-lite reads at most that many"
+            )
+        return Environment(
+            self.kind,
+            self.tree.root / self.where,
+            render_manifest(reqs, origin, skipped),
+            requirements=tuple(reqs),
+            skipped=tuple(skipped),
+            origin=origin,
+            files=tuple(self.reports),
+        )
+
+
+def _present(tree: RepoTree, name: str | PurePosixPath) -> bool:
+    """Whether something is at `name`.  A symlink leading out of the checkout counts:
+    a file that is read is then refused by `read`, one that is only reported is reported."""
+    try:
+        return tree.resolve(name) is not None
+    except RepositoryFileError:
+        return True
+
+
+def _python2(source: str) -> Requirement:
+    return Requirement(
+        source, "python2", f"{GUIX} has Python 2 but no Python 2 kernel: notebooks run on Python 3"
     )
+
+
+def _py2_skipped(name: str) -> tuple[Skipped, ...]:
+    return (
+        Skipped(
+            name,
+            f"a Python 2 kernel: {GUIX} has none; notebooks run on Python 3 (python2 is installed)",
+        ),
+    )
+
+
+def _conda_requirement(dep: conda.CondaDep) -> Requirement:
+    note = f"{dep.spec} asked; Guix provides one version per channel" if dep.spec else ""
+    return _requirement(dep.text, names.conda(dep.name), note)
+
+
+def _r_requirement(p: rpkg.RPackage) -> Requirement:
+    note = f"{p.how} in install.R; {GUIX}'s package is used" if p.how else ""
+    return _requirement(p.name, names.r(p.name), note)
+
+
+def _versionish(text: str) -> bool:
+    return bool(re.fullmatch(r"[=^~ ]*\d+(?:\.\d+)*", text))
 
 
 def render_manifest(
@@ -343,6 +639,8 @@ def render_manifest(
     for r in reqs:
         target = r.guix or "(nothing)"
         note = f": {r.note}" if r.note else ""
+        if r.closest:
+            note += f" (closest: {', '.join(r.closest)})"
         lines.append(f";;   {scm_comment(r.source)} -> {scm_comment(target)}{scm_comment(note)}")
     lines += [f";;   {scm_comment(s.where)}: skipped, {scm_comment(s.reason)}" for s in skipped]
     packages = list(dict.fromkeys([*(r.guix for r in reqs if r.guix), *JUPYTER]))
@@ -354,12 +652,20 @@ def with_checked_names(env: Environment, available: Callable[[list[str]], set[st
     """`env` with packages Guix lacks turned into reported notes (generated manifests only)."""
     if env.kind == "manifest":
         return env
-    names = [r.guix for r in env.requirements if r.guix]
-    known = available(names)
-    reqs = tuple(
-        r
-        if r.guix is None or r.guix in known
-        else Requirement(r.source, None, f"{r.guix} is not a Guix package")
-        for r in env.requirements
+    known = available([r.guix for r in env.requirements if r.guix])
+
+    def checked(r: Requirement) -> Requirement:
+        if r.guix is None or r.guix in known:
+            return r
+        return Requirement(r.source, None, f"{r.guix} is not a Guix package")
+
+    reqs = tuple(checked(r) for r in env.requirements)
+    files = tuple(
+        replace(f, requirements=tuple(checked(r) for r in f.requirements)) for f in env.files
     )
-    return replace(env, manifest=render_manifest(reqs, env.origin, env.skipped), requirements=reqs)
+    return replace(
+        env,
+        manifest=render_manifest(reqs, env.origin, env.skipped),
+        requirements=reqs,
+        files=files,
+    )

@@ -133,28 +133,48 @@ def _read_file(
     constraints: bool,
 ) -> None:
     for number, line in _logical_lines(file.text):
-        where = f"{shown}:{number}"
-        if len(parsed.packages) + len(parsed.skipped) >= MAX_ENTRIES:
-            raise RepositoryFileError(
-                where, f"more than {MAX_ENTRIES} entries; binder-lite reads at most that many"
-            )
-        if len(line) > MAX_LINE:
-            parsed.skipped.append(
-                Skipped(where, f"not understood (longer than {MAX_LINE} characters)")
-            )
-            continue
-        line = " ".join(line.split())
-        if line.startswith("-"):
-            _option(tree, file, where, line, parsed, stack, constraints)
-            continue
-        requirement, options = _split_options(line)
-        entry = parse_requirement(requirement, where)
-        if isinstance(entry, PyPI) and not _per_requirement_options_ok(options):
-            entry = Skipped(where, "not understood")
-        if isinstance(entry, Skipped):
-            parsed.skipped.append(entry)
-        elif not constraints:
-            parsed.packages.append(entry)
+        _line(tree, file, f"{shown}:{number}", line, parsed, stack, constraints)
+
+
+def read_pip_lines(tree: RepoTree, file: RepoFile, lines: list[tuple[str, str]]) -> Parsed:
+    """Requirement lines found inside another file (environment.yml's `pip:` list),
+    each with where it is; `-r` includes are relative to `file`."""
+    parsed = Parsed(files=1)
+    for where, line in lines:
+        _line(tree, file, where, _without_comment(line).strip(), parsed, (file.real,), False)
+    return parsed
+
+
+def _line(
+    tree: RepoTree,
+    file: RepoFile,
+    where: str,
+    line: str,
+    parsed: Parsed,
+    stack: tuple[PurePosixPath, ...],
+    constraints: bool,
+) -> None:
+    if len(parsed.packages) + len(parsed.skipped) >= MAX_ENTRIES:
+        raise RepositoryFileError(
+            where, f"more than {MAX_ENTRIES} entries; binder-lite reads at most that many"
+        )
+    if len(line) > MAX_LINE:
+        parsed.skipped.append(Skipped(where, f"not understood (longer than {MAX_LINE} characters)"))
+        return
+    line = " ".join(line.split())
+    if not line:
+        return
+    if line.startswith("-"):
+        _option(tree, file, where, line, parsed, stack, constraints)
+        return
+    requirement, options = _split_options(line)
+    entry = parse_requirement(requirement, where)
+    if isinstance(entry, PyPI) and not _per_requirement_options_ok(options):
+        entry = Skipped(where, "not understood")
+    if isinstance(entry, Skipped):
+        parsed.skipped.append(entry)
+    elif not constraints:
+        parsed.packages.append(entry)
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
