@@ -11,14 +11,17 @@ after its session was stopped.
 from __future__ import annotations
 
 import ast
+import http.client
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from launchkit import execute, make_repo, processes_mentioning
+from test_attacks_launch import bare_copy, misbehaving, url_of, wait_for
 from test_attacks_sandbox import FORKS, PROBE
 from test_web import build_path, session_id, write_site
 from webkit import Client, Server
@@ -166,3 +169,37 @@ def test_a_session_that_hits_its_limits_is_told_why(tmp_path: Path) -> None:
         assert "limit of 128 processes" in page
     finally:
         server.stop()
+
+
+def test_a_launch_whose_stream_is_closed_before_ready_is_stopped(
+    served: tuple[Server, str], tmp_path: Path
+) -> None:
+    server, _ = served
+    bare_copy(make_repo(tmp_path / "repo"), tmp_path / "srv")
+    with misbehaving(tmp_path / "srv") as slow:  # the launch stays at fetching
+        host, port = server.url.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", build_path(url_of(slow, "repo.git")))
+        stream = conn.getresponse()
+        assert stream.status == 200
+        first = next(line for line in iter(stream.fp.readline, b"") if line.startswith(b"data: "))
+        assert json.loads(first[6:])["phase"] == "fetching"
+        assert slow.asked.wait(20)
+        health = Client(server.url).get("/health").text
+        assert json.loads(health)["sessions"] == 1
+        conn.close()  # the client goes away before ready
+        # Stopped, not failed: git gives up on this server only after 30 s.
+        wait_for(
+            lambda: json.loads(Client(server.url).get("/health").text)["sessions"] == 0,
+            25,
+            "the stop",
+        )
+    db = sqlite3.connect(server.state_dir / "sessions.sqlite")
+    try:
+        rows = db.execute("SELECT status, message FROM sessions").fetchall()
+    finally:
+        db.close()
+    assert rows == [
+        ("stopped", "its launch's event stream was closed before the server was ready")
+    ], rows
+    assert processes_mentioning(str(server.state_dir / "sessions")) == []

@@ -16,6 +16,8 @@ import pytest
 from launchkit import execute, git, make_repo, processes_mentioning
 from webkit import Client, Server
 
+from binder_lite.web import providers
+
 SITE = """\
 version: 1
 site:
@@ -127,6 +129,104 @@ def test_binderhub_launch_links(server: Server, repo: Path) -> None:
     github = client.get("/v2/gh/genenetwork/notebooks/main")
     assert github.status == 200 and "https://github.com/genenetwork/notebooks" in github.text
     assert client.get("/v2/gh/only-owner").status == 400
+    gitlab = client.get("/v2/gl/group%2Fsub%2Fproject/main")
+    assert gitlab.status == 200 and "https://gitlab.com/group/sub/project.git" in gitlab.text
+    gist = client.get("/v2/gist/someone/0123abcd/HEAD")
+    assert gist.status == 200 and "https://gist.github.com/someone/0123abcd.git" in gist.text
+    unknown = client.get("/v2/zenodo/10.5281/zenodo.3242074")
+    assert unknown.status == 404 and "No provider found for prefix zenodo" in unknown.text
+
+
+COMMIT = "c0ffee" * 6 + "abcd"
+
+
+@pytest.mark.parametrize(
+    ("provider", "spec", "url", "ref", "persistent", "ref_url"),
+    [
+        (
+            "gh",
+            "owner/repo/feature/x",
+            "https://github.com/owner/repo",
+            "feature/x",
+            f"v2/gh/owner/repo/{COMMIT}",
+            f"https://github.com/owner/repo/tree/{COMMIT}",
+        ),
+        (
+            "gl",
+            "group%2Fsub%2Fproject/main",
+            "https://gitlab.com/group/sub/project.git",
+            "main",
+            f"v2/gl/group%2Fsub%2Fproject/{COMMIT}",
+            f"https://gitlab.com/group/sub/project/-/tree/{COMMIT}",
+        ),
+        (
+            "gist",
+            "someone/0123abcd",
+            "https://gist.github.com/someone/0123abcd.git",
+            "HEAD",
+            f"v2/gist/someone/0123abcd/{COMMIT}",
+            f"https://gist.github.com/someone/0123abcd/{COMMIT}",
+        ),
+        (
+            "git",
+            "https%3A%2F%2Fexample.org%2Fr.git/v1%2F2/",
+            "https://example.org/r.git",
+            "v1/2",
+            f"v2/git/https%3A%2F%2Fexample.org%2Fr.git/{COMMIT}",
+            "https://example.org/r.git",
+        ),
+    ],
+)
+def test_binderhub_provider_specs(
+    provider: str, spec: str, url: str, ref: str, persistent: str, ref_url: str
+) -> None:
+    parsed = providers.parse(provider, spec)
+    assert (parsed.url, parsed.ref) == (url, ref)
+    assert parsed.request() == f"v2/{provider}/{spec.rstrip('/')}"
+    assert parsed.persistent_request(COMMIT) == persistent
+    assert parsed.ref_url(COMMIT) == ref_url
+
+
+def test_binderhub_refusals_are_failed_events_on_200_streams(server: Server) -> None:
+    client = Client(server.url)
+    for path, message in [
+        ("/build/zenodo/10.5281/zenodo.3242074", "No provider found for prefix zenodo"),
+        ("/build/nosuch/a/b", "No provider found for prefix nosuch"),
+        ("/build/gh/only-owner", "GitHub links look like"),
+        ("/build/gl/not-a-project/main", "GitLab links look like"),
+    ]:
+        answer = client.get(path)
+        assert answer.status == 200, (path, answer)
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        events = client.events(path)
+        assert len(events) == 1 and set(events[0]) == {"phase", "message"}, events
+        assert events[0]["phase"] == "failed" and message in str(events[0]["message"])
+
+
+def test_build_only_makes_the_environment_ready_and_starts_nothing(
+    server: Server, repo: Path
+) -> None:
+    client = Client(server.url)
+    events = client.events(build_path(f"file://{repo}", query="build_only=true"))
+    ready = events[-1]
+    commit = git(repo, "rev-parse", "HEAD")
+    assert ready["phase"] == "ready" and ready["imageName"] == commit, ready
+    assert "url" not in ready and "token" not in ready
+    assert [e["phase"] for e in events].count("launching") == 0
+    assert json.loads(client.get("/health").text)["sessions"] == 0
+    assert processes_mentioning(str(server.state_dir / "sessions")) == []
+
+
+def test_ready_event_has_binderhubs_fields(server: Server, repo: Path) -> None:
+    client = Client(server.url)
+    escaped = urllib.parse.quote(f"file://{repo}", safe="")
+    ready = launch(client, repo)
+    commit = git(repo, "rev-parse", "HEAD")
+    assert ready["image"] == commit and ready["repo_url"] == f"file://{repo}"
+    assert ready["binder_ref_url"] == f"file://{repo}"
+    assert ready["binder_launch_host"] == f"{server.url}/"
+    assert ready["binder_request"] == f"v2/git/{escaped}/HEAD"
+    assert ready["binder_persistent_request"] == f"v2/git/{escaped}/{commit}"
 
 
 def test_form_launch_progress_sessions_stop(server: Server, repo: Path) -> None:
@@ -171,8 +271,12 @@ def test_capacity_answer(tmp_path: Path, repo: Path) -> None:
         full = other.post("/launch", {"repo": f"file://{repo}"})
         assert full.status == 503 and full.headers["Retry-After"] == "60"
         assert "all 1 sessions are in use" in full.text
+        # BinderHub's clients read only 200 streams: the refusal is an event on one.
         streamed = other.get(build_path(f"file://{repo}"))
-        assert streamed.status == 503 and '"phase": "failed"' in streamed.text
+        assert streamed.status == 200 and "Retry-After" not in streamed.headers
+        assert other.events(build_path(f"file://{repo}")) == [
+            {"phase": "failed", "message": "all 1 sessions are in use; try again in a minute\n"}
+        ]
     finally:
         srv.stop()
 

@@ -49,8 +49,9 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, t
     return [
         (r"/", h.LandingHandler),
         (r"/launch", h.LaunchFormHandler),
-        (r"/v2/(gh|git)/(.+)", h.V2Handler),
-        (r"/build/(gh|git)/(.+)", h.BuildHandler),
+        # Any prefix: an unknown one is refused in the answer BinderHub gives it.
+        (r"/v2/([^/]+)/(.+)", h.V2Handler),
+        (r"/build/([^/]+)/(.+)", h.BuildHandler),
         (r"/sessions", h.SessionsHandler),
         (rf"/sessions/{SESSION_ID}", h.SessionHandler),
         (rf"/sessions/{SESSION_ID}/progress", h.ProgressHandler),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError
@@ -19,6 +18,7 @@ from binder_lite.launch.session import Event, Phase
 from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
 from binder_lite.web.manager import CapacityError
 from binder_lite.web.policy import RefusedError
+from binder_lite.web.providers import RepoSpec, UnknownProviderError, parse
 from binder_lite.web.proxy import Handoffs, with_handoff
 from binder_lite.web.push import Credential, PushError, PushSource, push_changes
 from binder_lite.web.store import Record
@@ -71,30 +71,17 @@ class LaunchFormHandler(BaseMixin):
         self.page("full.html", status=503, message=str(e), retry_after=e.retry_after)
 
 
-def request_launch(handler: BaseMixin, repo: str, ref: str, path: str | None) -> str:
+def request_launch(
+    handler: BaseMixin, repo: str, ref: str, path: str | None, build_only: bool = False
+) -> str:
     """Check `repo` and ask for a session.  Anonymous visitors are also counted by their
     address (the front's, set from the connection): a fresh cookie costs nothing."""
     admitted = handler.service.policy.admit(repo)
     identity = handler.identity()
     client = handler.request.remote_ip if identity.anonymous else None
     return handler.manager.request(
-        identity.id, admitted.url, ref, path, client=client, pin=admitted.pin
+        identity.id, admitted.url, ref, path, client=client, pin=admitted.pin, build_only=build_only
     )
-
-
-def _repo_from_spec(provider: str, spec: str) -> tuple[str, str]:
-    """BinderHub's provider/spec → (repository URL, ref)."""
-    if provider == "gh":
-        m = re.fullmatch(r"([\w.-]+)/([\w.-]+)/(.+)", spec)
-        if not m:
-            raise RefusedError("GitHub links look like /v2/gh/OWNER/REPO/REF")
-        return f"https://github.com/{m.group(1)}/{m.group(2)}", m.group(3)
-    if provider == "git":
-        escaped, _, ref = spec.partition("/")
-        if not escaped or not ref:
-            raise RefusedError("git links look like /v2/git/<escaped URL>/<ref>")
-        return unquote(escaped), unquote(ref)
-    raise RefusedError(f"unknown repository provider {provider!r}")
 
 
 def _raw_spec(handler: BaseMixin, provider: str) -> str:
@@ -102,6 +89,10 @@ def _raw_spec(handler: BaseMixin, provider: str) -> str:
     repository URL's %2F into slashes that split it apart."""
     path = handler.request.path
     return path[path.index(f"/{provider}/") + len(provider) + 2 :]
+
+
+def _repo_spec(handler: BaseMixin, provider: str) -> RepoSpec:
+    return parse(provider, _raw_spec(handler, provider))
 
 
 def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
@@ -120,19 +111,25 @@ class V2Handler(BaseMixin):
     """/v2/<provider>/<spec>: BinderHub's launch link, a page that follows the build."""
 
     def get(self, provider: str, _spec: str) -> None:
-        spec = _raw_spec(self, provider)
         try:
-            repo, ref = _repo_from_spec(provider, spec)
-            self.service.policy.check(repo)
+            spec = _repo_spec(self, provider)
+            self.service.policy.check(spec.url)
+        except UnknownProviderError as e:
+            self.page("error.html", status=404, message=str(e))  # BinderHub: no such page
+            return
         except RefusedError as e:
             self.page("error.html", status=400, message=str(e))
             return
+        # The page's stream says the rest (capacity, a bad ref) as it says it to any
+        # BinderHub client.
         query = self.request.query
-        events = f"/build/{provider}/{spec}" + (f"?{query}" if query else "")
-        self.page("progress.html", session=None, events_url=events, repo=repo, ref=ref)
+        events = f"/build/{provider}/{spec.spec}" + (f"?{query}" if query else "")
+        self.page("progress.html", session=None, events_url=events, repo=spec.url, ref=spec.ref)
 
 
 class SSEMixin(BaseMixin):
+    heartbeat = 15.0  # seconds between heartbeats while nothing else is sent
+
     def start_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
@@ -147,13 +144,22 @@ class SSEMixin(BaseMixin):
     async def stream_session(self, record: Record, with_token: bool) -> None:
         self.start_stream()
         try:
-            async for event in self.manager.events(record.id):
-                await self.send(
-                    None if event is None else self._event(record.id, event, with_token)
-                )
+            async for event in self.manager.events(record.id, self.heartbeat):
+                data = None if event is None else self._event(record.id, event, with_token)
+                if event is not None and event.phase is Phase.READY:
+                    self.reached_ready()
+                await self.send(data)
         except StreamClosedError:
+            self.on_connection_close()
             return
         self.finish()
+
+    def reached_ready(self) -> None:
+        """Called as the ready event goes out."""
+
+    def ready_fields(self, record: Record) -> dict[str, Any]:
+        """What a ready event says besides the session's address."""
+        return {}
 
     def _event(self, session_id: str, event: Event, with_token: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -164,6 +170,9 @@ class SSEMixin(BaseMixin):
         if event.phase is Phase.READY:
             record = self.manager.store.get(session_id)
             assert record is not None
+            live = self.manager.live.get(session_id)
+            if live is not None and live.build_only:  # ready, and nothing started
+                return self.ready_fields(record) | data | _built(record)
             # From the site's settings, not the request's Host header (origins.py).
             origins = self.service.origins
             base = origins.session_url(session_id)
@@ -174,41 +183,86 @@ class SSEMixin(BaseMixin):
                 # BinderHub clients, which add ?token= to it.
                 secret = self.application.settings["cookie_secret"]
                 view = with_handoff(view, Handoffs(secret).issue(session_id, record.owner))
+            data.update(self.ready_fields(record))
             data.update(url=base, view=view, message=f"server running at {base}\n")
             if with_token:
                 data["token"] = record.token
         return data
 
 
+def _built(record: Record) -> dict[str, Any]:
+    """BinderHub's answer to build_only once the image is there: ready, with the image's
+    name and no server; here the environment's name is the commit it was made from."""
+    return {
+        "imageName": record.commit_sha,
+        "message": "Done! The environment is ready; build_only: no server was started\n",
+    }
+
+
 class BuildHandler(SSEMixin):
-    """/build/<provider>/<spec>: start a launch and stream its events (BinderHub API)."""
+    """/build/<provider>/<spec>: start a launch and stream its events (BinderHub's API).
+
+    Every refusal is a failed event on a 200 stream, as BinderHub sends it: its clients
+    (an EventSource, @jupyterhub/binderhub-client) read no body that is not a 200, and
+    retry some statuses, which would launch again.  A stream closed before ready stops
+    its launch: whoever asked for it has gone and has no other way to reach it."""
+
+    session_id: str | None = None
+    repo_spec: RepoSpec | None = None
+    ready: bool = False
+    # The front notices a client that left only when it writes to it (the second write
+    # after): beats this often bound how long an abandoned launch goes on.
+    heartbeat = 5.0
 
     async def get(self, provider: str, _spec: str) -> None:
-        if not self.may_launch():
-            raise HTTPError(403)
-        spec = _raw_spec(self, provider)
         try:
-            repo, ref = _repo_from_spec(provider, spec)
-            path = _open_path(
-                self.get_query_argument("urlpath", None), self.get_query_argument("filepath", None)
-            )
-            session_id = request_launch(self, repo, ref, path)
-        except (RefusedError, LaunchError) as e:
+            self.session_id = self._request(provider)
+        except (RefusedError, LaunchError, CapacityError) as e:
+            # A capacity refusal has no Retry-After here: BinderHub's stream has none.
             self.start_stream()
             await self.send({"phase": "failed", "message": f"{e}\n"})
             self.finish()
             return
-        except CapacityError as e:
-            self.set_status(503)
-            self.set_header("Retry-After", str(e.retry_after))
-            self.start_stream()
-            await self.send({"phase": "failed", "message": f"{e}\n"})
-            self.finish()
-            return
-        record = self.manager.store.get(session_id)
+        record = self.manager.store.get(self.session_id)
         assert record is not None
         # The token goes to whoever started the launch, as BinderHub does.
         await self.stream_session(record, with_token=True)
+
+    def _request(self, provider: str) -> str:
+        if not self.may_launch():
+            raise RefusedError("this site launches for people who are logged in; log in first")
+        self.repo_spec = spec = _repo_spec(self, provider)
+        path = _open_path(
+            self.get_query_argument("urlpath", None), self.get_query_argument("filepath", None)
+        )
+        build_only = self.get_query_argument("build_only", "").lower() == "true"
+        return request_launch(self, spec.url, spec.ref, path, build_only=build_only)
+
+    def reached_ready(self) -> None:
+        self.ready = True
+
+    def ready_fields(self, record: Record) -> dict[str, Any]:
+        """BinderHub's optional fields of a ready event; the image is the commit the
+        environment was made from (its provenance says the rest)."""
+        spec, commit = self.repo_spec, record.commit_sha or ""
+        assert spec is not None
+        return {
+            "image": commit,
+            "repo_url": spec.url,
+            "binder_ref_url": spec.ref_url(commit),
+            "binder_launch_host": self.service.origins.service + "/",
+            "binder_request": spec.request(),
+            "binder_persistent_request": spec.persistent_request(commit),
+        }
+
+    def on_connection_close(self) -> None:
+        """The client went away before ready: stop its launch (once)."""
+        super().on_connection_close()
+        session_id, self.session_id = self.session_id, None
+        if session_id is None or self.ready:
+            return
+        reason = "its launch's event stream was closed before the server was ready"
+        asyncio.get_running_loop().run_in_executor(None, self.manager.stop, session_id, reason)
 
 
 class OwnedMixin(BaseMixin):

@@ -21,19 +21,18 @@ from datetime import datetime
 from pathlib import Path
 
 from binder_lite.errors import BinderLiteError, LaunchError
-from binder_lite.launch import sandbox, sources
+from binder_lite.launch import lifetime, sandbox, sources
 from binder_lite.launch.session import (
     DEFAULT_TIMEOUT,
     Event,
     Fetch,
     Isolation,
     Phase,
+    Provenance,
     Session,
     launch,
     normalise_open_path,
-    process_alive,
-    reap_strays,
-    stop_process_group,
+    prepare,
 )
 from binder_lite.site.model import Runtime
 from binder_lite.web import push
@@ -82,6 +81,7 @@ class Live:
     # Set by a stop: the launch ends what it started and never reports "running".
     cancelled: threading.Event = field(default_factory=threading.Event)
     launching: bool = False  # the launch thread is still at work (under `lock`)
+    build_only: bool = False  # BinderHub's build_only: fetch and check, start nothing
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -132,8 +132,8 @@ class SessionManager:
 
     def adopt(self) -> None:
         """After a restart: take running sessions back, or stop them; none is orphaned.
-        One record that cannot be judged (a PID reused by another user's process, a
-        file that cannot be read) is given up on its own: it never stops the start."""
+        One record that cannot be judged (a file that cannot be read, a process that
+        refuses a signal) is given up on its own: it never stops the start."""
         for record in self.store.with_status("pending", "running"):
             try:
                 self._adopt(record)
@@ -147,7 +147,16 @@ class SessionManager:
                 self._give_up(record, f"lost while the service was not running ({e})")
 
     def _adopt(self, record: Record) -> None:
-        if record.status == "running" and self._answers(record):
+        """Adopt a running session whose recorded process is still that process (not
+        a PID reused since, or in another boot, nor a record of an older format) and
+        whose Jupyter answers; stop the others, which signals only processes that are
+        still the session's (see lifetime.py)."""
+        folder = self._folder(record)
+        if (
+            record.status == "running"
+            and lifetime.adoptable(folder, record.process_id()) is not None
+            and self._jupyter_status(record) is not None
+        ):
             self.live[record.id] = live = Live(record.id)
             live.done.set()
             self.running[record.id] = record
@@ -155,15 +164,17 @@ class SessionManager:
         else:
             self._stop(record, "lost while the service was not running")
 
+    def _folder(self, record: Record) -> Path:
+        return Path(record.session_dir or self.state_dir / "sessions" / record.id)
+
     def _give_up(self, record: Record, reason: str) -> None:
         """Mark a session stopped and remove its files, signalling only processes that
         name its folder; nothing here raises but the store."""
         self.running.pop(record.id, None)
         self.live.pop(record.id, None)
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
-        folder = Path(record.session_dir or self.state_dir / "sessions" / record.id)
         for step in (
-            functools.partial(reap_strays, folder),
+            functools.partial(lifetime.reap_strays, self._folder(record)),
             functools.partial(self._remove_files, record.id),
         ):
             try:
@@ -182,10 +193,13 @@ class SessionManager:
         *,
         client: str | None = None,
         pin: sources.Pin | None = None,
+        build_only: bool = False,
     ) -> str:
         """Reserve a slot and start launching; returns the session id at once.  `client`:
         the address of an anonymous visitor, who gets no more sessions per address than
-        a user gets (a new cookie per request is free); `pin`: see `RepoPolicy.admit`."""
+        a user gets (a new cookie per request is free); `pin`: see `RepoPolicy.admit`;
+        `build_only`: the environment is made ready and nothing is started (the slot is
+        held while it is made)."""
         target = normalise_open_path(open_path)
         active = self.store.with_status("pending", "running")
         if len(active) >= self.limits.max_sessions:
@@ -216,7 +230,9 @@ class SessionManager:
                 status="pending",
             )
         )
-        self.live[session_id] = Live(session_id, client=client, pin=pin, launching=True)
+        self.live[session_id] = Live(
+            session_id, client=client, pin=pin, launching=True, build_only=build_only
+        )
         self.store.add_to("launches_requested")
         self._pool.submit(self._launch_and_tidy, session_id, repository, ref, target)
         return session_id
@@ -237,7 +253,8 @@ class SessionManager:
             with live.lock:
                 live.launching = False
             record = self.store.get(session_id)
-            if live.cancelled.is_set() or (record is not None and record.status == "failed"):
+            ended = record is not None and record.status in ("failed", "stopped")
+            if live.cancelled.is_set() or ended:
                 self._remove_files(session_id)
             self._trim_cache()
 
@@ -260,22 +277,7 @@ class SessionManager:
         started = time.monotonic()
         live = self.live[session_id]
         try:
-            session = launch(
-                repository,
-                None if ref in ("", "HEAD") else ref,
-                runtime_kind=self.runtime,
-                open_path=target,
-                base_url=f"/s/{session_id}/",
-                cache_dir=self.state_dir / "cache",
-                session_dir=self.state_dir / "sessions" / session_id,
-                on_event=lambda e: self._event(session_id, e),
-                isolation=self.isolation,
-                fetch=Fetch(
-                    pin=live.pin,
-                    cancel=live.cancelled,
-                    limits=sources.FetchLimits(max_size=self.limits.max_repo_size),
-                ),
-            )
+            result = self._start_or_build(live, repository, ref, target)
         except LaunchError as e:
             if live.cancelled.is_set():
                 return  # stopped: the record says so already
@@ -291,7 +293,10 @@ class SessionManager:
             )
             self._event(session_id, Event(Phase.FAILED, "internal error; see the service log"))
             return
-        live.session = session
+        if isinstance(result, Provenance):
+            self._record_built(live, result)
+            return
+        session = live.session = result
         view = session.url[len(session.base_url) :].split("?")[0]
         if not self._record_running(
             live,
@@ -300,6 +305,7 @@ class SessionManager:
             commit_sha=session.provenance.commit,
             port=session.port,
             pid=session.pid,
+            process=json.dumps(session.handle.process.to_json()),
             token=session.token,
             view=view,
             socket=str(session.socket) if session.socket else None,
@@ -314,6 +320,62 @@ class SessionManager:
         self.store.add_to("launch_seconds_sum", time.monotonic() - started)
         # The ready event goes out after the record says "running".
         self._event(session_id, Event(Phase.READY, view), final=True)
+
+    def _start_or_build(
+        self, live: Live, repository: str, ref: str, target: str | None
+    ) -> Session | Provenance:
+        """Launch; or, for a build only, make the environment ready and start nothing."""
+        session_id = live.id
+        wanted = None if ref in ("", "HEAD") else ref
+        cache, folder = self.state_dir / "cache", self.state_dir / "sessions" / session_id
+        fetch = Fetch(
+            pin=live.pin,
+            cancel=live.cancelled,
+            limits=sources.FetchLimits(max_size=self.limits.max_repo_size),
+        )
+
+        def report(event: Event) -> None:
+            self._event(session_id, event)
+
+        if live.build_only:
+            return prepare(
+                repository,
+                wanted,
+                runtime_kind=self.runtime,
+                cache_dir=cache,
+                session_dir=folder,
+                on_event=report,
+                isolation=self.isolation,
+                fetch=fetch,
+            )
+        return launch(
+            repository,
+            wanted,
+            runtime_kind=self.runtime,
+            open_path=target,
+            base_url=f"/s/{session_id}/",
+            cache_dir=cache,
+            session_dir=folder,
+            on_event=report,
+            isolation=self.isolation,
+            fetch=fetch,
+        )
+
+    def _record_built(self, live: Live, provenance: Provenance) -> None:
+        """A build only is over once its environment is ready: its record ends there,
+        saying what it resolved to, and its ready event goes out after that."""
+        with live.lock:
+            if live.cancelled.is_set():
+                return  # stopped meanwhile: the record says so already
+            self.store.update(
+                live.id,
+                status="stopped",
+                message="built only: the environment is ready; no server was started",
+                commit_sha=provenance.commit,
+                provenance=json.dumps(asdict(provenance)),
+                stopped=time.time(),
+            )
+        self._event(live.id, Event(Phase.READY, provenance.commit), final=True)
 
     def _record_running(self, live: Live, session: Session, **fields: object) -> bool:
         """Record the session as running, unless it was stopped meanwhile: then end it.
@@ -380,15 +442,10 @@ class SessionManager:
         live = self.live.get(record.id)
         launching = live is not None and self._cancel(live)
         self.running.pop(record.id, None)
-        handle = _handle(record)
         if live is not None and live.session is not None:
             live.session.stop()
-        elif handle is not None:
-            handle.stop()
-        elif record.pid and not _foreign(record.pid):
-            stop_process_group(record.pid, Path(record.session_dir or "/nonexistent"))
-        elif record.session_dir or (self.state_dir / "sessions" / record.id).exists():
-            reap_strays(Path(record.session_dir or self.state_dir / "sessions" / record.id))
+        else:  # adopted, or still launching: its folder names its processes
+            lifetime.stop(self._folder(record))
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
         if not launching:  # else the launch thread removes them when it has ended
             self._remove_files(record.id)
@@ -400,9 +457,6 @@ class SessionManager:
         with live.lock:
             live.cancelled.set()
             return live.launching
-
-    def _answers(self, record: Record) -> bool:
-        return _server_alive(record) and self._jupyter_status(record) is not None
 
     @staticmethod
     def _jupyter_status(record: Record) -> dict[str, object] | None:
@@ -445,7 +499,7 @@ class SessionManager:
     def _note_limits(self, record: Record) -> None:
         """Say on the session's page when a limit stopped one of its processes (a kernel
         killed for memory only says it died; a refused fork says little more)."""
-        handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+        handle = lifetime.load(self._folder(record))
         live = self.live.get(record.id)
         if handle is None or not handle.cgroups or live is None:
             return
@@ -490,7 +544,7 @@ class SessionManager:
         has not answered for longer than the idle timeout (a Jupyter that hangs, or
         was stopped, is culled by the same bounds as one that answers)."""
         status = self._jupyter_status(record)
-        if status is None and not _server_alive(record):
+        if status is None and not lifetime.alive(self._folder(record)):
             self._stop(record, "the notebook server exited")
             return
         if self._over_disk(record):
@@ -539,42 +593,6 @@ def _disk_usage(folder: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
-
-
-def _server_alive(record: Record) -> bool:
-    """Whether anything of the session's server still runs (its sandbox, after a
-    restart of the service: bwrap's own process may be gone while Jupyter runs)."""
-    handle = _handle(record)
-    if handle is not None:
-        return handle.alive()
-    return bool(record.pid) and process_alive(record.pid or 0) and not _foreign(record.pid or 0)
-
-
-def _handle(record: Record) -> sandbox.Handle | None:
-    """The session's sandbox as its file describes it, without the processes that are
-    another user's now: the service's PIDs, reused after it or the machine restarted."""
-    handle = sandbox.Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
-    if handle is None:
-        return None
-    helpers = tuple(pid for pid in handle.helpers if not _foreign(pid))
-    if _foreign(handle.pid):
-        log.warning("session %s: process %d is another user's now", record.id, handle.pid)
-        # PID 0 is no process: the session's cgroups and namespaces still find the rest.
-        return dataclasses.replace(handle, pid=0, helpers=helpers)
-    return dataclasses.replace(handle, helpers=helpers)
-
-
-def _foreign(pid: int) -> bool:
-    """Whether `pid` runs as another user than the service (sessions, sandboxed or not,
-    run as the service's user on the host), so it is not a session's process."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False  # gone: nothing to signal either way
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1]) != os.getuid()
-    return False
 
 
 def _timestamp(value: object) -> float:
