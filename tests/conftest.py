@@ -64,7 +64,7 @@ def cli() -> Callable[..., CliResult]:
 
     def run(*args: str | os.PathLike[str], cwd: Path | None = None) -> CliResult:
         proc = subprocess.run(
-            [sys.executable, "-m", "binder_lite", *map(os.fspath, args)],
+            [sys.executable, "-m", "binder_lite", *(os.fspath(a) for a in args)],
             capture_output=True,
             text=True,
             cwd=cwd,

@@ -4,6 +4,8 @@ sessions (the web tests drive the rest through the service)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -15,8 +17,10 @@ from pathlib import Path
 import pytest
 from launchkit import make_repo
 
+from binder_lite.launch import lifetime
 from binder_lite.launch.sandbox import Handle
-from binder_lite.launch.session import Event, Isolation, Phase, process_alive
+from binder_lite.launch.session import Event, Isolation, Phase
+from binder_lite.procs import ProcessId
 from binder_lite.site.model import Runtime, SessionNetwork
 from binder_lite.web.manager import Limits, Live, SessionManager
 from binder_lite.web.store import Record, Store
@@ -67,7 +71,7 @@ async def running(sessions: SessionManager, repo: Path) -> Record:
 
 
 def sandbox_of(record: Record) -> Handle:
-    handle = Handle.load(Path(record.session_dir or "/nonexistent") / "sandbox.json")
+    handle = lifetime.load(Path(record.session_dir or "/nonexistent"))
     assert handle is not None
     return handle
 
@@ -75,7 +79,7 @@ def sandbox_of(record: Record) -> Handle:
 def running_in(handle: Handle) -> set[int]:
     """The sandbox's processes, but zombies (the sandbox's first process may wait a
     moment for init to reap it)."""
-    return {pid for pid in handle.members() if process_alive(pid)}
+    return handle.members()
 
 
 def jupyter_of(handle: Handle) -> int:
@@ -136,43 +140,107 @@ def foreign() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait()
 
 
+@pytest.fixture
+def unrelated() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is no session's, whose PID a record may name after a reuse."""
+    proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def identity(proc: subprocess.Popen[bytes]) -> ProcessId:
+    named = ProcessId.of(proc.pid)
+    assert named is not None
+    return named
+
+
+def recorded(
+    state: Path, session_id: str, pid: int, named: ProcessId | None, *, status: str = "running"
+) -> Record:
+    """A record as the service writes it for a session whose first process is `named`
+    (None: a record and handle of the older format, which held a bare PID)."""
+    folder = state / "sessions" / session_id
+    folder.mkdir(parents=True)
+    if named is not None:
+        Handle(named).save(folder / "sandbox.json")
+    else:
+        old = {"pid": pid, "cgroups": [], "pid_namespaces": [], "helpers": []}
+        (folder / "sandbox.json").write_text(json.dumps(old))
+    return Record(
+        id=session_id,
+        owner="bob",
+        repository="file:///x",
+        ref="HEAD",
+        open_path=None,
+        status=status,
+        pid=pid,
+        process=json.dumps(named.to_json()) if named is not None else None,
+        token="t",
+        socket=str(folder / "run" / "jupyter.sock"),
+        session_dir=str(folder),
+        created=time.time(),
+    )
+
+
+@pytest.mark.parametrize("reuse", ["start-time", "boot", "older-format"])
+def test_a_reused_pid_is_never_signalled_by_stop_cull_or_adopt(
+    tmp_path: Path, unrelated: subprocess.Popen[bytes], reuse: str
+) -> None:
+    """A record naming a PID that is now an unrelated process's (it started later, or
+    in another boot, or the record does not say when it started): every way a session
+    ends marks it ended, and the process runs on."""
+    now = identity(unrelated)
+    named = {
+        "start-time": dataclasses.replace(now, started=now.started - 1),
+        "boot": dataclasses.replace(now, boot="another boot"),
+        "older-format": None,
+    }[reuse]
+    state = tmp_path / "state"
+    sessions = manager(tmp_path)
+    try:
+        sessions.store.add(recorded(state, "stopped", unrelated.pid, named))
+        assert sessions.stop("stopped")
+        sessions.store.add(recorded(state, "culled", unrelated.pid, named))
+        sessions.cull()
+        for status in ("running", "pending"):
+            sessions.store.add(recorded(state, status, unrelated.pid, named, status=status))
+        sessions.adopt()
+        for session_id, reason in (
+            ("stopped", "stopped by its owner"),
+            ("culled", "the notebook server exited"),
+            ("running", "lost while the service was not running"),
+            ("pending", "lost while the service was not running"),
+        ):
+            record = sessions.store.get(session_id)
+            assert record is not None and record.status == "stopped", record
+            assert reason in record.message, record.message
+        assert unrelated.poll() is None, "an unrelated process was signalled"
+        assert identity(unrelated) == now
+    finally:
+        sessions._pool.shutdown()
+
+
 def test_restart_gives_up_what_it_cannot_judge_and_adopts_the_rest(
     tmp_path: Path,
     repo: Path,
     foreign: subprocess.Popen[bytes],
+    unrelated: subprocess.Popen[bytes],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ours = subprocess.Popen(["sleep", "120"], start_new_session=True)
     state = tmp_path / "state"
+    reused = dataclasses.replace(identity(foreign), started=identity(foreign).started - 1)
 
-    def record(session_id: str, pid: int, handle: Handle | None = None) -> Record:
-        folder = state / "sessions" / session_id
-        folder.mkdir(parents=True)
-        if handle is not None:
-            handle.save(folder / "sandbox.json")
-        return Record(
-            id=session_id,
-            owner="bob",
-            repository="file:///x",
-            ref="HEAD",
-            open_path=None,
-            status="running",
-            pid=pid,
-            token="t",
-            socket=str(folder / "run" / "jupyter.sock"),
-            session_dir=str(folder),
-            created=1.0,
-        )
+    # A process that is still the one recorded but refuses the signal (it changed its
+    # user): what a non-root service meets; it must not stop the start.
+    real_send = signal.pidfd_send_signal
 
-    # A PID that passes the check but is another user's by the time it is signalled
-    # (a race only; the check keeps a non-root service from a real PermissionError).
-    real_killpg = os.killpg
-
-    def killpg(pid: int, sig: int) -> None:
-        if pid == ours.pid:
+    def send(fd: int, sig: int, *args: object) -> None:
+        if f"Pid:\t{ours.pid}\n" in Path(f"/proc/self/fdinfo/{fd}").read_text():
             raise PermissionError(1, "Operation not permitted")
-        real_killpg(pid, sig)
+        real_send(fd, sig, *args)  # type: ignore[arg-type]
 
     async def scenario() -> None:
         before = manager(tmp_path)
@@ -184,27 +252,31 @@ def test_restart_gives_up_what_it_cannot_judge_and_adopts_the_rest(
         before._culler.cancel()
         # Records older than the live one: adoption judges them first.
         for bad in (
-            record("pid-reused", foreign.pid),
-            record("sandbox-pid-reused", foreign.pid, Handle(foreign.pid)),
-            record("signal-refused", ours.pid),
+            recorded(state, "pid-reused", foreign.pid, reused),
+            recorded(state, "older-format", unrelated.pid, None),
+            recorded(state, "signal-refused", ours.pid, identity(ours)),
         ):
+            bad.created = 1.0
             before.store.add(bad)
-        monkeypatch.setattr(os, "killpg", killpg)
+        monkeypatch.setattr(signal, "pidfd_send_signal", send)
         after = manager(tmp_path)
         try:
-            with caplog.at_level(logging.WARNING, "binder_lite.web.manager"):
+            with caplog.at_level(logging.WARNING):
                 await after.start()  # does not raise
             assert after.store.get(alive.id) == alive and alive.id in after.running
-            for name in ("pid-reused", "sandbox-pid-reused", "signal-refused"):
+            for name in ("pid-reused", "older-format", "signal-refused"):
                 gone = after.store.get(name)
                 assert gone is not None and gone.status == "stopped", gone
                 assert "lost while the service was not running" in gone.message
                 assert not (state / "sessions" / name).exists()
-            assert "could not be judged after the restart (PermissionError" in caplog.text
-            assert foreign.poll() is None  # another user's process is never signalled
+            assert f"process {ours.pid} refused SIGTERM" in caplog.text
+            # Neither another user's process nor ours is ever signalled for a record
+            # that names them by a reused PID or a bare one.
+            assert foreign.poll() is None and unrelated.poll() is None
         finally:
+            monkeypatch.undo()
             await after.shutdown()
-            handle.stop()  # whatever the service left (nothing, unless it failed)
+            lifetime.stop(Path(alive.session_dir or "/nonexistent"), handle=handle)
         assert running_in(handle) == set()
 
     try:

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +161,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 @contextmanager
-def git_http_server(root: Path, user: str, password_ok: object) -> Iterator[str]:
+def git_http_server(root: Path, user: str, password_ok: Callable[[str], bool]) -> Iterator[str]:
     """Serve bare repositories under `root` through `git http-backend` (smart HTTP).
     Pushes need Basic credentials `user` and a password for which `password_ok(p)` holds."""
     handler = type(

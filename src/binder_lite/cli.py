@@ -255,17 +255,18 @@ def image_list(output_dir: Path) -> None:
 
     from binder_lite import build
 
-    found = build.list_images(output_dir)
-    if not found:
+    listing = build.list_images(output_dir)
+    for problem in listing.unreadable:
+        click.echo(f"skipped {problem}", err=True)
+    if not listing.images:
         click.echo(f"no images in {output_dir}")
         return
-    for meta in found:
-        when = datetime.datetime.fromtimestamp(float(meta.get("built_at") or 0))  # type: ignore[arg-type]
-        size = int(meta.get("bytes") or 0) / 2**20  # type: ignore[call-overload]
-        state = "" if meta["present"] else "  (missing)"
+    for found in listing.images:
+        when = datetime.datetime.fromtimestamp(found.build.built_at)
+        state = "" if found.present else "  (missing)"
         click.echo(
-            f"{meta['path']}  {meta['type']}  {size:,.0f} MiB  "
-            f"{when:%Y-%m-%d %H:%M}  {meta['derivation']}{state}"
+            f"{found.path}  {found.meta.type}  {found.build.nbytes / 2**20:,.0f} MiB  "
+            f"{when:%Y-%m-%d %H:%M}  {found.build.derivation}{state}"
         )
 
 
@@ -343,12 +344,18 @@ def launch_command(**options: Any) -> None:
     show_default=True,
     help="Check every name against the Guix at hand, when there is one.",
 )
-def manifest_command(repo: Path, write: bool, check: bool) -> None:
-    """Print the Guix manifest for REPO's environment (requirements.txt, setup.py,
-    pyproject.toml, DESCRIPTION, install.R, Project.toml), or --write it."""
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Print, file by file, what was read, what it became, and what was skipped and why.",
+)
+def manifest_command(repo: Path, write: bool, check: bool, explain: bool) -> None:
+    """Print the Guix manifest for REPO's environment (the files repo2docker reads:
+    environment.yml, Pipfile, requirements.txt, setup.py, pyproject.toml, runtime.txt,
+    apt.txt, DESCRIPTION, install.R, Project.toml), or --write it."""
     from binder_lite.launch.cli import run_manifest
 
-    run_manifest(repo, write=write, check=check)
+    run_manifest(repo, write=write, check=check, explain=explain)
 
 
 @cli.command()
@@ -464,7 +471,8 @@ def _check_unsandboxed(site: Site) -> None:
 
 
 def _register_stage_commands() -> None:
-    from binder_lite.vm.commands import smoke, vm
+    from binder_lite.smoke.command import smoke
+    from binder_lite.vm.commands import vm
 
     cli.add_command(vm)
     cli.add_command(smoke)
