@@ -82,6 +82,8 @@ def _sample(setting: Setting) -> tuple[str, Any]:
         return str(choice), choice
     if setting.key == "binder.trusted_proxies":
         return "[10.0.0.0/24]", ("10.0.0.0/24",)
+    if setting.key == "binder.cors_allowed_origins":
+        return "[https://docs.example.org]", ("https://docs.example.org",)
     if setting.kind is Kind.TEXT:
         return TEXT_SAMPLES[setting.key], TEXT_SAMPLES[setting.key]
     return SAMPLES[setting.kind]

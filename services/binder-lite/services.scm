@@ -135,7 +135,10 @@
    "Disk a repository may take in the cache.")
   (session-domain
    maybe-string
-   "Serve each session from ID.DOMAIN, an origin of its own, instead of /s/ID/."))
+   "Serve each session from ID.DOMAIN, an origin of its own, instead of /s/ID/.")
+  (cors-allowed-origins
+   (list-of-strings '())
+   "Origins (https://docs.example.org) whose pages may launch and use sessions."))
 
 (define (binder-lite-accounts config)
   (let ((user (binder-lite-configuration-user config)))
@@ -215,7 +218,8 @@
     (session-processes "binder" "session_limits" "processes")
     (session-disk "binder" "session_limits" "disk")
     (max-repo-size "binder" "max_repo_size")
-    (session-domain "binder" "session_domain")))
+    (session-domain "binder" "session_domain")
+    (cors-allowed-origins "binder" "cors_allowed_origins")))
 
 (define (json-field-value value)
   ;; Guile-JSON's native form: a vector is an array, 'null is null (an unset

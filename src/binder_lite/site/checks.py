@@ -160,6 +160,25 @@ def issuer_url(value: str) -> None:
     https_url(value)
 
 
+def origin(value: str) -> None:
+    """A web origin as a browser sends it in Origin: scheme://host[:port], lower case,
+    no path and no default port (a listed origin is compared exactly)."""
+    hint = "an origin is scheme://host[:port] as browsers send it, e.g. https://docs.example.org"
+    m = re.fullmatch(
+        r"(https?)://([a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::(\d{1,5}))?", value
+    )
+    if m is None:
+        raise Invalid(f"{value!r} is not an origin", hint)
+    scheme, _, port = m.groups()
+    if port is not None and (
+        not 1 <= int(port) <= 65535 or port != str(int(port)) or int(port) == _PORTS[scheme]
+    ):
+        raise Invalid(f"{value!r} is not an origin: its port is wrong or the default", hint)
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
 def repo_pattern(value: str) -> None:
     if not re.fullmatch(r"(?:https|git)://\S+", value):
         raise Invalid(

@@ -135,6 +135,7 @@ class Binder:
     session_limits: SessionLimits = field(default_factory=SessionLimits)
     max_repo_size: int = default("binder.max_repo_size")
     session_domain: str | None = default("binder.session_domain")
+    cors_allowed_origins: tuple[str, ...] = default("binder.cors_allowed_origins")
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,14 @@ SETTINGS: tuple[Setting, ...] = (
         "session-domain",
         check=checks.domain,
     ),
+    Setting(
+        "binder.cors_allowed_origins",
+        Kind.TEXTS,
+        (),
+        "Origins (https://docs.example.org) whose pages may launch and use sessions.",
+        "cors-allowed-origins",
+        check=checks.origin,
+    ),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}

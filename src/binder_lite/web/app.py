@@ -163,6 +163,7 @@ async def serve(site: Site, options: ServeOptions) -> None:
         app.settings["cookie_secret"],
         sockets[0].getsockname()[1],
         site.binder.trusted_proxies,
+        site.binder.cors_allowed_origins,
     )
     server = await front.listen(options.address, options.port)
     log.warning(

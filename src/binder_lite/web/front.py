@@ -30,10 +30,13 @@ from binder_lite.web.base import Service
 from binder_lite.web.proxy import (
     NOT_FOUND,
     Client,
+    Cors,
     Gate,
     Reply,
     TrustedProxies,
+    app_response_head,
     forwarded,
+    is_preflight,
     session_headers,
     session_response_head,
     upstream_of,
@@ -73,6 +76,8 @@ LINGER_BYTES = 1024 * 1024
 # Where a request goes: an upstream address, the headers it is sent with, and what to
 # call on activity (for sessions, which are culled when idle).
 Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None]
+# Headers the front adds to an answer (CORS, proxy.py's Cors).
+Extra = tuple[tuple[str, str], ...]
 
 
 class UpstreamFailure(Exception):
@@ -90,12 +95,14 @@ class Front:
         cookie_secret: str,
         app_port: int,
         trusted_proxies: Iterable[str] = (),
+        cors_allowed_origins: Iterable[str] = (),
     ) -> None:
         self.service = service
         self.cookie_secret = cookie_secret
         self.app_port = app_port
         self.trusted = TrustedProxies(trusted_proxies)
-        self.gate = Gate(service, cookie_secret)  # who may use which session (proxy.py)
+        # Who may use which session, and which pages elsewhere may (proxy.py).
+        self.gate = Gate(service, cookie_secret, Cors(cors_allowed_origins))
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
 
@@ -150,9 +157,11 @@ class Front:
         head, framing, keep, upgrade = request
         method, target, version = head.start
         route = self._route(head, client or self.trusted.client(head, peer_ip), upgrade)
+        cors = () if is_preflight(head) else self.gate.cors_headers(head)
         if isinstance(route, Reply):
             # A refusal or a redirect: the body, if any, is not read, so the
             # connection ends with it.
+            route = Reply(route.status, route.text, route.headers + cors)
             writer.write(route.encode(close=bool(framing)))
             return keep and not framing
         address, headers, touch = route
@@ -160,9 +169,9 @@ class Front:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = _encode_head(f"{method} {target} {version}", headers, framing, method)
         if upgrade:
-            await self._tunnel(reader, writer, out, address, touch)
+            await self._tunnel(reader, writer, out, address, touch, cors)
             return False
-        return await self._exchange(reader, writer, head, out, framing, address) and keep
+        return await self._exchange(reader, writer, head, out, framing, address, cors) and keep
 
     def _route(self, head: Head, client: Client, upgrade: bool) -> Route | Reply:
         """Where the request goes (a session's Jupyter, or the application), with which
@@ -188,6 +197,7 @@ class Front:
         out: bytes,
         framing: int,
         address: Address,
+        cors: Extra,
     ) -> bool:
         """Send one request on and relay its response; whether the client's connection
         stays open."""
@@ -214,7 +224,7 @@ class Front:
                 upstream[1].close()
                 raise
             reusable = version == "HTTP/1.1" and not informational
-            return await self._relay(method, response, upstream, writer, address, reusable)
+            return await self._relay(method, response, upstream, writer, address, reusable, cors)
         return self._bad_gateway(writer, address, keep=True)
 
     async def _relay(
@@ -225,6 +235,7 @@ class Front:
         writer: asyncio.StreamWriter,
         address: Address,
         reusable: bool,
+        cors: Extra,
     ) -> bool:
         """Relay a response head and its body; whether the client's connection stays
         open.  The upstream connection goes back to the pool only if it may."""
@@ -235,7 +246,7 @@ class Front:
             log.warning("upstream %s: %s", address, e)
             return self._bad_gateway(writer, address, keep=True)
         try:
-            prefix = response.raw if address == self.app_port else session_response_head(response)
+            prefix = self._answer_head(response, address, cors)
             await copy_body(upstream[0], writer, framing, prefix=prefix)
         except (MessageError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             upstream[1].close()
@@ -262,6 +273,7 @@ class Front:
         out: bytes,
         address: Address,
         touch: Callable[[], None] | None,
+        cors: Extra,
     ) -> None:
         """Pass an upgrade on; once the upstream agrees (101), copy bytes both ways."""
         try:
@@ -278,7 +290,7 @@ class Front:
                 log.warning("upstream %s: %s", address, e)
                 self._bad_gateway(writer, address, keep=False)
                 return
-            prefix = response.raw if address == self.app_port else session_response_head(response)
+            prefix = self._answer_head(response, address, cors)
             if response.start[1] != "101":
                 await copy_body(up_reader, writer, response_framing("GET", response), prefix=prefix)
             else:
@@ -286,6 +298,11 @@ class Front:
                 await _splice((reader, writer), (up_reader, up_writer), touch)
         finally:
             up_writer.close()
+
+    def _answer_head(self, response: Head, address: Address, cors: Extra) -> bytes:
+        if address == self.app_port:
+            return app_response_head(response, cors)
+        return session_response_head(response, cors)
 
     def _bad_gateway(self, writer: asyncio.StreamWriter, address: Address, keep: bool) -> bool:
         self.pool.forget(address)

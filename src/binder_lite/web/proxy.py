@@ -11,11 +11,19 @@ believing what a peer says only when the peer is one of the site's trusted proxi
 (`binder.trusted_proxies`).
 
 Who may use a session: its owner (the service's cookie names them), or, with logins
-off, whoever holds its token (BinderHub's way).  With `binder.session_domain`, each
-session is its own origin (origins.py) and the service's cookie, host-only, never
-reaches it: the service hands the owner over with a signed, short-lived, single-use
-`binder-lite-handoff` parameter, which the front here exchanges for a cookie of the
-session's origin alone.
+off, whoever holds its token (BinderHub's way).  A page opened with `?token=` gets the
+token's proof as a cookie for /s/<id>/ alone (`binder-lite-token`: the session and a
+digest of its token, signed), so the page's own scripts and Jupyter's redirects work in
+a browser that never had the service's cookie; the cookie grants what the token does,
+for that session only, and nothing once the session is gone.
+
+Pages of the origins a site lists (`binder.cors_allowed_origins`) may use /build/… and
+sessions (CORS, class Cors); they are never credited with the visitor's cookies.
+
+With `binder.session_domain`, each session is its own origin (origins.py) and the
+service's cookie, host-only, never reaches it: the service hands the owner over with a
+signed, short-lived, single-use `binder-lite-handoff` parameter, which the front here
+exchanges for a cookie of the session's origin alone.
 
 What serving sessions on the service's own origin (no session_domain) still allows:
 a session's code can answer its own /s/<id>/ requests with any page (it owns the
@@ -31,6 +39,7 @@ sessions started by others needs `binder.session_domain`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import http
 import ipaddress
@@ -94,6 +103,8 @@ SESSION_PATH = re.compile(r"/s/([0-9a-f]{16})/")
 # handoff comes in.  Both start with binder-lite: the cookie is never passed on to
 # Jupyter, and a session cannot set one (session_response_head).
 SESSION_COOKIE = "binder-lite-session"
+# On the service's origin: the proof of a session's token, for /s/<id>/ only.
+TOKEN_COOKIE = "binder-lite-token"
 HANDOFF = "binder-lite-handoff"
 HANDOFF_SECONDS = 60
 
@@ -163,18 +174,59 @@ def upstream_of(record: Record) -> Address | None:
 
 
 def authorise(
-    manager: SessionManager, session_id: str, identity: str, auth_off: bool, token: str | None
+    manager: SessionManager,
+    session_id: str,
+    identity: str,
+    auth_off: bool,
+    token: str | None,
+    token_proofs: Iterable[str] = (),
 ) -> Record | None:
-    """The running session `session_id` if the caller may use it, else None."""
+    """The running session `session_id` if the caller may use it, else None.
+    `token_proofs` are digests of the token (token_digest) a cookie claims."""
     record = manager.running.get(session_id)
     if record is None or upstream_of(record) is None:
         return None
     if identity and record.owner == identity:
         return record
     # Without logins, BinderHub clients hold the token instead of a cookie.
-    if auth_off and record.token and token and hmac.compare_digest(token, record.token):
+    if not (auth_off and record.token):
+        return None
+    if token and hmac.compare_digest(token, record.token):
+        return record
+    digest = token_digest(record.token)
+    if any(hmac.compare_digest(proof, digest) for proof in token_proofs):
         return record
     return None
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_proofs(head: Head, cookie_secret: str, session_id: str) -> list[str]:
+    """The token digests that good `binder-lite-token` cookies claim for `session_id`.
+    Every cookie of that name is read: another session's page, on the same origin, can
+    add one from JavaScript (it cannot sign one)."""
+    proofs = []
+    for value in _cookies_named(head, TOKEN_COOKIE):
+        decoded = decode_signed_value(cookie_secret, TOKEN_COOKIE, value, max_age_days=COOKIE_DAYS)
+        try:
+            claimed_session, digest = json.loads(decoded) if decoded else ("", "")
+        except ValueError:
+            continue
+        if claimed_session == session_id and isinstance(digest, str):
+            proofs.append(digest)
+    return proofs
+
+
+def _cookies_named(head: Head, name: str) -> list[str]:
+    found = []
+    for raw in head.all("cookie"):
+        for part in raw.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name and value:
+                found.append(value)
+    return found
 
 
 def identity_in(head: Head, cookie_secret: str) -> str:
@@ -251,10 +303,10 @@ class Reply:
 
     def encode(self, close: bool) -> bytes:
         body = self.text.encode()
-        lines = [
-            f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(body)}",
+        lines = [f"HTTP/1.1 {self.status} {http.HTTPStatus(self.status).phrase}"]
+        if self.status != 204:  # which has neither body nor length
+            lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}"]
+        lines += [
             "Cache-Control: no-store",
             *(f"{name}: {value}" for name, value in self.headers),
         ]
@@ -272,16 +324,20 @@ class Gate:
     """Decides, for the front, where a request goes: the application (None), a
     session (its Record), or an answer of the front's own (a Reply)."""
 
-    def __init__(self, service: Service, cookie_secret: str) -> None:
+    def __init__(self, service: Service, cookie_secret: str, cors: Cors | None = None) -> None:
         self.service = service
         self.secret = cookie_secret
         self.handoffs = Handoffs(cookie_secret)
+        self.cors = cors or Cors(())
 
     @property
     def origins(self) -> Origins:
         return self.service.origins
 
     def target(self, head: Head, upgrade: bool) -> Record | Reply | None:
+        if is_preflight(head) and self.cors_applies(head):
+            # It carries no token: answered here, never passed on.
+            return self.cors.preflight(head)
         at = self.origins.session_in_host(head.get("host"))
         if at is not None:
             return self._at_session_origin(head, at, upgrade)
@@ -290,16 +346,57 @@ class Gate:
             return None
         if self.origins.session_domain is not None:
             return self._to_session_origin(head, m.group(1), upgrade)
-        if not self._same_origin(head, None):
+        foreign = not self._same_origin(head, None)
+        if foreign and self.cors.allowed(head) is None:
             return CROSS_ORIGIN
-        record = authorise(
-            self.service.manager,
-            m.group(1),
-            identity_in(head, self.secret),
-            self._auth_off,
-            token_in(head),
+        return self._in_path(head, m.group(1), foreign, upgrade)
+
+    def cors_applies(self, head: Head) -> bool:
+        """Whether `head` goes to a path pages of listed origins may use."""
+        path = head.start[1]
+        return (
+            path.startswith("/build/")
+            or SESSION_PATH.match(path) is not None
+            or self.origins.session_in_host(head.get("host")) is not None
         )
-        return record or NOT_FOUND
+
+    def cors_headers(self, head: Head) -> tuple[tuple[str, str], ...]:
+        """The CORS headers the answer to `head` gets (none on other paths)."""
+        return self.cors.headers(head) if self.cors_applies(head) else ()
+
+    def _in_path(self, head: Head, session_id: str, foreign: bool, upgrade: bool) -> Record | Reply:
+        """/s/<id>/… on the service's origin.  A listed origin's request (`foreign`) is
+        judged by its token alone: the visitor's cookies are not its page's to use."""
+        method, target, _ = head.start
+        path, query = _split(target)
+        identity = "" if foreign else identity_in(head, self.secret)
+        proofs = () if foreign else token_proofs(head, self.secret, session_id)
+        record = authorise(
+            self.service.manager, session_id, identity, self._auth_off, token_in(head), proofs
+        )
+        if record is None:
+            return NOT_FOUND
+        if (
+            not foreign
+            and record.owner != identity
+            and "token" in query
+            and _navigation(head, method, upgrade)
+        ):
+            return self._keep_token(record, path, _without(query, "token"))
+        return record
+
+    def _keep_token(self, record: Record, path: str, query: str) -> Reply:
+        """A BinderHub link (?token=) opened in a browser: redirect to the same page with
+        the token's proof as a cookie for this session's path alone, HttpOnly,
+        SameSite=Lax; the token leaves the address bar."""
+        value = create_signed_value(
+            self.secret, TOKEN_COOKIE, json.dumps([record.id, token_digest(record.token or "")])
+        ).decode()
+        cookie = f"{TOKEN_COOKIE}={value}; Path=/s/{record.id}/; HttpOnly; SameSite=Lax"
+        if self.service.secure_cookies:
+            cookie += "; Secure"
+        location = path + (f"?{query}" if query else "")
+        return Reply(303, "", (("Location", location), ("Set-Cookie", cookie)))
 
     @property
     def _auth_off(self) -> bool:
@@ -322,7 +419,11 @@ class Gate:
         if HANDOFF in query and method in ("GET", "HEAD") and not upgrade:
             return self._redeem(session_id, path, query, identity)
         if not self._same_origin(head, session_id):
-            return CROSS_ORIGIN
+            if self.cors.allowed(head) is None:
+                return CROSS_ORIGIN
+            # A listed origin's page: its token alone, never the visitor's cookie.
+            record = authorise(self.service.manager, session_id, "", self._auth_off, token_in(head))
+            return record or NOT_FOUND
         token = token_in(head)
         record = authorise(self.service.manager, session_id, identity, self._auth_off, token)
         if record is None:
@@ -417,20 +518,16 @@ def session_identity(head: Head, cookie_secret: str, session_id: str) -> str:
     """The identity a session origin's cookie names for `session_id`, or "".  Every
     cookie of that name is tried: a sibling session can add one for the whole domain
     from JavaScript, which must not hide the owner's."""
-    for raw in head.all("cookie"):
-        for part in raw.split(";"):
-            name, _, value = part.strip().partition("=")
-            if name != SESSION_COOKIE or not value:
-                continue
-            decoded = decode_signed_value(
-                cookie_secret, SESSION_COOKIE, value, max_age_days=COOKIE_DAYS
-            )
-            try:
-                claimed_session, identity = json.loads(decoded) if decoded else ("", "")
-            except ValueError:
-                continue
-            if claimed_session == session_id and identity:
-                return str(identity)
+    for value in _cookies_named(head, SESSION_COOKIE):
+        decoded = decode_signed_value(
+            cookie_secret, SESSION_COOKIE, value, max_age_days=COOKIE_DAYS
+        )
+        try:
+            claimed_session, identity = json.loads(decoded) if decoded else ("", "")
+        except ValueError:
+            continue
+        if claimed_session == session_id and identity:
+            return str(identity)
     return ""
 
 
@@ -459,18 +556,86 @@ def _navigation(head: Head, method: str, upgrade: bool) -> bool:
 _SESSION_COOKIE_PATH = re.compile(r"/s/[0-9a-f]{16}(?:/.*)?")
 
 
-def session_response_head(head: Head) -> bytes:
+def session_response_head(head: Head, cors: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A session's response head as the client gets it: Set-Cookie headers that could
     reach beyond the session are left out.  Jupyter's own cookies (`_xsrf` and its
-    `username-…` login cookie) are scoped to its base_url, /s/<id>/, and kept."""
-    if not any(name == "set-cookie" for name, _ in head.headers):
+    `username-…` login cookie) are scoped to its base_url, /s/<id>/, and kept.
+    Jupyter's CORS headers go (it echoes the Origin the proxy rewrote, its own
+    address): the front's `cors` headers say who may read the answer."""
+    kept = [
+        (n, v)
+        for n, v in head.headers
+        if not (n == "set-cookie" and not _cookie_stays(v)) and not n.startswith("access-control-")
+    ]
+    if len(kept) == len(head.headers) and not cors:
         return head.raw
-    kept = [(n, v) for n, v in head.headers if n != "set-cookie" or _cookie_stays(v)]
-    if len(kept) == len(head.headers):
+    return _head_bytes(head, [*kept, *cors])
+
+
+def app_response_head(head: Head, cors: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The application's response head, with the front's CORS headers (the only ones)."""
+    if not cors:
         return head.raw
+    kept = [(n, v) for n, v in head.headers if not n.startswith("access-control-")]
+    return _head_bytes(head, [*kept, *cors])
+
+
+def _head_bytes(head: Head, headers: list[tuple[str, str]]) -> bytes:
     version, status, reason = head.start
-    lines = [f"{version} {status} {reason}", *(f"{n}: {v}" for n, v in kept)]
+    lines = [f"{version} {status} {reason}", *(f"{n}: {v}" for n, v in headers)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# -- cross-origin use (binder.cors_allowed_origins) ------------------------------------
+
+CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+CORS_HEADERS = "Authorization, Content-Type, X-XSRFToken, X-Requested-With"
+CORS_MAX_AGE = "600"  # seconds a browser may keep a preflight's answer
+
+
+def is_preflight(head: Head) -> bool:
+    return (
+        head.start[0] == "OPTIONS"
+        and head.get("origin") is not None
+        and head.get("access-control-request-method") is not None
+    )
+
+
+class Cors:
+    """The origins whose pages may use /build/… and sessions: a request from one gets
+    Access-Control-Allow-Origin naming it, any other origin no CORS header at all.
+    Credentials are never allowed (no Access-Control-Allow-Credentials): such a page
+    holds the session's token (Authorization or ?token=), and the visitor's cookies
+    are not looked at for it (Gate)."""
+
+    def __init__(self, origins: Iterable[str]) -> None:
+        self.origins = frozenset(origins)
+
+    def allowed(self, head: Head) -> str | None:
+        """The request's Origin if it is listed (compared exactly, as browsers send it)."""
+        origin = head.get("origin")
+        return origin if origin is not None and origin in self.origins else None
+
+    def headers(self, head: Head) -> tuple[tuple[str, str], ...]:
+        if not self.origins:
+            return ()
+        origin = self.allowed(head)
+        vary = ("Vary", "Origin")  # caches must not give one origin's answer to another
+        return (vary,) if origin is None else (("Access-Control-Allow-Origin", origin), vary)
+
+    def preflight(self, head: Head) -> Reply:
+        if self.allowed(head) is None:
+            return Reply(403, "pages of this origin may not use the service\n")
+        return Reply(
+            204,
+            "",
+            (
+                *self.headers(head),
+                ("Access-Control-Allow-Methods", CORS_METHODS),
+                ("Access-Control-Allow-Headers", CORS_HEADERS),
+                ("Access-Control-Max-Age", CORS_MAX_AGE),
+            ),
+        )
 
 
 def _cookie_stays(value: str) -> bool:
