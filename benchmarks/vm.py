@@ -76,21 +76,9 @@ def smoke_checks() -> list[str]:
 
 def give_up_time(image: Path, work: Path) -> float:
     """A guest whose init does not exist: `vm run` waits its --timeout, then stops it."""
-    import dataclasses
+    import standin
 
-    from binder_lite import imagemeta
-
-    meta = imagemeta.read(image)
-    assert meta is not None and meta.boot.append and meta.boot.kernel and meta.boot.initrd
-    broken = work / "broken.img"
-    broken.symlink_to(image)
-    boot = dataclasses.replace(
-        meta.boot,
-        append=meta.boot.append.replace("init=/sbin/standin-init", "init=/nonexistent"),
-        kernel=str(image.parent / meta.boot.kernel),
-        initrd=str(image.parent / meta.boot.initrd),
-    )
-    imagemeta.write(broken, dataclasses.replace(meta, image=broken.name, boot=boot))
+    broken = standin.without_init(image, work / "broken.img")
     argv: list[str | os.PathLike[str]] = [BIN / "binder-lite", "vm", "run", broken]
     started = time.perf_counter()
     subprocess.run([*argv, "--accel", "tcg", "--timeout", "45"], capture_output=True)

@@ -10,6 +10,7 @@ the site's image (binder-lite's wheel and the site), which is cheap to remake.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -185,6 +186,23 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
     )
     imagemeta.write(image, meta)
     return image
+
+
+def without_init(image: Path, broken: Path) -> Path:
+    """`broken`: the stand-in `image` (linked, not copied) booting an init that does not
+    exist, so the kernel panics and no SSH server ever answers."""
+    meta = imagemeta.read(image)
+    assert meta is not None and meta.boot.append and meta.boot.kernel and meta.boot.initrd
+    broken.symlink_to(image)
+    boot = dataclasses.replace(
+        meta.boot,
+        append=meta.boot.append.replace("init=/sbin/standin-init", "init=/nonexistent"),
+        # Its own metadata sits beside the link: the kernel and initrd stay where they are.
+        kernel=str(image.parent / meta.boot.kernel),
+        initrd=str(image.parent / meta.boot.initrd),
+    )
+    imagemeta.write(broken, dataclasses.replace(meta, image=broken.name, boot=boot))
+    return broken
 
 
 def _write(root: Path, path: str, text: str, mode: int = 0o644) -> None:

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import secrets
-import shutil
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +30,8 @@ import pytest
 from launchkit import execute, make_repo
 from test_web import build_path, session_id, write_site
 from tornado.web import create_signed_value
-from webkit import Client, Server
+from webkit import Client, Server, headless_chromium, wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 DOMAIN = "sessions.localhost"
 
 # What the attacker's server answers, to every request: a page that reports what its
@@ -130,44 +126,8 @@ def own_origins(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def chromium() -> Iterator[object]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        reason = "chromium and chromedriver are not installed (scripts/setup installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-        except Exception:  # a page still loading, a server still starting
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    with headless_chromium() as driver:
+        yield driver
 
 
 def launch(server: Server, repo: Path) -> Launched:

@@ -61,6 +61,19 @@ r = {
 json.dumps(r)
 """
 
+# PROBE's attempts on the service and on other sessions, and those on the host.
+SERVICE_ATTEMPTS = (
+    "state_listing",
+    "state_db",
+    "secret",
+    "other_files",
+    "other_socket",
+    "service_environ",
+    "service_signal",
+    "service_port",
+)
+HOST_ATTEMPTS = ("host_shadow", "host_var", "host_home")
+
 
 # Start 200 processes, as many as the task limit lets it: (whether it stopped short,
 # the error that stopped it).
@@ -141,8 +154,18 @@ def sessions(
     second.stop()
 
 
+def probe_code(**names: object) -> str:
+    """PROBE, after the names it aims at (STATE, SECRET, OTHER_REPO, ...)."""
+    return "".join(f"{k} = {v!r}\n" for k, v in names.items()) + PROBE
+
+
+def assert_refused(seen: dict[str, object], attempts: tuple[str, ...]) -> None:
+    for attempt in attempts:
+        assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
+
+
 def probe(session: Session, **names: object) -> dict[str, object]:
-    code = "".join(f"{k} = {v!r}\n" for k, v in names.items()) + PROBE
+    code = probe_code(**names)
     return json.loads(ast.literal_eval(execute(session.base_url, session.token, code)))  # type: ignore[no-any-return]
 
 
@@ -160,20 +183,7 @@ def test_a_kernel_reaches_nothing_of_the_service_or_other_sessions(
         SERVICE_PID=os.getpid(),
         PORT=target.port,
     )
-    for attempt in (
-        "state_listing",
-        "state_db",
-        "secret",
-        "other_files",
-        "other_socket",
-        "service_environ",
-        "service_signal",
-        "service_port",
-        "host_shadow",
-        "host_var",
-        "host_home",
-    ):
-        assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
+    assert_refused(seen, SERVICE_ATTEMPTS + HOST_ATTEMPTS)
     # Nothing of the service's environment reached the session.
     assert target.marker not in json.dumps(seen)
     assert "BINDER_LITE_PROBE_SECRET" not in seen["environment"]  # type: ignore[operator]

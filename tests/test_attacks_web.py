@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from launchkit import execute, make_repo, processes_mentioning
 from test_attacks_launch import bare_copy, misbehaving, url_of, wait_for
-from test_attacks_sandbox import FORKS, PROBE
+from test_attacks_sandbox import FORKS, SERVICE_ATTEMPTS, assert_refused, probe_code
 from test_web import build_path, session_id, write_site
 from webkit import Client, Server
 
@@ -64,33 +64,16 @@ def test_a_kernel_cannot_reach_the_service_or_another_session(
     other_socket = server.session_field(other, "socket")
     other_dir = server.session_field(other, "work_dir")
     assert other_socket and other_dir
-    code = (
-        "".join(
-            f"{k} = {v!r}\n"
-            for k, v in {
-                "STATE": str(server.state_dir),
-                "SECRET": str(tmp_path / "push-credential"),
-                "OTHER_REPO": other_dir,
-                "OTHER_SOCKET": other_socket,
-                "SERVICE_PID": server.proc.pid,
-                "PORT": server.port,
-            }.items()
-        )
-        + PROBE
+    code = probe_code(
+        STATE=str(server.state_dir),
+        SECRET=str(tmp_path / "push-credential"),
+        OTHER_REPO=other_dir,
+        OTHER_SOCKET=other_socket,
+        SERVICE_PID=server.proc.pid,
+        PORT=server.port,
     )
     seen = json.loads(ast.literal_eval(execute(base, "", code, cookie_of(mallory))))
-    refused = (
-        "state_listing",
-        "state_db",
-        "secret",
-        "other_files",
-        "other_socket",
-        "service_environ",
-        "service_signal",
-        "service_port",
-    )
-    for attempt in refused:
-        assert str(seen[attempt]).startswith("refused:"), (attempt, seen[attempt])
+    assert_refused(seen, SERVICE_ATTEMPTS)
     assert marker not in json.dumps(seen)
     # Alice's session is untouched and still hers alone.
     assert alice.get(f"/s/{other}/api/contents/diary.txt").status == 200

@@ -4,8 +4,6 @@ artifacts/screenshots/ for people to look at."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from launchkit import make_repo
-from webkit import Server
+from webkit import Server, headless_chromium, wait_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SHOTS = ROOT / "artifacts" / "screenshots"
 
 SITE = """\
@@ -34,45 +30,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        reason = "chromium and chromedriver are not installed (scripts/setup installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-def wait_for(condition: object, timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = condition()  # type: ignore[operator]
-        except Exception:  # the page is still changing under us
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting in the browser")
+    with headless_chromium("--window-size=1280,900") as driver:  # screenshots people read
+        yield driver
 
 
 def test_form_to_running_notebook(browser: object, tmp_path: Path) -> None:

@@ -28,38 +28,40 @@ REPOS = {
     },
 }
 
+SESSION_ID = "0123456789abcdef"
+# How the guix runtime serves a session: on a socket inside the sandbox, not a port.
+SPEC = runtime.ServerSpec(
+    port=None,
+    base_url=f"/s/{SESSION_ID}/",
+    kernel="guix",
+    root_dir=runtime.CONTAINER_WORK_DIR,
+    socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}",
+)
+
 
 def sandboxed_command(
     repo: Path, manifest: Path, network: SessionNetwork, channels: Path | None = None
 ) -> list[str]:
     """The exact command the guix runtime runs for a session: bubblewrap around
     `guix shell --container …`."""
-    spec = runtime.ServerSpec(
-        port=None,
-        base_url="/s/0123456789abcdef/",
-        kernel="guix",
-        root_dir=runtime.CONTAINER_WORK_DIR,
-        socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}",
-    )
     session_dir = repo.parent / "session"
     session_dir.mkdir(exist_ok=True)
-    box = sandbox.Sandbox("0123456789abcdef", session_dir, repo, network)
-    return session_module._guix_command(spec, box, manifest, channels, boxed=True)
+    box = sandbox.Sandbox(SESSION_ID, session_dir, repo, network)
+    return session_module._guix_command(SPEC, box, manifest, channels, boxed=True)
 
 
 def check_command(argv: list[str], repo: Path, manifest: Path) -> list[str]:
     """What the launch dry-runs for `argv`: the same command, offline."""
+    box = sandbox.Sandbox(SESSION_ID, repo.parent / "session", repo, SessionNetwork.OUTBOUND)
+    return session_module._guix_check_command(SPEC, box, manifest, None, True, argv)
+
+
+def unsandboxed_command(repo: Path, manifest: Path) -> list[str]:
+    """`guix shell --container` run straight from the host, as before the sandbox."""
     spec = runtime.ServerSpec(
-        port=None,
-        base_url="/s/0123456789abcdef/",
-        kernel="guix",
-        root_dir=runtime.CONTAINER_WORK_DIR,
-        socket=f"{sandbox.RUN_DIR}/{sandbox.SOCKET_NAME}",
+        port=8899, base_url="/", kernel="guix", root_dir=runtime.CONTAINER_WORK_DIR
     )
-    box = sandbox.Sandbox(
-        "0123456789abcdef", repo.parent / "session", repo, SessionNetwork.OUTBOUND
-    )
-    return session_module._guix_check_command(spec, box, manifest, None, True, argv)
+    return runtime.guix_argv(spec, runtime.GuixPaths(repo, manifest, None, None, network=True))
 
 
 @pytest.mark.parametrize("kind", list(REPOS))
@@ -90,10 +92,7 @@ def test_unsandboxed_command_is_accepted_by_guix(guix: str, tmp_path: Path) -> N
     repo = make_repo(tmp_path / "repo", REPOS["requirements"])
     manifest = tmp_path / "manifest.scm"
     manifest.write_text(detect.detect(repo).manifest)
-    spec = runtime.ServerSpec(
-        port=8899, base_url="/", kernel="guix", root_dir=runtime.CONTAINER_WORK_DIR
-    )
-    argv = runtime.guix_argv(spec, runtime.GuixPaths(repo, manifest, None, None, network=True))
+    argv = unsandboxed_command(repo, manifest)
     assert argv[1:5] == ["shell", "--container", "--network", "--no-cwd"]
     guix_module.dry_run_shell(argv)
 
@@ -125,12 +124,7 @@ def test_a_manifest_is_evaluated_where_it_reaches_nothing_of_the_host(
     guix_module.dry_run_shell(argv, sandbox.guix_environment({}))
     assert not marker.exists()
     # The same manifest evaluated on the host (as before the sandbox) reads the secret.
-    spec = runtime.ServerSpec(
-        port=8899, base_url="/", kernel="guix", root_dir=runtime.CONTAINER_WORK_DIR
-    )
-    host = runtime.guix_argv(
-        spec, runtime.GuixPaths(repo, repo / "manifest.scm", None, None, network=True)
-    )
+    host = unsandboxed_command(repo, repo / "manifest.scm")
     with pytest.raises(GuixError, match="python-the-secret-was-readable"):
         guix_module.dry_run_shell(host)
     marker.unlink()

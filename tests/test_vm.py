@@ -4,7 +4,6 @@ checked over SSH by `binder-lite smoke`."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import re
@@ -22,7 +21,6 @@ from pathlib import Path
 import pytest
 from conftest import SSH_KEY
 
-from binder_lite import imagemeta
 from binder_lite.smoke import checks
 
 pytestmark = pytest.mark.vm
@@ -285,18 +283,10 @@ def root_login_works(machine: Machine, timeout: float = 30) -> None:
 def test_a_vm_that_never_reaches_ssh(
     standin: tuple[Path, Path, Path], vms_home: Path, tmp_path: Path
 ) -> None:
+    import standin as builder
+
     image, _, _ = standin
-    broken = tmp_path / "broken.img"
-    broken.symlink_to(image)
-    meta = imagemeta.read(image)
-    assert meta is not None and meta.boot.kernel and meta.boot.initrd and meta.boot.append
-    boot = dataclasses.replace(
-        meta.boot,
-        append=meta.boot.append.replace("init=/sbin/standin-init", "init=/nonexistent"),
-        kernel=str(image.parent / meta.boot.kernel),
-        initrd=str(image.parent / meta.boot.initrd),
-    )
-    imagemeta.write(broken, dataclasses.replace(meta, image=broken.name, boot=boot))
+    broken = builder.without_init(image, tmp_path / "broken.img")
     name = f"t-{uuid.uuid4().hex[:8]}"
     result = binder_lite("vm", "run", broken, "--name", name, "--accel", "tcg", "--timeout", "45")
     assert result.returncode == 1

@@ -1,6 +1,6 @@
 """Helpers for web service tests: a running `binder-lite serve`, a cookie-keeping
-client and a git server that checks credentials (the OpenID Connect provider is in
-oidckit.py)."""
+client, a git server that checks credentials and headless Chromium for the tests that
+need a real browser (the OpenID Connect provider is in oidckit.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,11 +23,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from launchkit import serving
 
 from binder_lite.net import free_port
+
+T = TypeVar("T")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @dataclass
@@ -236,3 +243,53 @@ class _GitHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+
+@contextmanager
+def headless_chromium(*flags: str) -> Iterator[Any]:
+    """A selenium driver for headless Chromium, with `flags` added to its command line.
+    Skips the test where Chromium or chromedriver is missing, fails it on CI (where
+    scripts/setup installed them)."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        reason = "chromium and chromedriver are not installed (scripts/setup installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        *flags,
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 60.0, what: str = "the page") -> T:
+    """The first true value of `condition()` within `timeout` seconds.  An exception
+    counts as not yet: a page still loading or re-rendering, a server still starting."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except Exception:
+            result = None
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

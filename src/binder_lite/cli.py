@@ -34,6 +34,18 @@ site_argument = click.argument(
 )
 
 
+def _images_dir_option(help_text: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """-o/--output-dir: where `image build` copies images and `image list` finds them."""
+    return click.option(
+        "-o",
+        "--output-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("images"),
+        show_default=True,
+        help=help_text,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="binder-lite")
 @click.option("--debug", is_flag=True, help="Log every command run and show tracebacks.")
@@ -168,14 +180,7 @@ def image() -> None:
     show_default=True,
     help="Where rendered files go.",
 )
-@click.option(
-    "-o",
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("images"),
-    show_default=True,
-    help="Where images are copied to.",
-)
+@_images_dir_option("Where images are copied to.")
 def image_build(
     site_file: Path,
     types: tuple[str, ...],
@@ -241,14 +246,7 @@ def _build(
 
 
 @image.command("list")
-@click.option(
-    "-o",
-    "--output-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("images"),
-    show_default=True,
-    help="Where images were copied to.",
-)
+@_images_dir_option("Where images were copied to.")
 def image_list(output_dir: Path) -> None:
     """Show the images built into OUTPUT_DIR."""
     import datetime

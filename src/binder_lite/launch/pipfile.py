@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from binder_lite.errors import EnvironmentSpecError
@@ -37,11 +38,7 @@ class Pipenv:
 
 def read_pipfile(file: RepoFile) -> Pipenv:
     data = load_toml(file)
-    entries: list[PyPI | Skipped | LocalPackage] = []
-    for section in ("packages", "dev-packages"):
-        table = data.get(section)
-        if isinstance(table, dict):
-            entries += _entries(table, f"{file.name} [{section}]", pin_key="version")
+    entries = _sections(data, ("packages", "dev-packages"), lambda s: f"{file.name} [{s}]")
     requires = data.get("requires")
     return Pipenv(tuple(entries), _python(requires, "python_version", "python_full_version"))
 
@@ -55,14 +52,22 @@ def read_lock(file: RepoFile) -> Pipenv:
         raise EnvironmentSpecError(f"{where}: cannot parse Pipfile.lock (not valid JSON)") from None
     if not isinstance(data, dict):
         raise EnvironmentSpecError(f"{file.name}: cannot parse Pipfile.lock (not an object)")
-    entries: list[PyPI | Skipped | LocalPackage] = []
-    for section in ("default", "develop"):
-        table = data.get(section)
-        if isinstance(table, dict):
-            entries += _entries(table, f"{file.name} {section}", pin_key="version")
+    entries = _sections(data, ("default", "develop"), lambda s: f"{file.name} {s}")
     meta = data.get("_meta")
     requires = meta.get("requires") if isinstance(meta, dict) else None
     return Pipenv(tuple(entries), _python(requires, "python_full_version", "python_version"))
+
+
+def _sections(
+    data: dict[str, object], sections: tuple[str, ...], shown: Callable[[str], str]
+) -> list[PyPI | Skipped | LocalPackage]:
+    """The entries of each of `sections` that is a table, in order; `shown` names one."""
+    entries: list[PyPI | Skipped | LocalPackage] = []
+    for section in sections:
+        table = data.get(section)
+        if isinstance(table, dict):
+            entries += _entries(table, shown(section), pin_key="version")
+    return entries
 
 
 def _entries(

@@ -10,6 +10,7 @@ files inside the checkout (see repofiles), with bounded depth and count.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -120,40 +121,38 @@ def read_requirements(tree: RepoTree, name: str) -> Parsed | None:
     if top is None:
         return None
     parsed = Parsed(files=1)
-    _read_file(tree, top, name, parsed, stack=(top.real,), constraints=False)
+    _read_file(_Reading(tree, top, parsed, stack=(top.real,), constraints=False), name)
     return parsed
 
 
-def _read_file(
-    tree: RepoTree,
-    file: RepoFile,
-    shown: str,
-    parsed: Parsed,
-    stack: tuple[PurePosixPath, ...],
-    constraints: bool,
-) -> None:
-    for number, line in _logical_lines(file.text):
-        _line(tree, file, f"{shown}:{number}", line, parsed, stack, constraints)
+@dataclass(frozen=True)
+class _Reading:
+    """One requirements file being read: where its lines go, and how it was reached."""
+
+    tree: RepoTree
+    file: RepoFile
+    parsed: Parsed  # shared by the file and its includes
+    stack: tuple[PurePosixPath, ...]  # the files including this one, and it
+    constraints: bool  # reached through -c: its requirements only constrain
+
+
+def _read_file(reading: _Reading, shown: str) -> None:
+    for number, line in _logical_lines(reading.file.text):
+        _line(reading, f"{shown}:{number}", line)
 
 
 def read_pip_lines(tree: RepoTree, file: RepoFile, lines: list[tuple[str, str]]) -> Parsed:
     """Requirement lines found inside another file (environment.yml's `pip:` list),
     each with where it is; `-r` includes are relative to `file`."""
     parsed = Parsed(files=1)
+    reading = _Reading(tree, file, parsed, (file.real,), False)
     for where, line in lines:
-        _line(tree, file, where, _without_comment(line).strip(), parsed, (file.real,), False)
+        _line(reading, where, _without_comment(line).strip())
     return parsed
 
 
-def _line(
-    tree: RepoTree,
-    file: RepoFile,
-    where: str,
-    line: str,
-    parsed: Parsed,
-    stack: tuple[PurePosixPath, ...],
-    constraints: bool,
-) -> None:
+def _line(reading: _Reading, where: str, line: str) -> None:
+    parsed = reading.parsed
     if len(parsed.packages) + len(parsed.skipped) >= MAX_ENTRIES:
         raise RepositoryFileError(
             where, f"more than {MAX_ENTRIES} entries; binder-lite reads at most that many"
@@ -165,7 +164,7 @@ def _line(
     if not line:
         return
     if line.startswith("-"):
-        _option(tree, file, where, line, parsed, stack, constraints)
+        _option(reading, where, line)
         return
     requirement, options = _split_options(line)
     entry = parse_requirement(requirement, where)
@@ -173,7 +172,7 @@ def _line(
         entry = Skipped(where, "not understood")
     if isinstance(entry, Skipped):
         parsed.skipped.append(entry)
-    elif not constraints:
+    elif not reading.constraints:
         parsed.packages.append(entry)
 
 
@@ -223,45 +222,24 @@ def _per_requirement_options_ok(options: str) -> bool:
     )
 
 
-def _option(
-    tree: RepoTree,
-    file: RepoFile,
-    where: str,
-    line: str,
-    parsed: Parsed,
-    stack: tuple[PurePosixPath, ...],
-    constraints: bool,
-) -> None:
+def _option(reading: _Reading, where: str, line: str) -> None:
+    parsed = reading.parsed
     m = _OPTION.fullmatch(line)
     option = m[1] if m else ""
     if option in INCLUDES:
-        _include(
-            tree,
-            file,
-            where,
-            INCLUDES[option],
-            m[2].strip() if m else "",
-            parsed,
-            stack,
-            constraints or INCLUDES[option] == "-c",
-        )
+        include = INCLUDES[option]
+        constraints = reading.constraints or include == "-c"
+        target = m[2].strip() if m else ""
+        _include(dataclasses.replace(reading, constraints=constraints), where, include, target)
     elif option in IGNORED_OPTIONS:
         parsed.skipped.append(Skipped(where, f"option {option} ignored (Guix packages are used)"))
     else:
         parsed.skipped.append(Skipped(where, "not understood"))
 
 
-def _include(
-    tree: RepoTree,
-    file: RepoFile,
-    where: str,
-    option: str,
-    target: str,
-    parsed: Parsed,
-    stack: tuple[PurePosixPath, ...],
-    constraints: bool,
-) -> None:
-    """Follow `option target` from `file`: only to a file inside the checkout."""
+def _include(reading: _Reading, where: str, option: str, target: str) -> None:
+    """Follow `option target` from the file being read: only to a file inside the checkout."""
+    parsed, stack = reading.parsed, reading.stack
     if not target or re.search(r"\s", target):
         parsed.skipped.append(Skipped(where, "not understood"))
         return
@@ -276,7 +254,7 @@ def _include(
     if parsed.files >= MAX_FILES:
         raise RepositoryFileError(where, f"{option}: more than {MAX_FILES} requirements files")
     try:
-        nested = tree.read(file.real.parent / target)
+        nested = reading.tree.read(reading.file.real.parent / target)
     except RepositoryFileError as e:
         # Named by line number: the path written there is not repeated.
         raise RepositoryFileError(where, f"{option}: {e.reason}") from None
@@ -285,7 +263,9 @@ def _include(
     if nested.real in stack:
         raise RepositoryFileError(where, f"{option}: {nested.real} includes itself (a cycle)")
     parsed.files += 1
-    if constraints and option == "-c":
+    if reading.constraints and option == "-c":
         note = f"constraints in {nested.real} not applied (Guix has one version per channel)"
         parsed.skipped.append(Skipped(where, note))
-    _read_file(tree, nested, str(nested.real), parsed, (*stack, nested.real), constraints)
+    _read_file(
+        dataclasses.replace(reading, file=nested, stack=(*stack, nested.real)), str(nested.real)
+    )

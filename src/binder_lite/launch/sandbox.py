@@ -29,7 +29,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,27 +195,15 @@ def _identity_files(session_dir: Path) -> list[str]:
     return args
 
 
-def bwrap_argv(
-    box: Sandbox, inner: list[str], readonly: Iterable[tuple[Path, str]] = ()
-) -> list[str]:
-    """The local runtime's sandbox around `inner`.
+# Root of the sandbox's own user namespace: its capabilities reach that namespace only.
+_ROOT = ("--uid", "0", "--gid", "0", "--cap-add", "ALL")
 
-    No --die-with-parent: sessions outlive a crash of the service, which adopts them
-    when it comes back (manager.adopt); the cgroup or the PID namespace ends them.
-    """
-    box.run_dir.mkdir(mode=0o700, exist_ok=True)
-    outbound = box.network is SessionNetwork.OUTBOUND
-    # Outbound: root of the sandbox's namespace (its capabilities over the sandbox's
-    # namespaces only) for NET_SETUP and for making the nested namespace, which then
-    # runs the session as its user, with no capability.
-    user = (
-        ["--uid", "0", "--gid", "0", "--cap-add", "ALL"]
-        if outbound
-        else ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-    )
-    if outbound:
-        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
-    args = [
+
+def _bwrap_base(box: Sandbox, user: Sequence[str], tools: Sequence[str]) -> list[str]:
+    """What both runtimes' sandboxes start with: namespaces of their own, `user`, the
+    host's programs (and `tools`, read-only), the session's identity, and a bounded
+    /tmp with the home in it."""
+    return [
         bubblewrap(),
         "--unshare-user",
         "--unshare-pid",
@@ -229,6 +217,7 @@ def bwrap_argv(
         "--hostname",
         "binder",
         *_system_binds(),
+        *tools,
         *_identity_files(box.session_dir),
         "--proc",
         "/proc",
@@ -240,6 +229,27 @@ def bwrap_argv(
         "/tmp",
         "--dir",
         HOME,
+    ]
+
+
+def bwrap_argv(
+    box: Sandbox, inner: list[str], readonly: Iterable[tuple[Path, str]] = ()
+) -> list[str]:
+    """The local runtime's sandbox around `inner`.
+
+    No --die-with-parent: sessions outlive a crash of the service, which adopts them
+    when it comes back (manager.adopt); the cgroup or the PID namespace ends them.
+    """
+    box.run_dir.mkdir(mode=0o700, exist_ok=True)
+    outbound = box.network is SessionNetwork.OUTBOUND
+    # Outbound: root of the sandbox's namespace (its capabilities over the sandbox's
+    # namespaces only) for NET_SETUP and for making the nested namespace, which then
+    # runs the session as its user, with no capability.
+    user = _ROOT if outbound else ("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID))
+    if outbound:
+        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
+    args = [
+        *_bwrap_base(box, user, ()),
         # After /tmp's tmpfs, which would hide a Python installed under /tmp.
         *_python_binds(),
         "--bind",
@@ -309,35 +319,7 @@ def guix_bwrap_argv(
     if channels is not None:
         files += ["--ro-bind", str(channels), f"{stage}/channels.scm"]
     args = [
-        bubblewrap(),
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-net",
-        "--unshare-cgroup-try",
-        "--new-session",
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--cap-add",
-        "ALL",
-        "--hostname",
-        "binder",
-        *_system_binds(),
-        *_guix_binds(inner[0]),
-        *_identity_files(box.session_dir),
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--size",
-        str(box.limits.disk),
-        "--tmpfs",
-        "/tmp",
-        "--dir",
-        HOME,
+        *_bwrap_base(box, _ROOT, _guix_binds(inner[0])),
         "--bind",
         str(box.repo),
         f"{stage}/notebooks",

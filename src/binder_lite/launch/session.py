@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import html
@@ -14,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
@@ -136,16 +137,42 @@ class _Plan:
     source: str
     ref: str | None
     kind: Runtime
-    open_path: str | None
-    kernel: str | None
-    port: int | None
-    base_url: str
-    timeout: float | None
     cache: Path
     session_dir: Path
     session_id: str
     isolation: Isolation
     fetch: Fetch
+    # What only a launch (not a prepare) asks for.
+    open_path: str | None = None
+    kernel: str | None = None
+    port: int | None = None
+    base_url: str = "/"
+    timeout: float | None = None
+
+    @classmethod
+    def new(
+        cls,
+        source: str,
+        ref: str | None,
+        kind: Runtime,
+        cache_dir: Path | None,
+        session_dir: Path | None,
+        isolation: Isolation | None,
+        fetch: Fetch | None,
+    ) -> _Plan:
+        """A plan with a new session id; what is None is the default."""
+        session_id = secrets.token_hex(8)
+        cache = cache_dir or default_cache_dir()
+        return cls(
+            source,
+            ref,
+            kind,
+            cache,
+            session_dir or cache / "sessions" / session_id,
+            session_id,
+            isolation or Isolation(),
+            fetch or Fetch(),
+        )
 
 
 def launch(
@@ -169,28 +196,16 @@ def launch(
 
     Jupyter runs sandboxed (see sandbox.py) unless `isolation.sandboxed` is false."""
     report = _Reporter(on_event or (lambda event: None))
-    session_id = secrets.token_hex(8)
-    cache = cache_dir or default_cache_dir()
-    plan = _Plan(
-        source,
-        ref,
-        runtime_kind,
-        open_path,
-        kernel,
-        port,
-        base_url,
-        timeout,
-        cache,
-        session_dir or cache / "sessions" / session_id,
-        session_id,
-        isolation or Isolation(),
-        fetch or Fetch(),
+    plan = dataclasses.replace(
+        _Plan.new(source, ref, runtime_kind, cache_dir, session_dir, isolation, fetch),
+        open_path=open_path,
+        kernel=kernel,
+        port=port,
+        base_url=base_url,
+        timeout=timeout,
     )
-    try:
+    with report.failed_on_error():
         return _launch(plan, report)
-    except LaunchError as e:
-        report.last(Event(Phase.FAILED, str(e)))
-        raise
 
 
 def prepare(
@@ -208,24 +223,8 @@ def prepare(
     environment and, for the Guix runtime, have Guix check it.  Nothing is started
     (BinderHub's build_only); the last event is ready.  Raises a `LaunchError`."""
     report = _Reporter(on_event or (lambda event: None))
-    cache = cache_dir or default_cache_dir()
-    session_id = secrets.token_hex(8)
-    plan = _Plan(
-        source,
-        ref,
-        runtime_kind,
-        None,
-        None,
-        None,
-        "/",
-        None,
-        cache,
-        session_dir or cache / "sessions" / session_id,
-        session_id,
-        isolation or Isolation(),
-        fetch or Fetch(),
-    )
-    try:
+    plan = _Plan.new(source, ref, runtime_kind, cache_dir, session_dir, isolation, fetch)
+    with report.failed_on_error():
         plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         checkout, env, provenance = _prepare(plan, report)
         if plan.kind is Runtime.GUIX:
@@ -238,9 +237,6 @@ def prepare(
                 report,
                 sandbox.guix_environment({}) if boxed else None,
             )
-    except LaunchError as e:
-        report.last(Event(Phase.FAILED, str(e)))
-        raise
     report.last(Event(Phase.READY, f"environment ready: {provenance.commit}"))
     return provenance
 
@@ -264,6 +260,15 @@ class _Reporter:
             if not self._closed:
                 self._closed = True
                 self._deliver(event)
+
+    @contextlib.contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """A LaunchError inside is the last event (failed), then raised on."""
+        try:
+            yield
+        except LaunchError as e:
+            self.last(Event(Phase.FAILED, str(e)))
+            raise
 
 
 def default_cache_dir() -> Path:

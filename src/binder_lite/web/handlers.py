@@ -20,7 +20,7 @@ from binder_lite.web.manager import CapacityError
 from binder_lite.web.policy import RefusedError
 from binder_lite.web.providers import RepoSpec, UnknownProviderError, parse
 from binder_lite.web.proxy import Handoffs, with_handoff
-from binder_lite.web.push import Credential, PushError, PushSource, push_changes
+from binder_lite.web.push import Credential, Pushed, PushError, PushSource, push_changes
 from binder_lite.web.store import Record
 
 # BinderHub's phase names, which its clients (and badges' pages) understand.
@@ -272,6 +272,23 @@ class OwnedMixin(BaseMixin):
             raise HTTPError(404)  # the same answer for "not there" and "not yours"
         return record
 
+    def session_page(
+        self,
+        record: Record,
+        pushed: Pushed | None = None,
+        message: str | None = None,
+        status: int = 200,
+    ) -> None:
+        """A session's page: its provenance, and after a push what went or why not."""
+        self.page(
+            "session.html",
+            status=status,
+            session=record,
+            provenance=record.provenance_dict(),
+            pushed=pushed,
+            message=message,
+        )
+
 
 class ProgressHandler(OwnedMixin):
     def get(self, session_id: str) -> None:
@@ -299,14 +316,7 @@ class SessionsHandler(OwnedMixin):
 
 class SessionHandler(OwnedMixin):
     def get(self, session_id: str) -> None:
-        record = self.owned(session_id)
-        self.page(
-            "session.html",
-            session=record,
-            provenance=record.provenance_dict(),
-            pushed=None,
-            message=None,
-        )
+        self.session_page(self.owned(session_id))
 
 
 class StopHandler(OwnedMixin):
@@ -351,22 +361,9 @@ class PushHandler(OwnedMixin):
                 ),
             )
         except PushError as e:
-            self.page(
-                "session.html",
-                status=409,
-                session=record,
-                provenance=record.provenance_dict(),
-                pushed=None,
-                message=str(e),
-            )
+            self.session_page(record, message=str(e), status=409)
             return
-        self.page(
-            "session.html",
-            session=record,
-            provenance=record.provenance_dict(),
-            pushed=pushed,
-            message=None,
-        )
+        self.session_page(record, pushed=pushed)
 
 
 class HealthHandler(BaseMixin):
