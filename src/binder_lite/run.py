@@ -6,9 +6,10 @@ import logging
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from binder_lite.errors import CommandError, ToolNotFoundError
 
@@ -137,3 +138,16 @@ def spawn(
         raise ToolNotFoundError(
             missing or f"{argv[0]} not found; is it installed and on PATH?"
         ) from e
+
+
+def replace_with(cmd: Sequence[Arg]) -> NoReturn:
+    """Become `cmd` (exec): for interactive programs such as `ssh` that own the
+    terminal from then on.  A missing program raises `ToolNotFoundError`."""
+    argv = _argv(cmd)
+    log.debug("exec %s", shlex.join(argv))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError as e:
+        raise ToolNotFoundError(f"{argv[0]} not found; is it installed and on PATH?") from e

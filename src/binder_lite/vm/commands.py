@@ -3,14 +3,13 @@ and, for `vm smoke`, smoke.command, imported when a command runs)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from binder_lite.errors import UsageError
+from binder_lite.run import replace_with
 
 if TYPE_CHECKING:
     from binder_lite.vm.machine import Survey
@@ -151,8 +150,7 @@ def vm_ssh(name: str, identity: Path | None, user: str | None, command: tuple[st
     if identity:
         argv += ["-i", str(identity)]
     argv += [f"{login}@127.0.0.1", *command]
-    sys.stdout.flush()
-    os.execvp("ssh", argv)
+    replace_with(argv)
 
 
 @vm.command("stop")
