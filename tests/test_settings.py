@@ -64,6 +64,7 @@ TEXT_SAMPLES = {
     "binder.user": "notebooks",
     "binder.state_dir": "/srv/binder",
     "binder.push_credential_file": "/etc/binder-lite/push",
+    "binder.api_token_file": "/etc/binder-lite/api-token",
     "binder.auth.issuer": "https://id.example.org",
     "binder.auth.client_id": "binder",
     "binder.auth.client_secret_file": "/etc/binder-lite/oauth",

@@ -32,6 +32,8 @@ WAIT = 120.0  # seconds: bounds a hang, measures nothing
 
 # The releases whose store left user_version at 0, with the schema version each wrote.
 FIRST, SOCKET = "0999b78", "94d220d"
+# A release whose store set user_version (3), before the API's tokens table (4).
+VERSIONED = "818d4b3"
 
 # A session as the first release recorded it: every column it had, set.
 ROW: dict[str, Any] = {
@@ -158,6 +160,26 @@ def test_an_earlier_releases_database_is_migrated_with_its_sessions(
     with caplog.at_level(logging.INFO, logger=store.__name__):
         Store(path).close()
     assert dump(path) == before and not backup.exists() and "migrated" not in caplog.text
+
+
+def test_a_versioned_database_gets_the_tokens_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "sessions.sqlite"
+    old = release(VERSIONED, monkeypatch)
+    db = old.Store(path)
+    db.add(old.Record(**ROW))
+    db.close()
+    assert user_version(path) == 3 and "tokens" not in schema(path)["tables"]
+    with caplog.at_level(logging.INFO, logger=store.__name__):
+        db = Store(path)
+    record = db.get("s-1")
+    assert record is not None and record.owner == "alice" and db.tokens_of("alice") == []
+    db.close()
+    assert user_version(path) == VERSION == 4
+    assert schema(path) == fresh_schema(tmp_path)
+    assert "migrated from schema version 3 to 4" in caplog.text
+    assert user_version(backup_path(path, VERSION)) == 3
 
 
 def test_todays_unversioned_database_is_recognised_by_its_columns(tmp_path: Path) -> None:

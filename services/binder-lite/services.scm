@@ -100,6 +100,9 @@
   (push-credential-file
    maybe-string
    "File on the machine holding \"user:token\", to push when a login gives no token.")
+  (api-token-file
+   maybe-string
+   "File on the machine holding the API's admin token, for a trusted service.")
   (auth-provider
    (symbol 'none)
    "Who logs people in: nobody (anonymous visitors), GitHub, GitLab or OIDC.")
@@ -138,7 +141,10 @@
    "Serve each session from ID.DOMAIN, an origin of its own, instead of /s/ID/.")
   (cors-allowed-origins
    (list-of-strings '())
-   "Origins (https://docs.example.org) whose pages may launch and use sessions."))
+   "Origins (https://docs.example.org) whose pages may launch and use sessions.")
+  (cross-origin-launches
+   (symbol 'open)
+   "Pages of other origins launch freely, or only with a signed build token."))
 
 (define (binder-lite-accounts config)
   (let ((user (binder-lite-configuration-user config)))
@@ -207,6 +213,7 @@
     (user "binder" "user")
     (state-directory "binder" "state_dir")
     (push-credential-file "binder" "push_credential_file")
+    (api-token-file "binder" "api_token_file")
     (auth-provider "binder" "auth" "provider")
     (auth-issuer "binder" "auth" "issuer")
     (auth-client-id "binder" "auth" "client_id")
@@ -219,7 +226,8 @@
     (session-disk "binder" "session_limits" "disk")
     (max-repo-size "binder" "max_repo_size")
     (session-domain "binder" "session_domain")
-    (cors-allowed-origins "binder" "cors_allowed_origins")))
+    (cors-allowed-origins "binder" "cors_allowed_origins")
+    (cross-origin-launches "binder" "cross_origin_launches")))
 
 (define (json-field-value value)
   ;; Guile-JSON's native form: a vector is an array, 'null is null (an unset

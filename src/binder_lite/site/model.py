@@ -8,6 +8,7 @@ from pathlib import Path
 
 # The closed sets of the service's settings are declared with them, and re-exported.
 from binder_lite.site.settings import AuthProvider as AuthProvider
+from binder_lite.site.settings import CrossOriginLaunches as CrossOriginLaunches
 from binder_lite.site.settings import KebabEnum, default
 from binder_lite.site.settings import Runtime as Runtime
 from binder_lite.site.settings import SessionNetwork as SessionNetwork
@@ -128,6 +129,7 @@ class Binder:
     user: str = default("binder.user")
     state_dir: str = default("binder.state_dir")
     push_credential_file: str | None = default("binder.push_credential_file")
+    api_token_file: str | None = default("binder.api_token_file")
     auth: Auth = field(default_factory=Auth)
     public_url: str | None = default("binder.public_url")
     trusted_proxies: tuple[str, ...] = default("binder.trusted_proxies")
@@ -136,6 +138,7 @@ class Binder:
     max_repo_size: int = default("binder.max_repo_size")
     session_domain: str | None = default("binder.session_domain")
     cors_allowed_origins: tuple[str, ...] = default("binder.cors_allowed_origins")
+    cross_origin_launches: CrossOriginLaunches = default("binder.cross_origin_launches")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,14 @@ class SessionNetwork(KebabEnum):
     OUTBOUND = enum.auto()
 
 
+class CrossOriginLaunches(KebabEnum):
+    """Whether pages of other origins launch freely, or only with a build token
+    (web/buildtokens.py); a token sent is checked either way."""
+
+    OPEN = enum.auto()
+    SIGNED = enum.auto()
+
+
 class Kind(enum.StrEnum):
     TEXT = "text"  # a string; optional when its default is None
     TEXTS = "texts"  # a list of strings
@@ -263,6 +271,14 @@ SETTINGS: tuple[Setting, ...] = (
         check=checks.absolute_target_path,
     ),
     Setting(
+        "binder.api_token_file",
+        Kind.TEXT,
+        None,
+        "File on the machine holding the API's admin token, for a trusted service.",
+        "api-token-file",
+        check=checks.absolute_target_path,
+    ),
+    Setting(
         "binder.auth.provider",
         Kind.CHOICE,
         AuthProvider.NONE,
@@ -368,6 +384,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Origins (https://docs.example.org) whose pages may launch and use sessions.",
         "cors-allowed-origins",
         check=checks.origin,
+    ),
+    Setting(
+        "binder.cross_origin_launches",
+        Kind.CHOICE,
+        CrossOriginLaunches.OPEN,
+        "Pages of other origins launch freely, or only with a signed build token.",
+        "cross-origin-launches",
+        choices=CrossOriginLaunches,
     ),
 )
 

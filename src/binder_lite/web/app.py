@@ -17,6 +17,7 @@ from tornado.netutil import bind_sockets
 from binder_lite.launch.session import Isolation
 from binder_lite.site.model import Runtime, Site
 from binder_lite.web import handlers as h
+from binder_lite.web.api import API_ROUTES
 from binder_lite.web.auth import OAuthClient
 from binder_lite.web.base import Service
 from binder_lite.web.front import Front
@@ -25,6 +26,7 @@ from binder_lite.web.origins import Origins
 from binder_lite.web.policy import RepoPolicy
 from binder_lite.web.push import Credential
 from binder_lite.web.store import Store
+from binder_lite.web.tokens import ApiTokens, RevokeTokenHandler, TokensHandler
 from binder_lite.web.upstream import MAX_BODY
 
 log = logging.getLogger("binder_lite.web")
@@ -52,6 +54,7 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, t
         # Any prefix: an unknown one is refused in the answer BinderHub gives it.
         (r"/v2/([^/]+)/(.+)", h.V2Handler),
         (r"/build/([^/]+)/(.+)", h.BuildHandler),
+        (r"/build-token/([^/]+)/(.+)", h.BuildTokenHandler),
         (r"/sessions", h.SessionsHandler),
         (rf"/sessions/{SESSION_ID}", h.SessionHandler),
         (rf"/sessions/{SESSION_ID}/progress", h.ProgressHandler),
@@ -66,6 +69,9 @@ def routes() -> list[tuple[str, type[tornado.web.RequestHandler]] | tuple[str, t
         (r"/login", h.LoginHandler),
         (r"/oauth/callback", h.CallbackHandler),
         (r"/logout", h.LogoutHandler),
+        (r"/tokens", TokensHandler),
+        (r"/tokens/([0-9a-f]{12})/revoke", RevokeTokenHandler),
+        *API_ROUTES,
         (r"/static/(.*)", tornado.web.StaticFileHandler, {"path": str(static)}),
     ]
 
@@ -136,9 +142,11 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
         tokens={},
         origins=Origins.for_service(binder, options.address, options.port),
     )
+    admin = Path(binder.api_token_file) if binder.api_token_file else None
     app = tornado.web.Application(
         routes(),
         service=service,
+        api_tokens=ApiTokens(store, ApiTokens.admin_from_file(admin) if admin else None),
         cookie_secret=cookie_secret(options.state_dir),
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},

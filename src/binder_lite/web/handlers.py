@@ -8,14 +8,16 @@ import time
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError
 
 from binder_lite.errors import LaunchError
 from binder_lite.launch.session import Event, Phase
+from binder_lite.site.model import CrossOriginLaunches
 from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
+from binder_lite.web.buildtokens import LIFETIME, BuildTokenError, BuildTokens
 from binder_lite.web.manager import CapacityError
 from binder_lite.web.policy import RefusedError
 from binder_lite.web.providers import RepoSpec, UnknownProviderError, parse
@@ -122,8 +124,10 @@ class V2Handler(BaseMixin):
             return
         # The page's stream says the rest (capacity, a bad ref) as it says it to any
         # BinderHub client.
-        query = self.request.query
-        events = f"/build/{provider}/{spec.spec}" + (f"?{query}" if query else "")
+        # The page's own build token, as BinderHub's page has one: it is this origin's.
+        token = _build_tokens(self).issue(spec.url, self.service.origins.service)
+        query = "&".join(q for q in (self.request.query, f"build_token={token}") if q)
+        events = f"/build/{provider}/{spec.spec}?{query}"
         self.page("progress.html", session=None, events_url=events, repo=spec.url, ref=spec.ref)
 
 
@@ -232,11 +236,29 @@ class BuildHandler(SSEMixin):
         if not self.may_launch():
             raise RefusedError("this site launches for people who are logged in; log in first")
         self.repo_spec = spec = _repo_spec(self, provider)
+        self._check_build_token(spec)
         path = _open_path(
             self.get_query_argument("urlpath", None), self.get_query_argument("filepath", None)
         )
         build_only = self.get_query_argument("build_only", "").lower() == "true"
         return request_launch(self, spec.url, spec.ref, path, build_only=build_only)
+
+    def _check_build_token(self, spec: RepoSpec) -> None:
+        """A token sent is checked against the page's origin (its Origin header, this
+        service's when there is none); without one, a page of another origin launches
+        only where the site does not require them."""
+        token = self.get_query_argument("build_token", None)
+        origin = foreign_origin(self)
+        if token is None:
+            if (
+                origin is not None
+                and self.service.site.binder.cross_origin_launches is CrossOriginLaunches.SIGNED
+            ):
+                raise BuildTokenError(
+                    f"pages of {origin} need a build token from this service to launch here"
+                )
+            return
+        _build_tokens(self).check(token, spec.url, origin or self.service.origins.service)
 
     def reached_ready(self) -> None:
         self.ready = True
@@ -263,6 +285,61 @@ class BuildHandler(SSEMixin):
             return
         reason = "its launch's event stream was closed before the server was ready"
         asyncio.get_running_loop().run_in_executor(None, self.manager.stop, session_id, reason)
+
+
+def foreign_origin(handler: BaseMixin) -> str | None:
+    """The Origin of a page elsewhere that sent this request; None for a request from
+    the service's own pages (browsers send no Origin on a same-origin GET) or from a
+    program."""
+    origin = handler.request.headers.get("Origin")
+    if origin is None:
+        return None
+    netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
+    same = handler.service.origins.origin_of(handler.request.headers.get("Host"), None)
+    return None if netloc in same else origin
+
+
+def _build_tokens(handler: BaseMixin) -> BuildTokens:
+    return BuildTokens(handler.application.settings["cookie_secret"])
+
+
+class BuildTokenHandler(BaseMixin):
+    """/build-token/<provider>/<spec>?origin=O: a build token with which pages of O, one
+    of the origins the site lists, may launch this repository for an hour.  A page
+    may ask for itself (its Origin is O, and it may read the answer), and a site's
+    server for its pages (no Origin)."""
+
+    def get(self, provider: str, _spec: str) -> None:
+        origin = self.get_query_argument("origin", "")
+        sent = self.request.headers.get("Origin")
+        listed = self.service.site.binder.cors_allowed_origins
+        if sent in listed:
+            self.set_header("Access-Control-Allow-Origin", str(sent))
+        self.set_header("Vary", "Origin")
+        if origin not in listed:
+            self._refuse(403, f"this site gives no build tokens to pages of {origin or '?'}")
+            return
+        if sent is not None and sent != origin:
+            self._refuse(403, f"a page of {sent} may ask for build tokens for itself only")
+            return
+        try:
+            spec = _repo_spec(self, provider)
+            self.service.policy.check(spec.url)
+        except UnknownProviderError as e:
+            self._refuse(404, str(e))
+            return
+        except RefusedError as e:
+            self._refuse(403, str(e))
+            return
+        token = _build_tokens(self).issue(spec.url, origin)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(
+            {"token": token, "origin": origin, "repo_url": spec.url, "expires_in": LIFETIME}
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.finish({"message": message})
 
 
 class OwnedMixin(BaseMixin):

@@ -21,6 +21,21 @@ from binder_lite.procs import ProcessId
 
 log = logging.getLogger(__name__)
 
+# API tokens (tokens.py), since version 4.
+TOKENS = (
+    """CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,           -- shown on the tokens page, to revoke it by
+    owner TEXT NOT NULL,           -- the identity that made it; its sessions are theirs
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,   -- SHA-256 of the secret: the secret is never stored
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    last_used REAL,
+    revoked REAL
+)""",
+    "CREATE INDEX tokens_owner ON tokens (owner)",
+)
+
 # The newest schema, as a new database gets it.  A change here needs a migration below
 # (tests/test_store_migrations.py checks that migrating gives this same schema).
 SCHEMA = (
@@ -49,6 +64,7 @@ SCHEMA = (
 )""",
     "CREATE INDEX sessions_status ON sessions (status)",
     "CREATE TABLE counters (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+    *TOKENS,
 )
 
 
@@ -73,6 +89,7 @@ def _sql(*statements: str) -> Callable[[sqlite3.Connection], None]:
 MIGRATIONS = (
     Migration(2, "sessions.socket", _sql("ALTER TABLE sessions ADD COLUMN socket TEXT")),
     Migration(3, "sessions.process", _sql("ALTER TABLE sessions ADD COLUMN process TEXT")),
+    Migration(4, "tokens", _sql(*TOKENS)),
 )
 VERSION = MIGRATIONS[-1].version
 
@@ -139,6 +156,8 @@ def _version(db: sqlite3.Connection, path: Path) -> int:
     stored = _stored_version(db)
     if stored:
         return stored
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():
+        return 4  # today's schema with its version lost: nothing to add
     columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
     if not columns:
         if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
@@ -210,6 +229,23 @@ class Record:
 _COLUMNS = [f.name for f in fields(Record)]
 
 
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: its secret's digest, never the secret."""
+
+    id: str
+    owner: str
+    name: str
+    digest: str
+    created: float
+    expires: float
+    last_used: float | None = None
+    revoked: float | None = None
+
+
+_TOKEN_COLUMNS = [f.name for f in fields(TokenRecord)]
+
+
 class Store:
     """A small, thread-safe wrapper: launches finish in worker threads."""
 
@@ -271,6 +307,44 @@ class Store:
         with self._lock:
             cursor = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM sessions {where}", args)
             return [Record(**dict(zip(_COLUMNS, row, strict=True))) for row in cursor]
+
+    def add_token(self, token: TokenRecord) -> None:
+        marks = ", ".join("?" for _ in _TOKEN_COLUMNS)
+        values = asdict(token)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO tokens ({', '.join(_TOKEN_COLUMNS)}) VALUES ({marks})",
+                [values[c] for c in _TOKEN_COLUMNS],
+            )
+
+    def token_with_digest(self, digest: str) -> TokenRecord | None:
+        found = self._tokens("WHERE digest = ?", digest)
+        return found[0] if found else None
+
+    def tokens_of(self, owner: str) -> list[TokenRecord]:
+        return self._tokens("WHERE owner = ? ORDER BY created DESC", owner)
+
+    def revoke_token(self, owner: str, token_id: str) -> bool:
+        """Revoke `owner`'s token `token_id`; whether there was one to revoke."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE tokens SET revoked = ? WHERE id = ? AND owner = ? AND revoked IS NULL",
+                (time.time(), token_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def token_used(self, token_id: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tokens SET last_used = ? WHERE id = ?", (time.time(), token_id)
+            )
+
+    def _tokens(self, where: str, *args: Any) -> list[TokenRecord]:
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT {', '.join(_TOKEN_COLUMNS)} FROM tokens {where}", args
+            )
+            return [TokenRecord(*row) for row in cursor]
 
     def add_to(self, counter: str, amount: float = 1.0) -> None:
         with self._lock:
