@@ -469,11 +469,13 @@ def _check_unsandboxed(site: Site) -> None:
 
 
 def _register_stage_commands() -> None:
+    from binder_lite.remote import remote
     from binder_lite.smoke.command import smoke
     from binder_lite.vm.commands import vm
 
     cli.add_command(vm)
     cli.add_command(smoke)
+    cli.add_command(remote)
 
 
 _register_stage_commands()

@@ -102,6 +102,18 @@ class JupyterError(LaunchError):
     """Jupyter did not start or did not answer in time."""
 
 
+class RemoteError(BinderLiteError):
+    """A binder-lite service (its API) refused or failed a request, or could not be
+    reached.  `code` is the API's error code (`unauthorized`, `capacity`, ...), or the
+    client's own: `unreachable`, `timeout`, `failed` (the launch), `protocol`."""
+
+    def __init__(self, url: str, code: str, message: str, status: int | None = None) -> None:
+        self.url, self.code, self.message, self.status = url, code, message, status
+        # A 4xx is the caller's to fix (token, files, ID): a usage error's exit code.
+        self.exit_code = 2 if status is not None and 400 <= status < 500 else 1
+        super().__init__(f"{url}: {message} ({code})")
+
+
 class BootError(BinderLiteError):
     """A virtual machine did not start or did not become reachable; the message
     carries the evidence (the end of its serial console)."""
