@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from conftest import MINIMAL_SITE, ROOT, SSH_KEY
 
 from binder_lite.errors import SiteError
+from binder_lite.render import render_system
 from binder_lite.site import load_site, model
 from binder_lite.site.model import Binder, Branding
 from binder_lite.site.settings import SETTINGS, Kind, Layer, Setting, readme_table
@@ -296,3 +298,49 @@ def test_secrets_are_named_by_file() -> None:
         if any(word in setting.name for word in secretive):
             assert setting.name.endswith("_file") and setting.kind is Kind.TEXT, setting.key
             assert setting.check is not None and setting.check.__name__ == "absolute_target_path"
+
+
+def _configuration_fields(system_scm: str) -> dict[str, Any]:
+    """The fields of the `(binder-lite-configuration …)` form of a rendered system."""
+
+    def find(form: Any) -> list[Any] | None:
+        if isinstance(form, list):
+            if form and form[0] == "binder-lite-configuration":
+                return form
+            for item in form:
+                found = find(item)
+                if found is not None:
+                    return found
+        return None
+
+    configuration = next(f for f in map(find, read_scheme(system_scm)) if f is not None)
+    return {str(field[0]): field[1] for field in configuration[1:]}
+
+
+RENDERED_SETTINGS = [
+    s
+    for s in BINDER_FILE_SETTINGS
+    if Layer.GUIX in s.layers and s.key != "binder.auth.provider"  # needs its client
+]
+
+
+@pytest.mark.parametrize("setting", RENDERED_SETTINGS, ids=lambda s: s.key)
+def test_the_rendered_system_carries_each_setting_to_guix(
+    setting: Setting, write_site: Callable[..., Path]
+) -> None:
+    """A value written in the site file reaches the operating system's
+    binder-lite-configuration: no setting is left at Guix's default by the template."""
+    written, expected = _sample(setting)
+    site = load_site(write_site(MINIMAL_SITE + _nest(setting, written)))
+    fields = _configuration_fields(render_system(site))
+    assert setting.guix in fields, f"{setting.key} is not rendered"
+    rendered = fields[setting.guix]
+    if setting.kind is Kind.PACKAGES:  # (specifications->packages '(...))
+        assert rendered[0] == "specifications->packages"
+        rendered = rendered[1]
+    value = scheme_value(rendered)
+    if isinstance(expected, tuple):
+        expected = list(expected)
+    elif isinstance(expected, enum.Enum):
+        expected = expected.value
+    assert value == expected

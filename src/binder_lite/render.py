@@ -9,6 +9,7 @@ from pathlib import Path
 
 from binder_lite import __version__
 from binder_lite.scheme import environment
+from binder_lite.site import settings
 from binder_lite.site.model import Firmware, ImageType, ServiceSpec, Site
 
 TEMPLATES = {
@@ -63,6 +64,7 @@ def _render(site: Site, firmware: Firmware, image_type: str) -> str:
         motd=motd_text(site),
         any_admin=any(u.admin for u in site.users),
         logo_store_name=_logo_store_name(site),
+        guix_fields=settings.guix_fields(site),
         svc_requirements=_requirements,
         svc_group=lambda svc: _group(site, svc),
         svc_environment=_environment,

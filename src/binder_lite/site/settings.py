@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from binder_lite import scheme
 from binder_lite.site import checks
 
 
@@ -462,3 +463,43 @@ def readme_table() -> str:
 
 def _file_settings(prefix: str) -> Iterable[Setting]:
     return (s for s in SETTINGS if s.key.startswith(prefix + ".") and Layer.FILE in s.layers)
+
+
+def site_value(setting: Setting, site: object) -> Any:
+    """The value of `setting` in a loaded site (the model), found by its key:
+    `binder.auth.provider` is `site.binder.auth.provider`."""
+    value = site
+    for part in setting.key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def guix_fields(site: object) -> list[tuple[str, str]]:
+    """The `binder-lite-configuration` fields a site sets, as (field, Scheme expression)
+    for the operating-system template: every setting of the site file that reaches the
+    Guix record, so a new setting cannot be left out of the rendered system.  Unset
+    optional values are left to the record's default; files (the logo) are the
+    template's, since they need a store name."""
+    fields = []
+    for s in SETTINGS:
+        if Layer.FILE not in s.layers or Layer.GUIX not in s.layers or s.kind is Kind.FILE:
+            continue
+        value = site_value(s, site)
+        if value is not None:
+            fields.append((s.guix, _scheme(s, value)))
+    return fields
+
+
+def _scheme(setting: Setting, value: Any) -> str:
+    kind = setting.kind
+    if kind is Kind.TEXT:
+        return scheme.scm_str(value)
+    if kind is Kind.TEXTS:
+        return scheme.scm_strs(value)
+    if kind is Kind.PACKAGES:
+        return f"(specifications->packages {scheme.scm_strs(value)})"
+    if kind in (Kind.INTEGER, Kind.SIZE):
+        return scheme.scm_int(value)
+    if kind is Kind.CHOICE:
+        return "'" + scheme.scm_sym(value.value)
+    raise ValueError(f"{setting.key}: no Scheme form for {kind}")
