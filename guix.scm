@@ -11,6 +11,8 @@
 (use-modules (guix packages)
              (gnu packages check)
              (gnu packages guile)
+             (gnu packages python-web)
+             (gnu packages python-xyz)
              (binder-lite packages))
 
 (package
@@ -18,4 +20,7 @@
   ;; The dev shell also gets what the test suite runs with.
   (native-inputs
    (modify-inputs (package-native-inputs binder-lite)
-     (append python-pytest python-hypothesis guile-3.0))))
+     (append python-pytest python-hypothesis guile-3.0
+             ;; the API's tests: notebooks made on the fly, checked against the
+             ;; OpenAPI document
+             python-nbformat python-openapi-core python-openapi-spec-validator))))

@@ -244,6 +244,7 @@ def test_a_notebook_sent_to_the_api_becomes_a_session_whose_cell_runs(
     assert stopped.status == 200 and stopped.json()["status"] == "stopped"
     assert stopped.json()["token"] is None and "server" not in stopped.json()["urls"]
     assert [e["phase"] for e in api.events(sid)] == ["stopped"]
+    assert not folder.exists()  # the repository made from the files went with it
 
 
 @pytest.mark.parametrize(

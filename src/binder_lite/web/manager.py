@@ -272,6 +272,16 @@ class SessionManager:
         does the repository its pushes were made in."""
         _remove_tree(self.state_dir / "sessions" / session_id)
         push.discard(self.state_dir, session_id)
+        record = self.store.get(session_id)
+        if record is not None:
+            self._remove_upload(record.repository)
+
+    def _remove_upload(self, repository: str) -> None:
+        """A repository made from files sent to the API belongs to its one session."""
+        uploads = self.state_dir / "uploads"
+        folder = Path(repository.removeprefix("file://"))
+        if repository.startswith("file://") and folder.parent == uploads:
+            _remove_tree(folder)
 
     def _launch(self, session_id: str, repository: str, ref: str, target: str | None) -> None:
         started = time.monotonic()
