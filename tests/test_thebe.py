@@ -166,15 +166,16 @@ def test_a_launch_url_opens_in_a_second_profile(tmp_path: Path, server: Server, 
         assert driver.get_cookies() == []
         driver.get(url)
         path = urllib.parse.urlsplit(str(ready["url"])).path
+        # The cell's source, drawn by the page's scripts (an empty notebook first shows
+        # "Click to add a cell." while the contents are still loading).
         wait_for(
-            lambda: driver.find_elements("css selector", ".jp-Notebook .jp-CodeCell"),
+            lambda: "print(6*7)" in driver.find_element("css selector", ".jp-Notebook").text,
             120,
-            "the notebook's cells, drawn by its scripts",
+            "the notebook's cell, drawn by its scripts",
         )
         assert driver.current_url == f"{ready['url']}lab/tree/index.ipynb"
         cookies = {c["name"]: c for c in driver.get_cookies()}
         assert cookies["binder-lite-token"]["path"] == path
-        assert "print(6*7)" in driver.find_element("css selector", ".jp-Notebook").text
 
 
 def _browser_log(driver: Any) -> list[str]:

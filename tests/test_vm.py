@@ -80,14 +80,17 @@ def binder_lite(
     )
 
 
-def qemu_running(name: str) -> bool:
+def qemu_running(name: str, home: Path) -> bool:
+    """Whether a QEMU of this test run (its files under `home`) runs VM `name`: another
+    run on the machine may boot a VM of the same name at the same time."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if f"\0-name\0{name}\0".encode() in (entry / "cmdline").read_bytes():
-                    return True
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+            if f"\0-name\0{name}\0".encode() in cmdline and os.fsencode(home) in cmdline:
+                return True
     return False
 
 
@@ -142,7 +145,7 @@ def machine(standin: tuple[Path, Path, Path], vms_home: Path) -> Iterator[Machin
         if stopped.returncode != 0:
             binder_lite("vm", "stop", name)
     assert stopped.stdout == f"stopped {name}\n", stopped.stdout + stopped.stderr
-    assert not qemu_running(name)
+    assert not qemu_running(name, vms_home)
 
 
 def test_vm_run_proves_its_accelerator(machine: Machine) -> None:
@@ -293,7 +296,7 @@ def test_a_vm_that_never_reaches_ssh(
     assert "no SSH server answered" in result.stderr
     assert "the end of the serial console" in result.stderr
     assert re.search(r"Kernel panic|init", result.stderr), result.stderr[-2000:]
-    assert not qemu_running(name)
+    assert not qemu_running(name, vms_home)
 
 
 def test_vm_smoke_boots_checks_and_stops(
@@ -308,4 +311,4 @@ def test_vm_smoke_boots_checks_and_stops(
     assert result.returncode == 0, result.stdout + result.stderr
     assert_all_passed(result.stdout, junit)
     stopped = re.search(r"stopped (\S+)", result.stderr)
-    assert stopped and not qemu_running(stopped.group(1))
+    assert stopped and not qemu_running(stopped.group(1), vms_home)
