@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from binder_lite.errors import RemoteError, UsageError
+from binder_lite.sent import MAX_CONTENT, MAX_FILES, path_refused
 
-# The service's bounds on files sent (web/api.py); checked here first, so a user hears
+# The service's bounds on files sent (sent.py) are checked here first, so a user hears
 # about them before a large upload, not after.
-MAX_FILES = 100
-MAX_CONTENT = 16 * 1024**2
-MAX_PATH = 255
 ENVIRONMENT_FILES = ("manifest.scm", "requirements.txt")
 TIMEOUT = 30.0  # seconds for one request; the event stream has a heartbeat every 15
 
@@ -269,13 +267,7 @@ class Client:
 def check_path(path: str) -> str:
     """The service's rule (web/api.py): relative, `/` between parts, none empty, `.`,
     `..` or `.git`."""
-    parts = path.split("/")
-    if (
-        len(path) > MAX_PATH
-        or path.startswith("/")
-        or any(c in path for c in "\\\x00")
-        or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts)
-    ):
+    if path_refused(path):
         raise UsageError(f"{path!r}: not a relative path inside the folder sent")
     return path
 

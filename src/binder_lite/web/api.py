@@ -30,6 +30,7 @@ from tornado.web import HTTPError
 
 from binder_lite.errors import CommandError, LaunchError
 from binder_lite.run import run
+from binder_lite.sent import MAX_CONTENT, MAX_FILES, MAX_PATH, path_refused
 from binder_lite.web.base import BaseMixin
 from binder_lite.web.handlers import SSEMixin
 from binder_lite.web.manager import CapacityError
@@ -37,10 +38,7 @@ from binder_lite.web.policy import RefusedError
 from binder_lite.web.store import Record
 from binder_lite.web.tokens import api_tokens
 
-MAX_FILES = 100
-MAX_CONTENT = 16 * 1024**2  # bytes of files' content, decoded
 MAX_REQUEST = MAX_CONTENT * 3 // 2 + 1024**2  # base64 and JSON around them
-MAX_PATH = 255
 ENVIRONMENT_FILES = ("manifest.scm", "requirements.txt")
 
 _MESSAGES = {
@@ -332,13 +330,7 @@ def _file(item: object) -> tuple[str, bytes]:
 
 def check_path(path: str) -> str:
     """A relative path with `/` between its parts, none empty, `.`, `..` or `.git`."""
-    parts = path.split("/")
-    if (
-        len(path) > MAX_PATH
-        or path.startswith("/")
-        or any(c in path for c in "\\\x00")
-        or any(p in ("", ".", "..") or p.lower() == ".git" for p in parts)
-    ):
+    if path_refused(path):
         raise ApiError(400, f"{path[:MAX_PATH]!r}: not a relative path inside the repository")
     return path
 
