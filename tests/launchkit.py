@@ -7,6 +7,8 @@ import functools
 import http.server
 import json
 import os
+import secrets
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -14,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from binder_lite.kernel import run_cell
@@ -127,3 +130,38 @@ def processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+@dataclass
+class Target:
+    """What a hostile session's probe aims at, as the host sees it: the service's
+    state folder with a secret in it, and a port on the host's loopback."""
+
+    state: Path
+    secret: Path
+    marker: str
+    port: int
+
+
+@contextmanager
+def hostile_target(state: Path, who: str = "a session") -> Iterator[Target]:
+    """A Target in `state`; fails afterwards if anything connected to its port."""
+    state.mkdir(parents=True, exist_ok=True)
+    marker = secrets.token_hex(16)
+    (state / "sessions.sqlite").write_text(f"tokens {marker}")
+    secret = state / "push-credential"
+    secret.write_text(f"git:{marker}")
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield Target(state, secret, marker, listener.getsockname()[1])
+    listener.close()
+    assert not accepted, f"{who} connected to a port on the host's loopback"

@@ -30,7 +30,9 @@ CACHE = Path(os.environ.get("BINDER_LITE_CACHE", "/var/cache/binder-lite"))
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = (
     "linux-image-cloud-amd64,openssh-server,shepherd,python3,python3-venv,git,"
-    "iproute2,procps,ca-certificates,sudo,tzdata,bubblewrap,slirp4netns"
+    "iproute2,procps,ca-certificates,sudo,tzdata,bubblewrap,slirp4netns,"
+    # The installer ISO's disk step (tests/test_installer_image.py): sfdisk, mkfs.fat.
+    "fdisk,dosfstools"
 )
 RECIPE = f"sid minbase {PACKAGES} v1"
 

@@ -15,14 +15,13 @@ import json
 import os
 import secrets
 import socket
-import threading
+import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from launchkit import execute, make_repo, processes_mentioning
+from launchkit import Target, execute, hostile_target, make_repo, processes_mentioning
 
 from binder_lite.launch import launch
 from binder_lite.launch.sandbox import Cgroups, Handle
@@ -89,37 +88,10 @@ FORKS = (
 )
 
 
-@dataclass
-class Target:
-    """What the probe aims at, as the host sees it."""
-
-    state: Path
-    secret: Path
-    marker: str
-    port: int
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    state = tmp_path_factory.mktemp("state")
-    marker = secrets.token_hex(16)
-    (state / "sessions.sqlite").write_text(f"tokens {marker}")
-    secret = state / "push-credential"
-    secret.write_text(f"git:{marker}")
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield Target(state, secret, marker, listener.getsockname()[1])
-    listener.close()
-    assert not accepted, "a session connected to a port on the host's loopback"
+    with hostile_target(tmp_path_factory.mktemp("state"), "a session") as target:
+        yield target
 
 
 def sandboxed(repo: Path, state: Path, **isolation: object) -> Session:
@@ -301,6 +273,49 @@ def test_outbound_network_cannot_reach_the_hosts_loopback(target: Target, tmp_pa
         assert "'ok'" not in seen  # and the host's loopback is not reachable through it
     finally:
         session.stop()
+
+
+def own_addresses() -> list[str]:
+    """This machine's IPv4 addresses besides loopback, as `ip` lists them (not as the
+    code under test finds them)."""
+    listed = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    found = [line.split()[3].split("/")[0] for line in listed.splitlines()]
+    return [a for a in found if not a.startswith("127.")]
+
+
+def test_outbound_network_cannot_reach_the_hosts_own_addresses(
+    target: Target, tmp_path: Path
+) -> None:
+    """slirp4netns connects from the host: a service listening on all the host's
+    addresses would be reached through its public one."""
+    addresses = own_addresses()
+    assert addresses, "this machine has no address but loopback"
+    listener = socket.create_server(("0.0.0.0", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    session = sandboxed(make_repo(tmp_path / "repo"), target.state, network=SessionNetwork.OUTBOUND)
+    try:
+        seen = execute(
+            session.base_url,
+            session.token,
+            (
+                "import socket, os\n"
+                "def attempt(address):\n"
+                "    try:\n"
+                f"        socket.create_connection((address, {port}), timeout=3); return 'ok'\n"
+                "    except OSError as e:\n"
+                "        return os.strerror(e.errno) if e.errno else type(e).__name__\n"
+                f"[attempt(a) for a in {addresses!r}]"
+            ),
+        )
+        assert "'ok'" not in seen, (addresses, seen)
+        with pytest.raises(TimeoutError):
+            listener.accept()[0].close()
+    finally:
+        session.stop()
+        listener.close()
 
 
 def test_outbound_network_cannot_reach_private_ranges(target: Target, tmp_path: Path) -> None:

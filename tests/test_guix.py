@@ -103,6 +103,43 @@ def test_guix_scm_package_and_dev_shell(guix: str) -> None:
     assert shell.returncode == 0, shell.stderr
 
 
+SOURCE_FILTER = """(use-modules (binder-lite packages))
+(define keep? (@@ (binder-lite packages) binder-lite-source-file?))
+(for-each (lambda (file) (format #t "~a ~a~%" (if (keep? file (lstat file)) "kept" "left") file))
+          (list {files}))"""
+
+
+def test_the_package_source_leaves_built_images_out(guix: str, tmp_path: Path) -> None:
+    """`image build` writes images next to the image templates: a package built from
+    the checkout afterwards must take the templates and not a previous ISO."""
+    from binder_lite.scheme import scm_str
+
+    images = tmp_path / "images"
+    images.mkdir()
+    files = [images / n for n in ("iso9660.scm.j2", "demo-iso9660.iso", "demo-qcow2.qcow2.json")]
+    for file in files:
+        file.write_text("x")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.py").write_text("")
+    script = tmp_path / "filter.scm"
+    paths = [images, *files, src, src / "x.py", tmp_path / "node_modules"]
+    (tmp_path / "node_modules").mkdir()
+    script.write_text(SOURCE_FILTER.format(files=" ".join(scm_str(str(p)) for p in paths)))
+    proc = guix_run(guix, "repl", "-L", ROOT / "services", "--", script)
+    assert proc.returncode == 0, proc.stderr
+    seen = dict(reversed(line.split(" ", 1)) for line in proc.stdout.splitlines())
+    assert seen == {
+        str(images): "kept",
+        str(files[0]): "kept",
+        str(files[1]): "left",
+        str(files[2]): "left",
+        str(src): "kept",
+        str(src / "x.py"): "kept",
+        str(tmp_path / "node_modules"): "left",
+    }
+
+
 def test_guix_errors_reach_the_user_readably(
     guix: str, cli: Cli, write_site: Callable[..., Path], tmp_path: Path
 ) -> None:

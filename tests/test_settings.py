@@ -27,6 +27,9 @@ MODELS = {
     "binder": "Binder",
     "binder.auth": "Auth",
     "binder.session_limits": "SessionLimits",
+    "binder.slurm": "Slurm",
+    "binder.tls": "Tls",
+    "binder.tls.acme": "Acme",
 }
 
 
@@ -49,10 +52,9 @@ def test_a_site_without_binder_settings_gets_the_table_s_defaults(
 ) -> None:
     site = load_site(write_site(MINIMAL_SITE))
     for setting in FILE_SETTINGS:
-        holder = {"site": site.site, "binder": site.binder}
-        owner: Any = holder.get(setting.section) or getattr(
-            site.binder, setting.section.split(".")[1]
-        )
+        owner: Any = site
+        for part in setting.section.split("."):
+            owner = getattr(owner, part)
         if not setting.required:
             assert getattr(owner, setting.name) == setting.default, setting.key
 
@@ -72,6 +74,25 @@ TEXT_SAMPLES = {
     "binder.auth.client_secret_file": "/etc/binder-lite/oauth",
     "binder.public_url": "https://binder.example.org/",
     "binder.session_domain": "s.example.org",
+    "binder.slurm.partition": "interactive",
+    "binder.slurm.account": "genenetwork",
+    "binder.slurm.qos": "short",
+    "binder.slurm.gres": "gpu:1",
+    "binder.tls.certificate_file": "/etc/binder-lite/tls/fullchain.pem",
+    "binder.tls.key_file": "/etc/binder-lite/tls/privkey.pem",
+    "binder.tls.acme.email": "admin@example.org",
+}
+# What a setting needs beside it to be valid, as YAML lines following _nest's.
+COMPANIONS = {
+    "binder.auth.provider": "    client_id: binder\n"
+    "    client_secret_file: /etc/binder-lite/oauth\n",
+    "binder.tls.certificate_file": "    key_file: /etc/binder-lite/tls/privkey.pem\n"
+    "  public_url: https://binder.example.org/\n",
+    "binder.tls.key_file": "    certificate_file: /etc/binder-lite/tls/fullchain.pem\n"
+    "  public_url: https://binder.example.org/\n",
+    "binder.tls.acme.email": "      domains: [binder.example.org]\n"
+    "  public_url: https://binder.example.org/\n",
+    "binder.tls.acme.domains": "  public_url: https://binder.example.org/\n",
 }
 
 
@@ -87,6 +108,10 @@ def _sample(setting: Setting) -> tuple[str, Any]:
         return "[10.0.0.0/24]", ("10.0.0.0/24",)
     if setting.key == "binder.cors_allowed_origins":
         return "[https://docs.example.org]", ("https://docs.example.org",)
+    if setting.key == "binder.tls.acme.domains":
+        return "[binder.example.org]", ("binder.example.org",)
+    if setting.key == "binder.slurm.extra_args":
+        return "[--constraint=bigmem]", ("--constraint=bigmem",)
     if setting.kind is Kind.TEXT:
         return TEXT_SAMPLES[setting.key], TEXT_SAMPLES[setting.key]
     return SAMPLES[setting.kind]
@@ -108,9 +133,7 @@ def test_the_validator_reads_each_setting_as_its_kind(
     setting: Setting, write_site: Callable[..., Path]
 ) -> None:
     written, expected = _sample(setting)
-    text = _nest(setting, written)
-    if setting.key == "binder.auth.provider":  # a provider needs its client
-        text += "    client_id: binder\n    client_secret_file: /etc/binder-lite/oauth\n"
+    text = _nest(setting, written) + COMPANIONS.get(setting.key, "")
     site = load_site(write_site(MINIMAL_SITE + text))
     owner: Any = site.binder
     for part in setting.section.split(".")[1:]:
@@ -331,7 +354,8 @@ def test_the_rendered_system_carries_each_setting_to_guix(
     """A value written in the site file reaches the operating system's
     binder-lite-configuration: no setting is left at Guix's default by the template."""
     written, expected = _sample(setting)
-    site = load_site(write_site(MINIMAL_SITE + _nest(setting, written)))
+    text = _nest(setting, written) + COMPANIONS.get(setting.key, "")
+    site = load_site(write_site(MINIMAL_SITE + text))
     fields = _configuration_fields(render_system(site))
     assert setting.guix in fields, f"{setting.key} is not rendered"
     rendered = fields[setting.guix]

@@ -34,6 +34,8 @@ WAIT = 120.0  # seconds: bounds a hang, measures nothing
 FIRST, SOCKET = "0999b78", "94d220d"
 # A release whose store set user_version (3), before the API's tokens table (4).
 VERSIONED = "818d4b3"
+# A release with the tokens table (4), before Slurm sessions' job_id and node (5).
+TOKENS = "a52d859"
 
 # A session as the first release recorded it: every column it had, set.
 ROW: dict[str, Any] = {
@@ -176,10 +178,30 @@ def test_a_versioned_database_gets_the_tokens_table(
     record = db.get("s-1")
     assert record is not None and record.owner == "alice" and db.tokens_of("alice") == []
     db.close()
-    assert user_version(path) == VERSION == 4
+    assert user_version(path) == VERSION
     assert schema(path) == fresh_schema(tmp_path)
-    assert "migrated from schema version 3 to 4" in caplog.text
+    assert f"migrated from schema version 3 to {VERSION}" in caplog.text
     assert user_version(backup_path(path, VERSION)) == 3
+
+
+def test_a_database_with_tokens_gets_slurm_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sessions.sqlite"
+    old = release(TOKENS, monkeypatch)
+    db = old.Store(path)
+    db.add(old.Record(**ROW))
+    db.close()
+    assert user_version(path) == 4
+    db = Store(path)
+    db.update("s-1", job_id="17", node="10.0.0.11:40000")
+    record = db.get("s-1")
+    db.close()
+    assert record is not None and record.owner == "alice" and record.token == "t0k3n"
+    assert record.node_address() == ("10.0.0.11", 40000) and record.job_id == "17"
+    assert user_version(path) == VERSION == 5
+    assert schema(path) == fresh_schema(tmp_path)
+    assert user_version(backup_path(path, VERSION)) == 4
 
 
 def test_todays_unversioned_database_is_recognised_by_its_columns(tmp_path: Path) -> None:

@@ -26,10 +26,15 @@
 
 (define (binder-lite-source-file? file stat)
   ;; Only what the Python build needs: no VCS data, caches, build output or images.
-  (not (member (basename file)
-               '(".git" ".venv" "build" "dist" "__pycache__" ".mypy_cache"
-                 ".ruff_cache" ".pytest_cache" ".hypothesis" "out" "tests"
-                 "benchmarks" "examples" "artifacts"))))
+  ;; images/ holds both the image templates (kept) and the images `image build`
+  ;; writes next to them (left out: an earlier ISO must not end up in the package).
+  (and (not (member (basename file)
+                    '(".git" ".venv" "build" "dist" "__pycache__" ".mypy_cache"
+                      ".ruff_cache" ".pytest_cache" ".hypothesis" "out" "tests"
+                      "benchmarks" "examples" "artifacts" "node_modules")))
+       (or (not (string=? (basename (dirname file)) "images"))
+           (eq? (stat:type stat) 'directory)
+           (string-suffix? ".j2" file))))
 
 (define-public binder-lite
   (package

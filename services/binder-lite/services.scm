@@ -8,7 +8,13 @@
   #:use-module (gnu packages guile)
   #:use-module (gnu packages jupyter)
   #:use-module (gnu packages package-management)
+  #:use-module (gnu packages parallel)
+  #:use-module ((gnu services certbot)
+                #:select (certbot-service-type certbot-configuration
+                          certificate-configuration))
   #:use-module (gnu services configuration)
+  #:use-module ((gnu services sysctl) #:select (sysctl-service-type))
+  #:use-module ((gnu services web) #:select (nginx-location-configuration))
   #:use-module (gnu services shepherd)
   #:use-module (guix gexp)
   #:use-module (guix modules)
@@ -26,7 +32,8 @@
             binder-lite-configuration-state-directory
             binder-lite-configuration-log-file
             binder-lite-service-json
-            binder-lite-service-type))
+            binder-lite-service-type
+            binder-lite-services))
 
 ;; The fields, their defaults and documentation are those of the settings table,
 ;; src/binder_lite/site/settings.py; tests/test_settings.py checks that they agree.
@@ -87,7 +94,7 @@
    "Guix packages kept in the store so that sessions needing them start at once.")
   (runtime
    (symbol 'guix)
-   "How sessions run: in Guix containers, or with the service's own Jupyter.")
+   "How sessions run: in Guix containers, with the service's own Jupyter, or as Slurm jobs.")
   (user
    (string "binder")
    "System account the service runs as.")
@@ -144,7 +151,49 @@
    "Origins (https://docs.example.org) whose pages may launch and use sessions.")
   (cross-origin-launches
    (symbol 'open)
-   "Pages of other origins launch freely, or only with a signed build token."))
+   "Pages of other origins launch freely, or only with a signed build token.")
+  (slurm-partition
+   maybe-string
+   "Slurm partition sessions are submitted to (none: the cluster's default).")
+  (slurm-account
+   maybe-string
+   "Slurm account sessions are charged to.")
+  (slurm-qos
+   maybe-string
+   "Slurm quality of service of the sessions' jobs.")
+  (slurm-time-limit
+   (integer 0)
+   "Minutes a session's job may run (0: binder.max_age, in minutes rounded up).")
+  (slurm-memory
+   (integer 0)
+   "Memory asked of Slurm per session (0: binder.session_limits.memory).")
+  (slurm-cpus
+   (integer 1)
+   "CPUs asked of Slurm per session.")
+  (slurm-gres
+   maybe-string
+   "Generic resources per session, as sbatch's --gres takes them (gpu:1).")
+  (slurm-extra-args
+   (list-of-strings '())
+   "More sbatch options (--constraint=bigmem); never those binder-lite sets itself.")
+  (slurm-node-runtime
+   (symbol 'guix)
+   "How a job runs its session: in Guix containers (the shared store) or local Jupyter.")
+  (tls-port
+   (integer 443)
+   "TCP port of HTTPS, with TLS; binder.port then only redirects to binder.public_url.")
+  (tls-certificate-file
+   maybe-string
+   "File on the machine holding the certificate chain (PEM), read when the service starts.")
+  (tls-key-file
+   maybe-string
+   "File on the machine holding the certificate's private key (PEM, unencrypted).")
+  (acme-email
+   maybe-string
+   "Guix System: the address Let's Encrypt writes to about the certificate.")
+  (acme-domains
+   (list-of-strings '())
+   "Guix System: get and renew a certificate for these names with certbot (port 80)."))
 
 (define (binder-lite-accounts config)
   (let ((user (binder-lite-configuration-user config)))
@@ -227,7 +276,19 @@
     (max-repo-size "binder" "max_repo_size")
     (session-domain "binder" "session_domain")
     (cors-allowed-origins "binder" "cors_allowed_origins")
-    (cross-origin-launches "binder" "cross_origin_launches")))
+    (cross-origin-launches "binder" "cross_origin_launches")
+    (slurm-partition "binder" "slurm" "partition")
+    (slurm-account "binder" "slurm" "account")
+    (slurm-qos "binder" "slurm" "qos")
+    (slurm-time-limit "binder" "slurm" "time_limit")
+    (slurm-memory "binder" "slurm" "memory")
+    (slurm-cpus "binder" "slurm" "cpus")
+    (slurm-gres "binder" "slurm" "gres")
+    (slurm-extra-args "binder" "slurm" "extra_args")
+    (slurm-node-runtime "binder" "slurm" "node_runtime")
+    (tls-port "binder" "tls" "port")
+    (tls-certificate-file "binder" "tls" "certificate_file")
+    (tls-key-file "binder" "tls" "key_file")))
 
 (define (json-field-value value)
   ;; Guile-JSON's native form: a vector is an array, 'null is null (an unset
@@ -250,9 +311,14 @@
 of objects in which file-like objects (the logo, the profiles) stand for their
 store file names."
   (define (field-value name)
-    (let ((field (find (lambda (f) (eq? (configuration-field-name f) name))
-                       binder-lite-configuration-fields)))
-      ((configuration-field-getter field) config)))
+    (match name
+      ;; With acme, the copies of certbot's files (binder-lite-tls-files).
+      ('tls-certificate-file (first (binder-lite-tls-files config)))
+      ('tls-key-file (second (binder-lite-tls-files config)))
+      (_
+       (let ((field (find (lambda (f) (eq? (configuration-field-name f) name))
+                          binder-lite-configuration-fields)))
+         ((configuration-field-getter field) config)))))
   (fold (match-lambda*
           (((name . path) tree)
            (json-insert tree path (json-field-value (field-value name)))))
@@ -288,16 +354,141 @@ store file names."
              (scm->json #$(json-gexp (binder-lite-service-json config)) port
                         #:unicode #t #:pretty #t)))))))
 
+;;; HTTPS.  `binder-lite serve' reads the certificate and key itself, as the
+;;; service's account, when it starts and on `herd reload binder-lite' (SIGHUP).
+;;; With acme, Guix's certbot service gets the certificate; it also runs nginx on
+;;; port 80 for the ACME challenges (from certbot's webroot), which redirects
+;;; every other request there to HTTPS.
+
+(define (binder-lite-acme? config)
+  (pair? (binder-lite-configuration-acme-domains config)))
+
+(define (binder-lite-tls? config)
+  (or (maybe-value-set? (binder-lite-configuration-tls-certificate-file config))
+      (binder-lite-acme? config)))
+
+(define (binder-lite-tls-files config)
+  ;; The certificate and key the service reads: the site's, or with acme copies
+  ;; of certbot's (which only root may read) in the state directory.
+  (if (binder-lite-acme? config)
+      (let ((directory (string-append
+                        (binder-lite-configuration-state-directory config) "/tls")))
+        (list (string-append directory "/fullchain.pem")
+              (string-append directory "/privkey.pem")))
+      (list (binder-lite-configuration-tls-certificate-file config)
+            (binder-lite-configuration-tls-key-file config))))
+
+(define (binder-lite-lowest-port config)
+  (apply min (binder-lite-configuration-port config)
+         (if (binder-lite-tls? config)
+             (list (binder-lite-configuration-tls-port config))
+             '())))
+
+(define (binder-lite-sysctl config)
+  ;; The service's account opens its ports itself: ports from the lowest it uses
+  ;; up are opened to unprivileged processes (443 for HTTPS).
+  (let ((lowest (binder-lite-lowest-port config)))
+    (if (< lowest 1024)
+        `(("net.ipv4.ip_unprivileged_port_start" . ,(number->string lowest)))
+        '())))
+
+(define (binder-lite-tls-requirement config)
+  (append (if (< (binder-lite-lowest-port config) 1024) '(sysctl) '())
+          (if (binder-lite-acme? config) '(binder-lite-certificate) '())))
+
+(define binder-lite-reload-action
+  (shepherd-action
+   (name 'reload)
+   (documentation "Read the TLS certificate and key again (SIGHUP); sessions go on.")
+   (procedure #~(lambda (running)
+                  (if running
+                      (begin (kill (process-id running) SIGHUP) #t)
+                      #f)))))
+
+(define (binder-lite-certificate-installer config)
+  ;; Copies certbot's certificate and key (/etc/certs/NAME, links into
+  ;; /etc/letsencrypt/live/NAME once certbot has one, self-signed until then) for
+  ;; the service's account, each written aside then renamed into place.
+  (match-record config <binder-lite-configuration>
+    (user state-directory acme-domains)
+    (let ((source (string-append "/etc/certs/" (first acme-domains)))
+          (target (string-append state-directory "/tls")))
+      (program-file
+       "binder-lite-install-certificate"
+       #~(let* ((account (getpwnam #$user))
+                (uid (passwd:uid account))
+                (gid (passwd:gid account)))
+           (define (install name)
+             (let ((new (string-append #$target "/" name ".new")))
+               (when (file-exists? new)
+                 (delete-file new))
+               (copy-file (string-append #$source "/" name) new)
+               (chown new uid gid)
+               (chmod new #o600)
+               (rename-file new (string-append #$target "/" name))))
+           (unless (file-exists? #$target)
+             (mkdir #$target #o700))
+           (chown #$target uid gid)
+           (chmod #$target #o700)
+           (install "fullchain.pem")
+           (install "privkey.pem"))))))
+
+(define (binder-lite-certificate-services config)
+  (if (binder-lite-acme? config)
+      (list (shepherd-service
+             (provision '(binder-lite-certificate))
+             (requirement '(user-processes))
+             (one-shot? #t)
+             (documentation "Give binder-lite its copy of certbot's certificate.")
+             (start #~(lambda _
+                        (zero? (system*
+                                #$(binder-lite-certificate-installer config)))))))
+      '()))
+
+(define (binder-lite-deploy-hook config)
+  ;; Run by certbot after each new certificate (after Guix's own hook).
+  (program-file
+   "binder-lite-deploy-hook"
+   (with-imported-modules '((gnu services herd))
+     #~(begin
+         (use-modules (gnu services herd))
+         (when (zero? (system* #$(binder-lite-certificate-installer config)))
+           (with-shepherd-action 'binder-lite ('reload) result result))))))
+
+(define (binder-lite-certbot config)
+  (match-record config <binder-lite-configuration>
+    (acme-email acme-domains tls-port)
+    (service certbot-service-type
+             (certbot-configuration
+              (email (and (maybe-value-set? acme-email) acme-email))
+              ;; nginx's answer on port 80 to all but the challenges.  The names
+              ;; are checked domain names (site/checks.py), so nothing but a host
+              ;; reaches nginx's configuration.
+              (default-location
+                (nginx-location-configuration
+                 (uri "/")
+                 (body (list (string-append
+                              "return 301 https://" (first acme-domains)
+                              (if (= tls-port 443)
+                                  ""
+                                  (string-append ":" (number->string tls-port)))
+                              "$request_uri;")))))
+              (certificates
+               (list (certificate-configuration
+                      (domains acme-domains)
+                      (deploy-hook (binder-lite-deploy-hook config)))))))))
+
 (define (binder-lite-shepherd-service config)
   (match-record config <binder-lite-configuration>
     (package user state-directory log-file port runtime)
-    (list
+    (cons
      (shepherd-service
       (provision '(binder-lite))
       (requirement (append '(user-processes loopback networking)
                            ;; The Guix runtime builds session environments
                            ;; through the daemon.
-                           (if (eq? runtime 'guix) '(guix-daemon) '())))
+                           (if (eq? runtime 'guix) '(guix-daemon) '())
+                           (binder-lite-tls-requirement config)))
       (documentation "Run the binder-lite notebook service.")
       (respawn? #t)
       (respawn-delay 1)
@@ -318,8 +509,15 @@ store file names."
                       "SSL_CERT_DIR=/etc/ssl/certs"
                       "GIT_SSL_CAINFO=/etc/ssl/certs/ca-certificates.crt"
                       "GUIX_LOCPATH=/run/current-system/locale"
-                      "LC_ALL=C.UTF-8")))
-      (stop #~(make-kill-destructor))))))
+                      "LC_ALL=C.UTF-8"
+                      ;; The Slurm runtime's sbatch, squeue, scontrol and scancel
+                      ;; read the cluster's configuration from here.
+                      #$@(if (eq? runtime 'slurm)
+                             '("SLURM_CONF=/etc/slurm/slurm.conf")
+                             '()))))
+      (stop #~(make-kill-destructor))
+      (actions (list binder-lite-reload-action)))
+     (binder-lite-certificate-services config))))
 
 (define binder-lite-service-type
   (service-type
@@ -329,10 +527,25 @@ store file names."
           (service-extension activation-service-type binder-lite-activation)
           (service-extension shepherd-root-service-type
                              binder-lite-shepherd-service)
-          ;; `git' for users who log in, next to the service's own.
+          (service-extension sysctl-service-type binder-lite-sysctl)
+          ;; `git' for users who log in, next to the service's own; the Slurm
+          ;; client tools on the service's PATH for the Slurm runtime.
           (service-extension profile-service-type
-                             (compose list binder-lite-configuration-package))))
+                             (lambda (config)
+                               (cons (binder-lite-configuration-package config)
+                                     (if (eq? (binder-lite-configuration-runtime config)
+                                              'slurm)
+                                         (list slurm)
+                                         '()))))))
    (default-value (binder-lite-configuration))
    (description
     "Run binder-lite, a small Binder: a web page where people enter a git
 repository and get a Jupyter notebook running in a Guix container.")))
+
+(define (binder-lite-services config)
+  "The services of a binder-lite system configured by CONFIG: binder-lite and,
+when it asks for ACME certificates, Guix's certbot service (with its nginx)."
+  (cons (service binder-lite-service-type config)
+        (if (binder-lite-acme? config)
+            (list (binder-lite-certbot config))
+            '())))

@@ -27,6 +27,7 @@ IMAGE_TYPES = (
     "mbr-raw",
     "mbr-hybrid-raw",
     "efi-raw",
+    "installer",  # an iso9660 image that installs the site (installer_image.py)
 )
 
 site_argument = click.argument(
@@ -268,6 +269,69 @@ def image_list(output_dir: Path) -> None:
         )
 
 
+def _work_dir_option(f: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "-w",
+        "--work-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("build"),
+        show_default=True,
+        help="Where rendered files go (WORK_DIR/<slug>/).",
+    )(f)
+
+
+@cli.command()
+@site_argument
+@click.option(
+    "-n",
+    "--dry-run",
+    is_flag=True,
+    help="Guix's own dry run: load the machines and list them; send nothing.",
+)
+@click.option(
+    "-r", "--roll-back", is_flag=True, help="Switch every machine back to its previous system."
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Host keys the site file does not give [default: ~/.ssh/known_hosts].",
+)
+@_work_dir_option
+def deploy(
+    site_file: Path, dry_run: bool, roll_back: bool, known_hosts: Path | None, work_dir: Path
+) -> None:
+    """Send SITE's system to the machines of its `deploy:` list with `guix deploy`
+    (through `guix time-machine` when the site pins channels)."""
+    from binder_lite import deploy as d
+    from binder_lite.site import load_site
+
+    known = known_hosts or Path.home() / ".ssh" / "known_hosts"
+    site = load_site(site_file, known_hosts=known)
+    command = d.DeployCommand(site, d.write_deploy(site, work_dir), dry_run, roll_back)
+    click.echo(f"$ {command.shell()}")
+    sys.stdout.flush()  # before Guix writes
+    d.execute(command.argv(), "guix deploy", lambda line: click.echo(line, err=True))
+
+
+@cli.command()
+@site_argument
+@click.option(
+    "-n", "--dry-run", is_flag=True, help="Show what Guix would build and change; change nothing."
+)
+@_work_dir_option
+def reconfigure(site_file: Path, dry_run: bool, work_dir: Path) -> None:
+    """Switch this machine, a Guix System, to SITE's system with
+    `guix system reconfigure` (through `guix time-machine` when the site pins channels)."""
+    from binder_lite import deploy as d
+
+    d.check_guix_system()
+    site = _load(site_file)
+    command = d.ReconfigureCommand(site, d.write_system(site, work_dir), dry_run)
+    click.echo(f"$ {command.shell()}")
+    sys.stdout.flush()
+    d.execute(command.argv(), "guix system reconfigure", lambda line: click.echo(line, err=True))
+
+
 RUNTIMES = ("guix", "local")
 
 
@@ -362,7 +426,7 @@ def manifest_command(repo: Path, write: bool, check: bool, explain: bool) -> Non
 @click.option("--address", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option(
     "--runtime",
-    type=click.Choice(RUNTIMES),
+    type=click.Choice((*RUNTIMES, "slurm")),
     help="Where sessions run [default: the site's binder.runtime].",
 )
 @click.option(
@@ -469,6 +533,7 @@ def _check_unsandboxed(site: Site) -> None:
 
 
 def _register_stage_commands() -> None:
+    from binder_lite.installcmd import bundle_command, install_command
     from binder_lite.remote import remote
     from binder_lite.smoke.command import smoke
     from binder_lite.vm.commands import vm
@@ -476,6 +541,8 @@ def _register_stage_commands() -> None:
     cli.add_command(vm)
     cli.add_command(smoke)
     cli.add_command(remote)
+    cli.add_command(install_command)
+    cli.add_command(bundle_command)
 
 
 _register_stage_commands()

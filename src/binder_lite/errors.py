@@ -127,6 +127,18 @@ class BuildError(BinderLiteError):
     """An image could not be built or copied out of the store."""
 
 
+class DeployError(BinderLiteError):
+    """`guix deploy` or `guix system reconfigure` failed; Guix's own words follow."""
+
+
+class InstallError(BinderLiteError):
+    """The installation on the target failed; the message names the failing step."""
+
+
+class BundleError(BinderLiteError):
+    """A bundle could not be made (a download or the package resolution failed)."""
+
+
 class StateError(BinderLiteError):
     """The service's state database cannot be used by this version of binder-lite."""
 

@@ -27,6 +27,16 @@ def guix_program() -> str:
     return os.fspath(beside) if beside.exists() else "guix"
 
 
+def site_guix(site: Site) -> list[str]:
+    """The `guix` command a site's builds and deploys run: through `guix time-machine`
+    when the site pins channels, so that every machine gets the same Guix, hence the
+    same system."""
+    prefix = [guix_program()]
+    if site.guix.channels is not None:
+        prefix += ["time-machine", "-C", os.fspath(site.guix.channels), "--"]
+    return prefix
+
+
 @dataclass(frozen=True)
 class ImageCommand:
     """One `guix system image` invocation for one image type of a site."""
@@ -38,16 +48,13 @@ class ImageCommand:
     grafts: bool = True
 
     def argv(self, *, derivation: bool = False) -> list[str]:
-        prefix = [guix_program()]
-        if self.site.guix.channels is not None:
-            # Pinned channels: the same Guix, hence the same image, on every machine.
-            prefix += ["time-machine", "-C", os.fspath(self.site.guix.channels), "--"]
+        prefix = site_guix(self.site)
         # Guix's long options take their value after "=", never as the next argument.
         argv = [
             *prefix,
             "system",
             "image",
-            f"--image-type={self.image_type}",
+            f"--image-type={self.image_type.guix_type}",
             f"--load-path={os.fspath(guile_load_path())}",
         ]
         size = self.size or self.site.image(self.image_type).size

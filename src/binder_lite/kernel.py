@@ -17,7 +17,8 @@ def run_cell(
     base: str, token: str, code: str, headers: dict[str, str] | None = None, timeout: float = 120.0
 ) -> str:
     """Start a kernel on the server at `base` (…/ with a trailing slash), run `code`
-    there, return its text/plain result; raise AssertionError on a kernel error."""
+    there, return its text/plain result (its first value shown); raise AssertionError on
+    a kernel error."""
     extra = {"Authorization": f"token {token}", **(headers or {})}
     request = urllib.request.Request(
         f"{base}api/kernels",
@@ -69,7 +70,8 @@ async def _execute(url: str, headers: dict[str, str], code: str, timeout: float)
             msg = json.loads(raw)
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
-            if msg["msg_type"] == "execute_result":
+            # IRkernel shows a value as display_data, where IPython has an execute_result.
+            if msg["msg_type"] in ("execute_result", "display_data"):
                 return str(msg["content"]["data"]["text/plain"])
             if msg["msg_type"] == "error":
                 raise AssertionError(f"{msg['content']['ename']}: {msg['content']['evalue']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tempfile
@@ -10,7 +11,7 @@ from pathlib import Path
 from binder_lite import __version__
 from binder_lite.scheme import environment
 from binder_lite.site import settings
-from binder_lite.site.model import Firmware, ImageType, ServiceSpec, Site
+from binder_lite.site.model import Firmware, ImageType, InstallFirmware, ServiceSpec, Site
 
 TEMPLATES = {
     Firmware.BIOS: "images/bios.scm.j2",
@@ -26,19 +27,29 @@ def image_config_name(site: Site, image_type: ImageType) -> str:
 
 
 def install_firmware(site: Site) -> Firmware:
-    """Firmware of the installed system (system.scm): that of the first disk image."""
+    """Firmware of the installed system (system.scm): the `install:` section's, else
+    that of the first disk image."""
+    if site.install is not None:
+        return Firmware.EFI if site.install.firmware is InstallFirmware.UEFI else Firmware.BIOS
     disks = [i.type.firmware for i in site.images if i.type.firmware is not Firmware.HYBRID]
     return disks[0] if disks else Firmware.BIOS
 
 
 def render_image_config(site: Site, image_type: ImageType) -> str:
     """The operating-system for `image_type` (its bootloader depends on the type)."""
+    if image_type is ImageType.INSTALLER:
+        from binder_lite import installer_image  # which renders its systems with this module
+
+        return installer_image.render_installer(site)
     return _render(site, image_type.firmware, str(image_type))
 
 
 def render_system(site: Site) -> str:
     """The operating-system to install or deploy (`guix system init/reconfigure/deploy`)."""
     firmware = install_firmware(site)
+    if site.install is not None:  # BIOS GRUB goes where the installer ISO installs
+        host = dataclasses.replace(site.host, disk=site.install.disk)
+        site = dataclasses.replace(site, host=host)
     return _render(site, firmware, f"none (installed system, {firmware} boot)")
 
 
@@ -63,7 +74,7 @@ def _render(site: Site, firmware: Firmware, image_type: str) -> str:
         issue=issue_text(site),
         motd=motd_text(site),
         any_admin=any(u.admin for u in site.users),
-        logo_store_name=_logo_store_name(site),
+        logo_store_name=logo_store_name(site),
         guix_fields=settings.guix_fields(site),
         svc_requirements=_requirements,
         svc_group=lambda svc: _group(site, svc),
@@ -94,7 +105,7 @@ def motd_text(site: Site) -> str:
     )
 
 
-def _logo_store_name(site: Site) -> str:
+def logo_store_name(site: Site) -> str:
     logo = site.site.logo
     suffix = re.sub(r"[^A-Za-z0-9.]", "", logo.suffix) if logo else ""
     return f"{site.site.slug}-logo{suffix}"

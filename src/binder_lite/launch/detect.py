@@ -17,8 +17,9 @@ repository's own manifest.scm (with channels.scm) wins; then, as repo2docker:
 
 install.R alone, which repo2docker reads only with an R runtime.txt, gives an R
 environment too.  apt.txt is read with every kind.  Dockerfile, default.nix and
-REQUIRE are not supported and are reported, as are postBuild and start (scripts,
-not packages) and every file that another one took precedence over.
+REQUIRE are not supported and are reported, as is every file that another one took
+precedence over.  postBuild and start are scripts, not packages: they are reported
+(or refused, see scripts.py) here and run inside the session's sandbox.
 
 Every file is read through `repofiles` (inside the checkout, regular, bounded, UTF-8),
 and what is repeated back (events, provenance, manifest comments) is either a name
@@ -34,7 +35,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from binder_lite.errors import EnvironmentSpecError
-from binder_lite.launch import conda, guixpackages, names, pipfile, pypackage, rpkg, system
+from binder_lite.launch import (
+    apps,
+    conda,
+    guixpackages,
+    names,
+    pipfile,
+    pypackage,
+    rpkg,
+    scripts,
+    system,
+)
 from binder_lite.launch.repofiles import RepoFile, RepositoryFileError, RepoTree
 from binder_lite.launch.requirements import (
     MAX_ENTRIES,
@@ -63,7 +74,6 @@ R_KERNEL = ("r", "r-irkernel")
 JULIA = ("julia",)
 
 GUIX = f"Guix {guixpackages.GUIX_VERSION[:3]}"
-SESSION_SCRIPT = "a script: it runs inside the session, not when the environment is made"
 UNSUPPORTED = {
     "Dockerfile": "not supported: binder-lite builds no Docker images; "
     "the environment comes from the other files here, or is the default",
@@ -71,8 +81,6 @@ UNSUPPORTED = {
     "the environment comes from the other files here, or is the default",
     "REQUIRE": "not supported: Julia's REQUIRE is obsolete (repo2docker refuses it too); "
     "use Project.toml",
-    "postBuild": SESSION_SCRIPT,
-    "start": SESSION_SCRIPT,
 }
 _JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -95,6 +103,7 @@ CONFIG_FILES = (
     "pyproject.toml",
     "apt.txt",
     *UNSUPPORTED,
+    *scripts.NAMES,
 )
 # Read only at the root, and only without a binder/ folder (as repo2docker).
 ROOT_ONLY = frozenset({"DESCRIPTION", "setup.py", "setup.cfg", "pyproject.toml"})
@@ -133,6 +142,9 @@ class Environment:
     channels_text: str | None = None  # channels.scm's text, as read through repofiles
     origin: str = ""  # what a generated manifest was made from
     files: tuple[FileReport, ...] = ()  # file by file, for `binder-lite manifest --explain`
+    kernel: str | None = None  # the kernel preselected ("ir"); None: the runtime's default
+    shiny: apps.ShinyApp | None = None  # the Shiny app at the root, started with a session
+    pluto: tuple[str, ...] = ()  # Pluto notebooks at the root (not served: apps.PLUTO_REFUSED)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -163,8 +175,48 @@ def detect(repo: Path) -> Environment:
     where = find_config_dir(tree)
     manifest = _user_manifest(tree, where)
     if manifest is not None:
-        return manifest
-    return _Build(tree, where).environment()
+        return _with_apps(tree, manifest)
+    return _with_apps(tree, _Build(tree, where).environment())
+
+
+def _with_apps(tree: RepoTree, env: Environment) -> Environment:
+    """`env` with the kernel it preselects, its Shiny app (whose packages a generated
+    manifest gets) and its Pluto notebooks, each reported."""
+    kernel = apps.R_KERNEL if env.kind == "R" else None
+    reports: list[FileReport] = []
+    if kernel is not None:
+        reports.append(
+            FileReport("(kernel)", True, f"R's kernel, IRkernel ({kernel}), preselected")
+        )
+    shiny = apps.find_shiny(tree)
+    if shiny is not None:
+        reports.append(_shiny_report(shiny, env.kind == "manifest"))
+    pluto = apps.pluto_notebooks(tree)
+    reports += [FileReport(name, False, apps.PLUTO_REFUSED) for name in pluto]
+    if not reports:
+        return env
+    env = replace(env, files=(*env.files, *reports), kernel=kernel, shiny=shiny, pluto=pluto)
+    if env.kind == "manifest":
+        return env
+    reqs = (*env.requirements, *(r for f in reports for r in f.requirements))
+    skipped = (*env.skipped, *(Skipped(f.name, f.reason) for f in reports if not f.read))
+    return replace(
+        env,
+        requirements=reqs,
+        skipped=skipped,
+        manifest=render_manifest(reqs, env.origin, skipped),
+    )
+
+
+def _shiny_report(app: apps.ShinyApp, own_manifest: bool) -> FileReport:
+    what = f"a Shiny app, started with the session and served at {apps.SHINY_VIEW}"
+    if own_manifest:
+        return FileReport(app.files[0], True, what, notes=("the manifest must provide r-shiny",))
+    reqs = (
+        Requirement("R", "r", "for the Shiny app"),
+        Requirement("shiny", "r-shiny", "for the Shiny app"),
+    )
+    return FileReport(app.files[0], True, what, reqs)
 
 
 def _user_manifest(tree: RepoTree, where: PurePosixPath) -> Environment | None:
@@ -178,8 +230,25 @@ def _user_manifest(tree: RepoTree, where: PurePosixPath) -> Environment | None:
         manifest=wrap_manifest(manifest.path),
         channels=channels.path if channels else None,
         channels_text=channels.text if channels else None,
-        files=(FileReport(manifest.name, True, "the repository's own Guix manifest"),),
+        files=(
+            FileReport(manifest.name, True, "the repository's own Guix manifest"),
+            *script_reports(tree, where),
+        ),
     )
+
+
+def script_reports(tree: RepoTree, where: PurePosixPath) -> list[FileReport]:
+    """postBuild and start in `where`: what each does, or why it is refused."""
+    reports = []
+    for name in scripts.NAMES:
+        try:
+            found = scripts.check(tree, where / name)
+        except RepositoryFileError as e:
+            reports.append(FileReport(str(where / name), False, f"a script, refused: {e.reason}"))
+            continue
+        if found is not None:
+            reports.append(FileReport(found.name, True, scripts.WHAT[name]))
+    return reports
 
 
 def wrap_manifest(manifest: Path) -> str:
@@ -284,6 +353,7 @@ class _Build:
         else:
             self._python(runtime)
         self._apt()
+        self.reports += script_reports(self.tree, self.where)
         self._not_read()
         return self._environment()
 
@@ -573,7 +643,11 @@ class _Build:
             reqs = [*default.requirements, *reqs]
         skipped = [s for report in self.reports for s in report.skipped]
         skipped += [Skipped(r.name, r.reason) for r in self.reports if not r.read]
-        read = [r.name for r in self.reports if r.read and not r.name.startswith("(")]
+        read = [
+            r.name
+            for r in self.reports
+            if r.read and not r.name.startswith("(") and r.reason not in scripts.WHAT.values()
+        ]
         origin = ", ".join(read) or "no environment file found"
         if len(reqs) + len(skipped) > MAX_ENTRIES:
             raise EnvironmentSpecError(

@@ -43,7 +43,7 @@ def install_r_packages(file: RepoFile) -> tuple[list[RPackage], list[Skipped]]:
     packages: list[RPackage] = []
     skipped: list[Skipped] = []
     calls = list(_CALL.finditer(text))
-    for call, following in zip(calls, [*calls[1:], None], strict=True):
+    for call, following in zip(calls, [*calls[1:], None][: len(calls)], strict=True):
         where = f"{file.name}:{bisect.bisect_left(lines, call.start()) + 1}"
         function = call[1].replace(" ", "")
         # Its arguments: up to the first ")" (names come before any nested call closes),

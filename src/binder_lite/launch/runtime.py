@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,16 @@ class GuixPaths:
     network: bool  # share the network namespace guix runs in
 
 
-def guix_argv(spec: ServerSpec, paths: GuixPaths, program: str | None = None) -> list[str]:
-    """`guix shell --container …` running the classic notebook of Guix 1.5.
+def guix_argv(
+    spec: ServerSpec,
+    paths: GuixPaths,
+    program: str | None = None,
+    before: Sequence[str] = (),
+    command: Sequence[str] | None = None,
+) -> list[str]:
+    """`guix shell --container …` running the classic notebook of Guix 1.5, after
+    `before` (apps.app_prefix: a Shiny app started beside it, in the container; a
+    repository's start script), or `command` instead (a repository's postBuild).
 
     Sandboxed (`paths.run_dir`), Jupyter listens on a socket in `run_dir`, and the
     container shares the sandbox's network only when the session may go out; otherwise
@@ -114,9 +123,11 @@ def guix_argv(spec: ServerSpec, paths: GuixPaths, program: str | None = None) ->
         "--preserve=^JUPYTER_TOKEN$",
         f"--manifest={paths.manifest}",
         "--",
-        "jupyter",
-        "notebook",
-        *jupyter_options(spec, "classic"),
+        *(
+            command
+            if command is not None
+            else [*before, "jupyter", "notebook", *jupyter_options(spec, "classic")]
+        ),
     ]
 
 

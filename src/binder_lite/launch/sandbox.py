@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -99,21 +100,54 @@ PRIVATE_ROUTES = (
     "224.0.0.0/4",
     "240.0.0.0/4",
 )
-# Run first in an outbound sandbox, with CAP_NET_ADMIN of the sandbox's namespace only:
-# make the private ranges unreachable (before any interface exists, so that they are
-# whatever happens later), wait (bounded) for slirp4netns' interface, then run the rest
-# without that capability.
-NET_SETUP = (
-    # A few tries each (seen once, under load, to fail); failing, the session does not
-    # start: it never runs with a private range open.
-    "for r in " + " ".join(PRIVATE_ROUTES) + "; do n=0; "
-    'until ip route add unreachable $r || ip route show | grep -q "^unreachable $r "; '
-    "do n=$((n+1)); if [ $n -ge 5 ]; then "
-    'echo "binder-lite: cannot close $r to the session" >&2; exit 71; fi; sleep 0.1; '
-    "done; done; i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do i=$((i+1)); "
-    "if [ $i -gt 500 ]; then echo 'binder-lite: starting without a network' >&2; break; fi; "
-    'sleep 0.02; done; exec "$@"'
-)
+FIB = Path("/proc/net/fib_trie")
+
+
+def host_addresses(fib: Path = FIB) -> tuple[str, ...]:
+    """This machine's own IPv4 addresses outside PRIVATE_ROUTES and loopback: slirp4netns
+    connects from the host, so a session reaching one of them reaches every service
+    the host runs on all its addresses.  Read when each session starts (addresses
+    come and go with DHCP)."""
+    try:
+        lines = fib.read_text().splitlines()
+    except OSError as e:
+        raise SandboxError(f"cannot read this machine's addresses ({fib}: {e.strerror})") from None
+    private = [ipaddress.ip_network(r) for r in PRIVATE_ROUTES]
+    found: dict[str, None] = {}
+    for line, after in zip(lines, lines[1:], strict=False):
+        leaf, local = line.strip(), after.strip()
+        if not (leaf.startswith("|-- ") and local == "/32 host LOCAL"):
+            continue
+        address = ipaddress.ip_address(leaf[4:])
+        if address.is_loopback or any(address in net for net in private):
+            continue
+        found[str(address)] = None
+    return tuple(found)
+
+
+def net_setup(routes: Sequence[str]) -> str:
+    """Run first in an outbound sandbox, with CAP_NET_ADMIN of the sandbox's namespace
+    only: make `routes` unreachable (before any interface exists, so that they are
+    whatever happens later), wait (bounded) for slirp4netns' interface, then run the
+    rest without that capability.  `routes` are checked addresses and networks."""
+    checked = [str(ipaddress.ip_network(r)).removesuffix("/32") for r in routes]
+    return (
+        # A few tries each (seen once, under load, to fail); failing, the session does
+        # not start: it never runs with a private range open.
+        "for r in " + " ".join(checked) + "; do n=0; "
+        'until ip route add unreachable $r || ip route show | grep -q "^unreachable $r "; '
+        "do n=$((n+1)); if [ $n -ge 5 ]; then "
+        'echo "binder-lite: cannot close $r to the session" >&2; exit 71; fi; sleep 0.1; '
+        "done; done; i=0; while ! grep -q '^tap0' /proc/net/route 2>/dev/null; do "
+        "i=$((i+1)); if [ $i -gt 500 ]; then echo 'binder-lite: starting without a network' "
+        '>&2; break; fi; sleep 0.02; done; exec "$@"'
+    )
+
+
+def closed_routes() -> tuple[str, ...]:
+    """What an outbound session may not reach: the private ranges and this machine."""
+    return (*PRIVATE_ROUTES, *host_addresses())
+
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -233,9 +267,14 @@ def _bwrap_base(box: Sandbox, user: Sequence[str], tools: Sequence[str]) -> list
 
 
 def bwrap_argv(
-    box: Sandbox, inner: list[str], readonly: Iterable[tuple[Path, str]] = ()
+    box: Sandbox,
+    inner: list[str],
+    readonly: Iterable[tuple[Path, str]] = (),
+    *,
+    share_run: bool = True,
 ) -> list[str]:
-    """The local runtime's sandbox around `inner`.
+    """The local runtime's sandbox around `inner`; without `share_run`, the folder of
+    Jupyter's socket is not in it (a postBuild has no business there).
 
     No --die-with-parent: sessions outlive a crash of the service, which adopts them
     when it comes back (manager.adopt); the cgroup or the PID namespace ends them.
@@ -243,11 +282,11 @@ def bwrap_argv(
     box.run_dir.mkdir(mode=0o700, exist_ok=True)
     outbound = box.network is SessionNetwork.OUTBOUND
     # Outbound: root of the sandbox's namespace (its capabilities over the sandbox's
-    # namespaces only) for NET_SETUP and for making the nested namespace, which then
+    # namespaces only) for net_setup and for making the nested namespace, which then
     # runs the session as its user, with no capability.
     user = _ROOT if outbound else ("--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID))
     if outbound:
-        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *_drop_to_user(inner)]
+        inner = ["/bin/sh", "-c", net_setup(closed_routes()), "sh", *_drop_to_user(inner)]
     args = [
         *_bwrap_base(box, user, ()),
         # After /tmp's tmpfs, which would hide a Python installed under /tmp.
@@ -255,9 +294,7 @@ def bwrap_argv(
         "--bind",
         str(box.repo),
         WORK_DIR,
-        "--bind",
-        str(box.run_dir),
-        RUN_DIR,
+        *(["--bind", str(box.run_dir), RUN_DIR] if share_run else []),
     ]
     if box.network is SessionNetwork.OUTBOUND:
         args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
@@ -334,7 +371,7 @@ def guix_bwrap_argv(
         inner = _drop_to_user(inner, stage)
     if box.network is SessionNetwork.OUTBOUND:
         args += ["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"]
-        inner = ["/bin/sh", "-c", NET_SETUP, "sh", *inner]
+        inner = ["/bin/sh", "-c", net_setup(closed_routes()), "sh", *inner]
     return [*args, "--chdir", stage, "--", *inner]
 
 
@@ -354,7 +391,7 @@ def guix_environment(extra: dict[str, str]) -> dict[str, str]:
 
 def _drop_to_user(inner: list[str], chdir: str = WORK_DIR) -> list[str]:
     """`inner` in a nested user namespace as the session's user, without capabilities
-    (so it cannot undo NET_SETUP's routes)."""
+    (so it cannot undo net_setup's routes)."""
     return [
         bubblewrap(),
         "--unshare-user",
@@ -362,7 +399,10 @@ def _drop_to_user(inner: list[str], chdir: str = WORK_DIR) -> list[str]:
         str(SANDBOX_UID),
         "--gid",
         str(SANDBOX_UID),
-        "--bind",
+        # --dev-bind: a plain --bind remounts everything nodev, and /dev/null with it
+        # (R's start-up script writes to it); the devices are only the few that the
+        # outer --dev made, and no new ones can be made in a user namespace.
+        "--dev-bind",
         "/",
         "/",
         "--cap-drop",
@@ -503,6 +543,17 @@ def make_cgroups(session_id: str, limits: SessionLimits) -> Cgroups | None:
             e.strerror or e,
         )
         return None
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes the files under `folder` take (without following links): what a session's
+    checkout is measured by against its disk limit."""
+    total = 0
+    for root, dirs, files in os.walk(folder):
+        for name in (*files, *dirs):
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def limited(argv: list[str], cgroups: Cgroups | None, limits: SessionLimits) -> list[str]:

@@ -29,7 +29,17 @@ from binder_lite.errors import (
     LaunchError,
     ToolNotFoundError,
 )
-from binder_lite.launch import detect, lifetime, runtime, sandbox, sources
+from binder_lite.launch import (
+    apps,
+    detect,
+    lifetime,
+    postbuild,
+    runtime,
+    sandbox,
+    scripts,
+    sources,
+)
+from binder_lite.launch.repofiles import RepoTree
 from binder_lite.run import spawn
 from binder_lite.site.model import Runtime, SessionLimits, SessionNetwork
 
@@ -227,6 +237,7 @@ def prepare(
     with report.failed_on_error():
         plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         checkout, env, provenance = _prepare(plan, report)
+        _scripts(checkout.path)  # refused ones fail here too
         if plan.kind is Runtime.GUIX:
             box, spec = _box_and_spec(plan, checkout)
             boxed = plan.isolation.sandboxed
@@ -282,11 +293,21 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
     plan.session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     checkout, env, provenance = _prepare(plan, report)
     boxed = plan.isolation.sandboxed
+    local = plan.kind is Runtime.LOCAL
+    # Apps are served by the web service's front, which connects to the sandbox's run
+    # directory; the launcher relays Jupyter's socket alone.
+    fronted = boxed and not plan.isolation.forward
+    kernel, app, target = apps.for_launch(
+        checkout.path, env, target, local, fronted, lambda m: report(Event(Phase.RESOLVING, m))
+    )
+    env = dataclasses.replace(env, shiny=app)
+    plan = dataclasses.replace(plan, kernel=plan.kernel or kernel)
     box, spec = _box_and_spec(plan, checkout)
+    found = _scripts(checkout.path)
     if plan.port is not None:
         _check_port_free(plan.port)
     token = secrets.token_hex(24)
-    started = _start(plan, spec, box, env, token, report)
+    started = _start(plan, spec, box, env, token, report, found, provenance)
     forwarder = None
     port = spec.port
     if boxed and plan.isolation.forward:
@@ -400,26 +421,37 @@ def _start(
     env: detect.Environment,
     token: str,
     report: Report,
+    found: scripts.Scripts,
+    provenance: Provenance,
 ) -> _Started:
-    """Start Jupyter (in a Guix container, for that runtime) and wait until it answers."""
+    """Start Jupyter (in a Guix container, for that runtime), behind the repository's
+    start script, after its postBuild, and wait until it answers."""
     guix_runtime = plan.kind is Runtime.GUIX
     manifest = plan.session_dir / "manifest.scm"
     boxed = plan.isolation.sandboxed
+    before = [*_start_prefix(plan, box, found.start), *apps.app_prefix(env.shiny)]
     if guix_runtime:
-        argv = _guix_command(spec, box, manifest, env.channels, boxed)
+        argv = _guix_command(spec, box, manifest, env.channels, boxed, before)
         _check_with_guix(
             _guix_check_command(spec, box, manifest, env.channels, boxed, argv),
             report,
             sandbox.guix_environment({}) if boxed else None,
         )
     else:
-        argv = runtime.local_argv(spec)
+        argv = [*before, *runtime.local_argv(spec)]
+    # Read once: the call rewrites the checkout's alternates for the sandbox's paths.
+    borrowed = _borrowed_objects(box.repo) if boxed and not guix_runtime else []
+    if found.postbuild is not None:
+        _postbuild(plan, spec, box, env, found.postbuild, provenance, borrowed, report)
+    if found.start is not None:
+        where = "in the sandbox" if boxed else "without a sandbox"
+        report(Event(Phase.STARTING, f"{found.start.name}: run {where}, before Jupyter"))
     where = " in a Guix container" if guix_runtime else (" in a sandbox" if boxed else "")
     report(Event(Phase.BUILDING if guix_runtime else Phase.STARTING, f"starting Jupyter{where}"))
     if boxed:
         box.run_dir.mkdir(mode=0o700, exist_ok=True)
         if not guix_runtime:  # the guix runtime's command has its sandbox already
-            readonly = [*_jupyter_files(plan.session_dir), *_borrowed_objects(box.repo)]
+            readonly = [*_jupyter_files(plan.session_dir), *borrowed]
             argv = sandbox.bwrap_argv(box, argv, readonly)
     deadline = time.monotonic() + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
     for attempt in range(1, SETUP_ATTEMPTS + 1):
@@ -427,7 +459,7 @@ def _start(
             return _start_once(plan, spec, box, argv, token, deadline, report)
         except JupyterError as e:
             if attempt == SETUP_ATTEMPTS or not _transient_setup_failure(str(e)):
-                raise
+                raise _behind_start(e, found.start) from None
             report(Event(Phase.STARTING, "the sandbox's setup failed for a moment; again"))
     raise AssertionError("unreachable")
 
@@ -478,21 +510,92 @@ def _start_once(
     return _Started(process, log_file, lifetime.settled(plan.session_dir, handle))
 
 
+def _scripts(repo: Path) -> scripts.Scripts:
+    """The repository's postBuild and start; one that is refused fails the launch."""
+    tree = RepoTree(repo)
+    return scripts.find(tree, detect.find_config_dir(tree))
+
+
+def _start_prefix(plan: _Plan, box: sandbox.Sandbox, start: scripts.Script | None) -> list[str]:
+    """The start script, in front of Jupyter's command (which it gets as arguments)."""
+    if start is None:
+        return []
+    if plan.kind is Runtime.GUIX:
+        return scripts.guix_command(start, runtime.CONTAINER_WORK_DIR)
+    return start.command(sandbox.WORK_DIR if plan.isolation.sandboxed else str(box.repo))
+
+
+def _behind_start(error: JupyterError, start: scripts.Script | None) -> JupyterError:
+    if start is None:
+        return error
+    return JupyterError(
+        f'{error}\n{start.name} runs in front of Jupyter: it must end with exec "$@", '
+        "which starts Jupyter with the environment it set"
+    )
+
+
+def _postbuild(
+    plan: _Plan,
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    env: detect.Environment,
+    script: scripts.Script,
+    provenance: Provenance,
+    borrowed: list[tuple[Path, str]],
+    report: Report,
+) -> None:
+    """Run the repository's postBuild where Jupyter will run (see postbuild.py), or
+    restore what it made for this commit and environment."""
+    boxed = plan.isolation.sandboxed
+    environment = dict(os.environ)  # unsandboxed: as the person running it
+    if plan.kind is Runtime.GUIX:
+        command = scripts.guix_command(script, runtime.CONTAINER_WORK_DIR)
+        manifest = plan.session_dir / "manifest.scm"
+        argv = _guix_command(spec, box, manifest, env.channels, boxed, command=command)
+        environment = sandbox.guix_environment({}) if boxed else environment
+    elif boxed:
+        inner = script.command(sandbox.WORK_DIR)
+        argv = sandbox.bwrap_argv(box, inner, borrowed, share_run=False)
+        environment = sandbox.session_environment({})
+    else:
+        argv = [str(box.repo / script.real)]
+    cgroups = None
+    if boxed:
+        cgroups = sandbox.make_cgroups(f"{box.session_id}-postbuild", box.limits)
+        argv = sandbox.limited(argv, cgroups, box.limits)
+    limit = postbuild.TIME_LIMIT
+    if plan.kind is Runtime.GUIX:  # Guix builds the environment first, in the same command
+        limit += plan.timeout or DEFAULT_TIMEOUT[plan.kind]
+    job = postbuild.Job(script, argv, environment, box, boxed, cgroups, limit, plan.fetch.cancel)
+    # Unsandboxed, nothing is kept: the result is restored only in a sandbox.
+    fields = ("repository", "commit", "manifest", "channels", "guix_version", "runtime")
+    identity = {k: getattr(provenance, k) for k in fields}
+    kept = plan.cache / "postbuild" / postbuild.cache_key(script, identity) if boxed else None
+    postbuild.ensure(job, kept, lambda line: report(Event(Phase.BUILDING, line)))
+
+
 def _guix_command(
     spec: runtime.ServerSpec,
     box: sandbox.Sandbox,
     manifest: Path,
     channels: Path | None,
     boxed: bool,
+    before: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> list[str]:
     """`guix shell --container …`; sandboxed, inside bubblewrap, so that Guix evaluates
-    the repository's manifest and channels where they can reach nothing of the host."""
+    the repository's manifest and channels where they can reach nothing of the host.
+    `before`: what starts ahead of Jupyter in the container (apps.app_prefix, a start
+    script); `command`: what runs instead of Jupyter (a postBuild)."""
     if not boxed:
         paths = runtime.GuixPaths(box.repo, manifest, channels, None, network=True)
-        return runtime.guix_argv(spec, paths)
+        return runtime.guix_argv(spec, paths, before=before or (), command=command)
     outbound = box.network is SessionNetwork.OUTBOUND
     paths = sandbox.guix_stage(box, channels is not None, outbound)
-    inner = runtime.guix_argv(spec, paths, sandbox.guix_program_inside())
+    if command is not None:  # not Jupyter: the socket's folder is not shared with it
+        paths = dataclasses.replace(paths, run_dir=None)
+    program = sandbox.guix_program_inside()
+    inner = runtime.guix_argv(spec, paths, program, before or (), command)
     # A repository's own manifest is loaded by its path, which differs in the sandbox.
     text = manifest.read_text(encoding="utf-8")
     inside = box.session_dir / "manifest-sandbox.scm"
@@ -589,6 +692,8 @@ def normalise_open_path(path: str | None) -> str | None:
     """A notebook path inside the repository: relative, without `..`."""
     if not path:
         return None
+    if path.startswith("/"):  # a page (BinderHub's urlpath), not a file: see apps.py
+        return apps.normalise_view(path)
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts or "\\" in path or "\x00" in path:
         raise LaunchError(f"{path!r}: the file to open must be a path inside the repository")
@@ -597,6 +702,8 @@ def normalise_open_path(path: str | None) -> str | None:
 
 def _view_path(repo: Path, target: str | None) -> str:
     """The URL path of the page to show: the notebook asked for, index.ipynb, or the tree."""
+    if apps.is_view(target):
+        return apps.view_path(str(target))
     if target is None:
         if (repo / "index.ipynb").is_file():
             target = "index.ipynb"

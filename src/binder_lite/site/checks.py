@@ -68,6 +68,11 @@ symbol = matches(
 )
 device = matches(r"/dev/[A-Za-z0-9/_.-]+", "a device file", "e.g. /dev/sda or /dev/nvme0n1")
 env_name = matches(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
+email = matches(
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+",
+    "an email address",
+    "e.g. admin@example.org",
+)
 
 
 def hostname(value: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from binder_lite.site.settings import AuthProvider as AuthProvider
 from binder_lite.site.settings import CrossOriginLaunches as CrossOriginLaunches
 from binder_lite.site.settings import KebabEnum, default
+from binder_lite.site.settings import NodeRuntime as NodeRuntime
 from binder_lite.site.settings import Runtime as Runtime
 from binder_lite.site.settings import SessionNetwork as SessionNetwork
 
@@ -24,11 +25,19 @@ class ImageType(KebabEnum):
     MBR_RAW = enum.auto()
     MBR_HYBRID_RAW = enum.auto()
     EFI_RAW = enum.auto()
+    # binder-lite's own: an iso9660 image that installs the site on a blank machine's
+    # disk (installer_image.py).
+    INSTALLER = enum.auto()
+
+    @property
+    def guix_type(self) -> str:
+        """The `-t` Guix builds this type with."""
+        return "iso9660" if self is ImageType.INSTALLER else self.value
 
     @property
     def firmware(self) -> Firmware:
         """What the image boots with; decides the bootloader the OS must declare."""
-        if self in (ImageType.ISO9660, ImageType.UNCOMPRESSED_ISO9660):
+        if self in (ImageType.ISO9660, ImageType.UNCOMPRESSED_ISO9660, ImageType.INSTALLER):
             return Firmware.HYBRID
         if self in (ImageType.EFI_RAW, ImageType.QCOW2_GPT):
             return Firmware.EFI
@@ -117,6 +126,43 @@ class SessionLimits:
 
 
 @dataclass(frozen=True)
+class Slurm:
+    """Where and with what a session's Slurm job runs (binder.runtime: slurm)."""
+
+    partition: str | None = default("binder.slurm.partition")
+    account: str | None = default("binder.slurm.account")
+    qos: str | None = default("binder.slurm.qos")
+    time_limit: int = default("binder.slurm.time_limit")
+    memory: int = default("binder.slurm.memory")
+    cpus: int = default("binder.slurm.cpus")
+    gres: str | None = default("binder.slurm.gres")
+    extra_args: tuple[str, ...] = default("binder.slurm.extra_args")
+    node_runtime: NodeRuntime = default("binder.slurm.node_runtime")
+
+
+@dataclass(frozen=True)
+class Acme:
+    """Guix System: certbot gets and renews the certificate for `domains`."""
+
+    email: str | None = default("binder.tls.acme.email")
+    domains: tuple[str, ...] = default("binder.tls.acme.domains")
+
+
+@dataclass(frozen=True)
+class Tls:
+    """HTTPS on `port` from these files (or from certbot's, with `acme`)."""
+
+    port: int = default("binder.tls.port")
+    certificate_file: str | None = default("binder.tls.certificate_file")
+    key_file: str | None = default("binder.tls.key_file")
+    acme: Acme = field(default_factory=Acme)
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate_file is not None or bool(self.acme.domains)
+
+
+@dataclass(frozen=True)
 class Binder:
     port: int = default("binder.port")
     max_sessions: int = default("binder.max_sessions")
@@ -139,6 +185,8 @@ class Binder:
     session_domain: str | None = default("binder.session_domain")
     cors_allowed_origins: tuple[str, ...] = default("binder.cors_allowed_origins")
     cross_origin_launches: CrossOriginLaunches = default("binder.cross_origin_launches")
+    slurm: Slurm = field(default_factory=Slurm)
+    tls: Tls = field(default_factory=Tls)
 
 
 @dataclass(frozen=True)
@@ -158,9 +206,47 @@ class ImageSpec:
     size: str | None = None  # as Guix's --image-size takes it, e.g. 20GiB
 
 
+class InstallFirmware(KebabEnum):
+    """How the machine the installer ISO installs on boots."""
+
+    UEFI = enum.auto()  # GPT with an ESP, GRUB-EFI
+    BIOS = enum.auto()  # GPT with a BIOS boot partition, GRUB in it
+
+
+@dataclass(frozen=True)
+class Install:
+    """The `install:` section: the disk the installer ISO installs the system on.  It
+    erases that disk only with `wipe`; otherwise it shows the command that would."""
+
+    disk: str  # a device file on the machine, e.g. /dev/sda or /dev/nvme0n1
+    firmware: InstallFirmware
+    wipe: bool = False
+
+
 @dataclass(frozen=True)
 class GuixSpec:
     channels: Path | None = None  # absolute, on the machine that renders
+
+
+# `guix deploy`'s default system type and Guix's default SSH login (gnu/machine/ssh.scm).
+DEPLOY_SYSTEM = "x86_64-linux"
+
+
+@dataclass(frozen=True)
+class DeployMachine:
+    """One machine of the `deploy:` list: where `guix deploy` logs in, and the host key
+    it must see there.  `host_key` is "TYPE BASE64" (no comment: Guix 1.5 splits it on
+    spaces); None until it is looked up in known_hosts, which loading for a deployment
+    does (validate.load_site(known_hosts=...))."""
+
+    host: str  # a DNS name or an IP address
+    host_key: str | None = None
+    port: int = 22
+    user: str = "root"
+    identity: Path | None = None  # private key on the workstation, absolute
+    system: str = DEPLOY_SYSTEM
+    build_locally: bool = True
+    hostname: str | None = None  # the system's host name there, if not host.hostname
 
 
 @dataclass(frozen=True)
@@ -177,6 +263,8 @@ class Site:
     services: tuple[ServiceSpec, ...] = ()
     images: tuple[ImageSpec, ...] = ()  # validation fills in the default (iso9660, qcow2)
     guix: GuixSpec = field(default_factory=GuixSpec)
+    deploy: tuple[DeployMachine, ...] = ()
+    install: Install | None = None
 
     def image(self, type_: ImageType) -> ImageSpec:
         """The site's spec for `type_`, or a default one when the site does not list it."""

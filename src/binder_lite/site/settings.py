@@ -11,6 +11,7 @@ by tests/test_settings.py and, with the real Guix, tests/test_guix.py.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,14 @@ class AuthProvider(KebabEnum):
 
 
 class Runtime(KebabEnum):
+    GUIX = enum.auto()
+    LOCAL = enum.auto()
+    SLURM = enum.auto()  # sessions are Slurm jobs (launch/slurm.py); binder.slurm
+
+
+class NodeRuntime(KebabEnum):
+    """How a Slurm job runs its session on the compute node."""
+
     GUIX = enum.auto()
     LOCAL = enum.auto()
 
@@ -124,6 +133,82 @@ class Setting:
 
 _MINUTE, _HOUR, _DAY = 60, 3600, 86400
 _MIB, _GIB = 1024**2, 1024**3
+
+_SLURM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_GRES = re.compile(r"[A-Za-z0-9_:.,/-]{1,200}")
+# What binder-lite sets itself, or what would change where or as whom a session runs.
+SBATCH_OWN = (
+    "--job-name",
+    "-J",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--time",
+    "-t",
+    "--mem",
+    "--cpus-per-task",
+    "-c",
+    "--gres",
+    "--partition",
+    "-p",
+    "--account",
+    "-A",
+    "--qos",
+    "-q",
+    "--chdir",
+    "-D",
+    "--wrap",
+    "--uid",
+    "--gid",
+    "--export",
+    "--parsable",
+    "--array",
+    "-a",
+    "--ntasks",
+    "-n",
+    "--nodes",
+    "-N",
+    "--mem-per-cpu",
+    "--signal",
+    "--open-mode",
+    "--input",
+    "-i",
+    "--get-user-env",
+    "--container",
+    "--propagate",
+    "--dependency",
+    "-d",
+    "--wait",
+    "-W",
+    "--hold",
+    "-H",
+    "--test-only",
+)
+
+
+def checks_slurm_name(value: str) -> None:
+    """A partition, account or QOS name: it goes into sbatch's command line."""
+    if not _SLURM_NAME.fullmatch(value):
+        raise checks.Invalid(f"{value!r} is not a Slurm name", "letters, digits, _ . and -")
+
+
+def checks_gres(value: str) -> None:
+    if not _GRES.fullmatch(value):
+        raise checks.Invalid(f"{value!r} is not a --gres value", "e.g. gpu:1 or gpu:a100:2")
+
+
+def checks_sbatch_option(value: str) -> None:
+    """One sbatch option, `--name` or `--name=value`, that binder-lite does not set."""
+    name = value.partition("=")[0]
+    if not re.fullmatch(r"--[a-z][a-z0-9-]*", name):
+        raise checks.Invalid(f"{value!r} is not a long sbatch option", "e.g. --constraint=bigmem")
+    if name in SBATCH_OWN:
+        raise checks.Invalid(
+            f"{name} is set by binder-lite, or changes where or how sessions run",
+            "the slurm section has keys for partition, account, qos, time, memory, cpus, gres",
+        )
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -235,7 +320,7 @@ SETTINGS: tuple[Setting, ...] = (
         "binder.runtime",
         Kind.CHOICE,
         Runtime.GUIX,
-        "How sessions run: in Guix containers, or with the service's own Jupyter.",
+        "How sessions run: in Guix containers, with the service's own Jupyter, or as Slurm jobs.",
         "runtime",
         choices=Runtime,
     ),
@@ -394,6 +479,123 @@ SETTINGS: tuple[Setting, ...] = (
         "cross-origin-launches",
         choices=CrossOriginLaunches,
     ),
+    Setting(
+        "binder.slurm.partition",
+        Kind.TEXT,
+        None,
+        "Slurm partition sessions are submitted to (none: the cluster's default).",
+        "slurm-partition",
+        check=checks_slurm_name,
+    ),
+    Setting(
+        "binder.slurm.account",
+        Kind.TEXT,
+        None,
+        "Slurm account sessions are charged to.",
+        "slurm-account",
+        check=checks_slurm_name,
+    ),
+    Setting(
+        "binder.slurm.qos",
+        Kind.TEXT,
+        None,
+        "Slurm quality of service of the sessions' jobs.",
+        "slurm-qos",
+        check=checks_slurm_name,
+    ),
+    Setting(
+        "binder.slurm.time_limit",
+        Kind.INTEGER,
+        0,
+        "Minutes a session's job may run (0: binder.max_age, in minutes rounded up).",
+        "slurm-time-limit",
+        low=0,
+        high=365 * 24 * 60,
+    ),
+    Setting(
+        "binder.slurm.memory",
+        Kind.SIZE,
+        0,
+        "Memory asked of Slurm per session (0: binder.session_limits.memory).",
+        "slurm-memory",
+        unit="bytes",
+    ),
+    Setting(
+        "binder.slurm.cpus",
+        Kind.INTEGER,
+        1,
+        "CPUs asked of Slurm per session.",
+        "slurm-cpus",
+        low=1,
+        high=4096,
+    ),
+    Setting(
+        "binder.slurm.gres",
+        Kind.TEXT,
+        None,
+        "Generic resources per session, as sbatch's --gres takes them (gpu:1).",
+        "slurm-gres",
+        check=checks_gres,
+    ),
+    Setting(
+        "binder.slurm.extra_args",
+        Kind.TEXTS,
+        (),
+        "More sbatch options (--constraint=bigmem); never those binder-lite sets itself.",
+        "slurm-extra-args",
+        check=checks_sbatch_option,
+    ),
+    Setting(
+        "binder.slurm.node_runtime",
+        Kind.CHOICE,
+        NodeRuntime.GUIX,
+        "How a job runs its session: in Guix containers (the shared store) or local Jupyter.",
+        "slurm-node-runtime",
+        choices=NodeRuntime,
+    ),
+    Setting(
+        "binder.tls.port",
+        Kind.INTEGER,
+        443,
+        "TCP port of HTTPS, with TLS; binder.port then only redirects to binder.public_url.",
+        "tls-port",
+        low=1,
+        high=65535,
+    ),
+    Setting(
+        "binder.tls.certificate_file",
+        Kind.TEXT,
+        None,
+        "File on the machine holding the certificate chain (PEM), read when the service starts.",
+        "tls-certificate-file",
+        check=checks.absolute_target_path,
+    ),
+    Setting(
+        "binder.tls.key_file",
+        Kind.TEXT,
+        None,
+        "File on the machine holding the certificate's private key (PEM, unencrypted).",
+        "tls-key-file",
+        check=checks.absolute_target_path,
+    ),
+    Setting(
+        "binder.tls.acme.email",
+        Kind.TEXT,
+        None,
+        "Guix System: the address Let's Encrypt writes to about the certificate.",
+        "acme-email",
+        layers=Layer.FILE | Layer.GUIX,
+        check=checks.email,
+    ),
+    Setting(
+        "binder.tls.acme.domains",
+        Kind.TEXTS,
+        (),
+        "Guix System: get and renew a certificate for these names with certbot (port 80).",
+        "acme-domains",
+        layers=Layer.FILE | Layer.GUIX,
+        check=checks.domain,
+    ),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
@@ -415,6 +617,8 @@ def file_value(setting: Setting) -> str:
     if value is None:
         return ""
     if setting.kind is Kind.SIZE:
+        if value == 0:
+            return "0"
         unit = "GiB" if value % _GIB == 0 else "MiB"
         return f"{value // (_GIB if unit == 'GiB' else _MIB)}{unit}"
     if isinstance(value, tuple):
@@ -432,10 +636,12 @@ def starter_section(prefix: str = "binder", indent: int = 0) -> str:
     nested: list[str] = []
     for s in _file_settings(prefix):
         if s.section != prefix:
-            if s.section not in nested:
-                nested.append(s.section)
-                lines.append(f"{pad}  {s.section.rpartition('.')[2]}:")
-                lines.append(starter_section(s.section, indent + 1))
+            # The section directly inside `prefix` (binder.tls for binder.tls.acme.email).
+            child = f"{prefix}.{s.key.removeprefix(prefix + '.').split('.')[0]}"
+            if child not in nested:
+                nested.append(child)
+                lines.append(f"{pad}  {child.rpartition('.')[2]}:")
+                lines.append(starter_section(child, indent + 1))
             continue
         entry = f"{pad}  {s.name}: {file_value(s)}".rstrip()
         if s.default is None:

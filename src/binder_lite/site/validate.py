@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import urllib.parse
 from pathlib import Path
 from typing import Any, TypeVar
 
 from binder_lite.errors import SiteError
-from binder_lite.site import checks, settings
-from binder_lite.site.load import Mark, load_json, load_yaml
+from binder_lite.site import checks, fleet, settings
+from binder_lite.site.load import Mark, RawMap, load_json, load_yaml
 from binder_lite.site.model import (
+    Acme,
     Auth,
     AuthProvider,
     Binder,
@@ -19,12 +21,16 @@ from binder_lite.site.model import (
     Host,
     ImageSpec,
     ImageType,
+    Install,
+    InstallFirmware,
     Network,
     ServiceSpec,
     SessionLimits,
     Site,
+    Slurm,
     Ssh,
     StaticNetwork,
+    Tls,
     User,
 )
 from binder_lite.site.reader import REQUIRED, Problems, Section
@@ -100,11 +106,13 @@ SYSTEM_ACCOUNTS = frozenset(
 )
 
 
-def load_site(path: Path, *, for_service: bool = False) -> Site:
+def load_site(path: Path, *, for_service: bool = False, known_hosts: Path | None = None) -> Site:
     """Load and validate the site file at `path`; raise `SiteError` listing every problem.
 
     `for_service`: the file configures `binder-lite serve` only, so only `version` and
     `site` are required; the one the service type writes is JSON (`*.json`).
+    `known_hosts`: the site is loaded to deploy from this workstation (`deploy:`): host
+    keys it does not give are looked up there, and identity files must exist.
     """
     path = path.absolute()
     raw, problems = load_json(path) if for_service and path.suffix == ".json" else load_yaml(path)
@@ -112,14 +120,16 @@ def load_site(path: Path, *, for_service: bool = False) -> Site:
         raise SiteError(problems)
     collector = Problems(str(path))
     root = Section(collector, raw, "", Mark(1, 1))
-    site = _site(root, path, for_service)
+    site = _site(root, path, for_service, known_hosts)
     if collector.items:
         raise SiteError(collector.items)
     assert site is not None
     return site
 
 
-def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
+def _site(
+    root: Section, path: Path, for_service: bool = False, known_hosts: Path | None = None
+) -> Site | None:
     version = root.integer("version", REQUIRED, 1, 1000)
     if root.present("version") and version != SITE_VERSION:
         root.fail(
@@ -138,6 +148,8 @@ def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
     services = _services(root, {"root", binder.user, *(u.name for u in users)})
     images = _images(root)
     guix = _guix(root.section("guix"), base)
+    deploy = fleet.machines(root, base, users, known_hosts)
+    install = _install(root, host) if root.present("install") else None
     if for_service:
         # Store items the service type keeps alive (Jupyter's profile, the preloaded
         # packages) by naming them in the file; nothing reads them.
@@ -160,6 +172,8 @@ def _site(root: Section, path: Path, for_service: bool = False) -> Site | None:
         services=services,
         images=images,
         guix=guix,
+        deploy=deploy,
+        install=install,
     )
 
 
@@ -306,8 +320,74 @@ def _binder(s: Section) -> Binder:
     limits = s.section("session_limits")
     session_limits = SessionLimits(**_settings(limits, "binder.session_limits"))
     limits.finish()
+    slurm = _slurm(s.section("slurm"))
+    tls = _tls(s.section("tls"))
+    _check_tls(s, tls, values["port"], values["public_url"])
     s.finish()
-    return Binder(**values, auth=auth, session_limits=session_limits)
+    return Binder(**values, auth=auth, session_limits=session_limits, slurm=slurm, tls=tls)
+
+
+def _tls(s: Section) -> Tls:
+    values = _settings(s, "binder.tls")
+    acme_section = s.section("acme")
+    acme = Acme(**_settings(acme_section, "binder.tls.acme"))
+    if acme.email is not None and not acme.domains:
+        acme_section.fail(acme_section.mark_of("email"), "domains", "is required with email")
+    acme_section.finish()
+    given = [key for key in ("certificate_file", "key_file") if values[key] is not None]
+    if len(given) == 1:
+        missing = "key_file" if given == ["certificate_file"] else "certificate_file"
+        s.fail(s.mark_of(given[0]), missing, f"is required with {given[0]}")
+    if given and acme.domains:
+        s.fail(
+            s.mark_of(given[0]),
+            given[0],
+            "certbot makes the certificate with acme: give files or acme, not both",
+        )
+    s.finish()
+    return Tls(**values, acme=acme)
+
+
+def _check_tls(s: Section, tls: Tls, port: int, public_url: str | None) -> None:
+    """HTTPS needs the public URL (the plain-HTTP port redirects there, and nowhere a
+    request's Host names) and ports of its own; with acme, port 80 is certbot's."""
+    if not tls.enabled:
+        return
+    where = s.mark_of("tls")
+    if public_url is None or not public_url.startswith("https://"):
+        s.fail(
+            where,
+            "public_url",
+            "an https:// URL is required with tls",
+            "the plain-HTTP port redirects there, e.g. https://binder.example.org/",
+        )
+    elif tls.acme.domains and tls.acme.domains[0] != _url_host(public_url):
+        s.fail(
+            where,
+            "tls.acme.domains",
+            f"the first name must be {_url_host(public_url)}, public_url's host",
+            "certbot names the certificate after it, and port 80 redirects there",
+        )
+    if port == tls.port:
+        s.fail(where, "tls.port", f"{port} is binder.port too", "HTTPS needs a port of its own")
+    if tls.acme.domains and 80 in (port, tls.port):
+        s.fail(
+            where,
+            "port" if port == 80 else "tls.port",
+            "port 80 answers certbot's challenges (through nginx, which Guix's certbot "
+            "service runs) with acme",
+            "keep binder.port at 8080 (or another free port): nginx redirects port 80 to HTTPS",
+        )
+
+
+def _url_host(url: str) -> str:
+    return (urllib.parse.urlsplit(url).hostname or "").lower()
+
+
+def _slurm(s: Section) -> Slurm:
+    slurm = Slurm(**_settings(s, "binder.slurm"))
+    s.finish()
+    return slurm
 
 
 def _settings(s: Section, section: str) -> dict[str, Any]:
@@ -446,6 +526,29 @@ def _check_service(
                 "the rendered system goes into the world-readable /gnu/store; have the "
                 "program read the secret from a file on the target",
             )
+
+
+def _install(root: Section, host: Host | None) -> Install | None:
+    """`install:`: what the installer ISO does to the machine it boots on."""
+    s = root.section("install")
+    disk = s.text("disk", REQUIRED, checks.device)
+    firmware = _choice(s, "firmware", InstallFirmware, None)
+    wipe = s.boolean("wipe", _default(Install, "wipe"))
+    s.finish()
+    if disk is not None and (".." in disk.split("/") or disk.endswith("/")):
+        s.fail(s.mark_of("disk"), "disk", f"{disk!r} is not a disk's device file")
+        return None
+    host_node = root.node.items.get("host") if root.node else None
+    given = isinstance(host_node, RawMap) and "disk" in host_node.items
+    if disk is not None and host is not None and given and host.disk != disk:
+        # system.scm puts BIOS GRUB on host.disk when the machine reconfigures.
+        s.fail(
+            s.mark_of("disk"),
+            "disk",
+            f"the system is installed on {disk} but host.disk says {host.disk}",
+            "give the same disk in both, or leave host.disk out",
+        )
+    return Install(disk, firmware, wipe) if disk is not None else None
 
 
 def _images(root: Section) -> tuple[ImageSpec, ...]:

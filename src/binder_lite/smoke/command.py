@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from binder_lite.errors import SmokeError, UsageError
-from binder_lite.vm.commands import identity_option
+from binder_lite.vm.commands import host_key_options, identity_option
 
 if TYPE_CHECKING:
     import paramiko
@@ -29,17 +29,7 @@ SERVICE_TIMEOUT = 180.0
     help="The site file the target was built from.",
 )
 @identity_option
-@click.option(
-    "--host-key",
-    "host_keys",
-    multiple=True,
-    help="The target's public host key ('ssh-ed25519 AAAA…'); repeatable.",
-)
-@click.option(
-    "--known-hosts",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="A known_hosts file [default: ~/.ssh/known_hosts].",
-)
+@host_key_options("target")
 @click.option(
     "--repo",
     help="A repository the target may launch [default: one made "
@@ -89,12 +79,11 @@ def smoke(
     else:
         spec = vmssh.parse_target(target)
         keys = list(host_keys)
-    files = [known_hosts] if known_hosts else [Path.home() / ".ssh" / "known_hosts"]
     run_smoke(
         spec,
         site_file,
         identity,
-        vmssh.host_keys_for(spec, files, keys),
+        vmssh.known_host_keys(spec, known_hosts, keys, SmokeError),
         repo=repo,
         junit_xml=junit_xml,
         verbose=verbose,
@@ -125,18 +114,15 @@ def run_smoke(
     from binder_lite.smoke.runner import SmokeContext, run, summary
     from binder_lite.vm import ssh as vmssh
 
-    if host_keys.lookup(target.key_name) is None:
-        raise SmokeError(
-            f"{target}: no known host key; give --host-key or --known-hosts "
-            "(binder-lite never accepts an unknown key)"
-        )
     # One connection first: a refused host key or login is one clear error, not seven.
     vmssh.connect(target, host_keys, identity).close()
     context = SmokeContext(
         target,
         host_keys,
         identity,
-        load_site(site_file),
+        # The service's part is all a server installed with bootstrap.sh needs; a
+        # Guix System's file has its host and users too, and the checks use them.
+        load_site(site_file, for_service=True),
         repo=repo,
         service_timeout=service_timeout,
     )

@@ -13,7 +13,8 @@ import pytest
 from binder_lite.smoke.forward import forward
 from binder_lite.smoke.readiness import ServiceWait
 from binder_lite.smoke.runner import CONTEXT, SmokeContext
-from binder_lite.smoke.shepherd import AsRoot, ShepherdService, as_root_on
+from binder_lite.smoke.shepherd import AsRoot, as_root_on
+from binder_lite.smoke.systemd import service_on, status_command
 from binder_lite.vm import ssh
 
 
@@ -59,8 +60,8 @@ def tunnel(smoke: SmokeContext, ssh_client: paramiko.SSHClient) -> Iterator[str]
 @pytest.fixture(scope="session")
 def service(smoke: SmokeContext, tunnel: str, machine: Any, as_root: AsRoot) -> ServiceWait:
     def diagnose() -> str:
-        status = ShepherdService(machine, "binder-lite", as_root).status()
-        return f"herd status binder-lite:\n{status.output}"
+        on_target = service_on(machine, "binder-lite", as_root)
+        return f"{status_command(on_target)}:\n{on_target.status().output}"
 
     return ServiceWait(
         functools.partial(answers, tunnel),

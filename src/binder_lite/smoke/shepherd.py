@@ -33,6 +33,8 @@ class ShepherdStatus:
 
 
 class ShepherdService:
+    manager = "the Shepherd"
+
     def __init__(self, host: Any, name: str, as_root: AsRoot) -> None:
         self.host = host
         self.name = name

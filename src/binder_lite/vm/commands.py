@@ -3,8 +3,9 @@ and, for `vm smoke`, smoke.command, imported when a command runs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -14,12 +15,33 @@ from binder_lite.run import replace_with
 if TYPE_CHECKING:
     from binder_lite.vm.machine import Survey
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 identity_option = click.option(
     "-i",
     "--identity",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Private key to log in with [default: the usual ~/.ssh keys and agent].",
 )
+
+
+def host_key_options(what: str) -> Callable[[F], F]:
+    """--host-key (repeatable) and --known-hosts, for commands that reach `what`."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--known-hosts",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="A known_hosts file [default: ~/.ssh/known_hosts].",
+        )(command)
+        return click.option(
+            "--host-key",
+            "host_keys",
+            multiple=True,
+            help=f"The {what}'s public host key ('ssh-ed25519 AAAA…'); repeatable.",
+        )(command)
+
+    return decorate
 
 
 @click.group()
@@ -46,6 +68,18 @@ def vm() -> None:
 )
 @click.option("--persistent", is_flag=True, help="Write to the image (default: a snapshot).")
 @click.option(
+    "--no-network",
+    is_flag=True,
+    help="The guest reaches nothing outside (QEMU's restrict=on); the forwards still work.",
+)
+@click.option(
+    "--disk",
+    "disks",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Attach this raw disk image too, written to (vdb, vdc, ...); repeatable.",
+)
+@click.option(
     "--wait/--no-wait",
     default=True,
     show_default=True,
@@ -62,6 +96,8 @@ def vm_run(
     cpus: int,
     accel: str,
     persistent: bool,
+    no_network: bool,
+    disks: tuple[Path, ...],
     wait: bool,
     timeout: float,
 ) -> None:
@@ -72,7 +108,14 @@ def vm_run(
 
     image = _image_of(source, image_type)
     running = machine.run(
-        image, name=name, memory=memory, cpus=cpus, accel=accel, snapshot=not persistent
+        image,
+        name=name,
+        memory=memory,
+        cpus=cpus,
+        accel=accel,
+        snapshot=not persistent,
+        restrict_network=no_network,
+        disks=disks,
     )
     if running.warning:
         click.echo(f"warning: {running.warning}", err=True)

@@ -61,6 +61,8 @@ def run(
     snapshot: bool = True,
     ssh_port: int | None = None,
     http_port: int | None = None,
+    restrict_network: bool = False,
+    disks: tuple[Path, ...] = (),
 ) -> qemu.RunningVM:
     info = image_info(image)
     name = name or image.name.split(".")[0]
@@ -92,6 +94,8 @@ def run(
         cpus=cpus,
         accel=chosen,
         snapshot=snapshot,
+        restrict=restrict_network,
+        disks=tuple(d.absolute() for d in disks),
     )
     ovmf = qemu.find_ovmf() if info.boot.firmware == "efi" else None
     try:

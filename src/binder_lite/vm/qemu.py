@@ -130,6 +130,8 @@ class VMSpec:
     cpus: int = 2
     accel: str = "tcg"
     snapshot: bool = True
+    restrict: bool = False  # QEMU's user network with restrict=on: no way out but the forwards
+    disks: tuple[Path, ...] = ()  # more raw disks, written to (vdb, vdc, ...)
 
     @property
     def serial_log(self) -> Path:
@@ -166,7 +168,7 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
         drive,
         # virtio: Debian's cloud kernels lack e1000, QEMU's default card.
         "-nic",
-        f"user,model=virtio-net-pci,{forwards}",
+        f"user,model=virtio-net-pci,{'restrict=on,' if spec.restrict else ''}{forwards}",
         "-display",
         "none",
         "-serial",
@@ -176,6 +178,9 @@ def qemu_argv(qemu: str, spec: VMSpec, ovmf: str | None = None) -> list[str]:
         "-monitor",
         "none",
     ]
+    for disk in spec.disks:
+        # QEMU's option syntax: a comma in a value is written twice.
+        argv += ["-drive", f"file={os.fspath(disk).replace(',', ',,')},format=raw,if=virtio"]
     if spec.accel == "kvm":
         # QEMU's default CPU model: "-cpu host" aborts on hosts that hide MSRs.
         argv += ["-cpu", "max"]
@@ -235,6 +240,7 @@ class RunningVM:
                 **asdict(self.spec),
                 "image": str(self.spec.image),
                 "run_dir": str(self.spec.run_dir),
+                "disks": [str(d) for d in self.spec.disks],
             },
             "process": self.process.to_json(),
             "argv": self.argv,
@@ -306,6 +312,8 @@ def _spec(data: object) -> VMSpec:
         cpus=_typed(data, "cpus", int),
         accel=_typed(data, "accel", str),
         snapshot=_typed(data, "snapshot", bool),
+        restrict=bool(data.get("restrict", False)),  # absent from earlier records
+        disks=tuple(Path(d) for d in data.get("disks", ()) if isinstance(d, str)),
     )
 
 

@@ -91,6 +91,21 @@ def host_keys_for(target: Target, known_hosts: list[Path], given: list[str]) -> 
     return keys
 
 
+def known_host_keys(
+    target: Target, known_hosts: Path | None, given: list[str], error: type[Exception]
+) -> paramiko.HostKeys:
+    """host_keys_for with ~/.ssh/known_hosts as the default file; raises `error` when
+    none is known for `target`: a key is never accepted on first use."""
+    files = [known_hosts] if known_hosts else [Path.home() / ".ssh" / "known_hosts"]
+    keys = host_keys_for(target, files, given)
+    if keys.lookup(target.key_name) is None:
+        raise error(
+            f"{target}: no known host key; give --host-key or --known-hosts "
+            "(binder-lite never accepts an unknown key)"
+        )
+    return keys
+
+
 def _b64(text: str) -> bytes:
     import base64
 

@@ -7,13 +7,17 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from ssl import SSLContext
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from binder_lite.errors import BinderLiteError
 from binder_lite.launch.session import Isolation
 from binder_lite.site.model import Runtime, Site
 from binder_lite.web import handlers as h
@@ -26,6 +30,8 @@ from binder_lite.web.origins import Origins
 from binder_lite.web.policy import RepoPolicy
 from binder_lite.web.push import Credential
 from binder_lite.web.store import Store
+from binder_lite.web.tls import Redirector, TlsFiles, server_context
+from binder_lite.web.tls import reload as reload_tls
 from binder_lite.web.tokens import ApiTokens, RevokeTokenHandler, TokensHandler
 from binder_lite.web.upstream import MAX_BODY
 
@@ -119,7 +125,9 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
         limits=binder.session_limits,
         forward=False,
     )
-    manager = SessionManager(store, options.state_dir, options.runtime, limits, isolation)
+    manager = SessionManager(
+        store, options.state_dir, options.runtime, limits, isolation, binder.slurm
+    )
     auth = binder.auth
     oauth = (
         OAuthClient(auth, Path(auth.client_secret_file))
@@ -138,7 +146,7 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
         oauth=oauth,
         state_dir=options.state_dir,
         push_credential=push,
-        secure_cookies=options.secure_cookies,
+        secure_cookies=_secure_cookies(site, options),
         tokens={},
         origins=Origins.for_service(binder, options.address, options.port),
     )
@@ -149,14 +157,62 @@ def make_app(site: Site, options: ServeOptions) -> tuple[tornado.web.Application
         api_tokens=ApiTokens(store, ApiTokens.admin_from_file(admin) if admin else None),
         cookie_secret=cookie_secret(options.state_dir),
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
+        xsrf_cookie_kwargs={
+            "httponly": True,
+            "samesite": "Strict",
+            "secure": _secure_cookies(site, options),
+        },
         log_function=_log_request,
     )
     return app, service
 
 
+def _secure_cookies(site: Site, options: ServeOptions) -> bool:
+    # Over HTTPS every cookie is Secure: the login's, the session token's, XSRF.
+    return options.secure_cookies or TlsFiles.of(site.binder) is not None
+
+
+async def _listen(
+    what: str, address: str, port: int, start: Callable[[], Awaitable[asyncio.Server]]
+) -> asyncio.Server:
+    try:
+        return await start()
+    except OSError as e:
+        hint = " (ports below 1024 need privileges)" if port < 1024 else ""
+        raise BinderLiteError(
+            f"cannot listen for {what} on {address or '*'}:{port}: {e.strerror}{hint}"
+        ) from None
+
+
+async def _listen_front(
+    site: Site, options: ServeOptions, front: Front, tls: tuple[TlsFiles, SSLContext] | None
+) -> list[asyncio.Server]:
+    """The front's sockets: binder.port; with TLS, HTTPS on binder.tls.port and a
+    redirect to binder.public_url on binder.port.  SIGHUP reads the TLS files again
+    (tls.reload)."""
+    address = options.address
+    if tls is None:
+        plain = partial(front.listen, address, options.port)
+        return [await _listen("HTTP", address, options.port, plain)]
+    files, context = tls
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, context, files)
+    port = site.binder.tls.port
+    secure = partial(front.listen, address, port, context)
+    servers = [await _listen("HTTPS", address, port, secure)]
+    assert site.binder.public_url is not None  # the validator requires it with TLS
+    redirect = Redirector(site.binder.public_url).handle
+    plain = partial(asyncio.start_server, redirect, address or None, options.port)
+    servers.append(await _listen("HTTP", address, options.port, plain))
+    return servers
+
+
 async def serve(site: Site, options: ServeOptions) -> None:
     """Run until SIGTERM or SIGINT; then stop every session."""
+    files = TlsFiles.of(site.binder)
+    # A certificate or key that cannot be used stops the service (TlsError) here,
+    # before anything starts.
+    tls = (files, server_context(files)) if files is not None else None
     app, service = make_app(site, options)
     await service.manager.start()
     # The application answers the front only (front.py), on a loopback port of its own.
@@ -173,12 +229,13 @@ async def serve(site: Site, options: ServeOptions) -> None:
         site.binder.trusted_proxies,
         site.binder.cors_allowed_origins,
     )
-    server = await front.listen(options.address, options.port)
+    servers = await _listen_front(site, options, front, tls)
     log.warning(
-        "binder-lite serving %r on http://%s:%d/ (runtime %s, state %s)",
+        "binder-lite serving %r on %s://%s:%d/ (runtime %s, state %s)",
         site.site.name,
+        "https" if tls else "http",
         options.address,
-        options.port,
+        site.binder.tls.port if tls else options.port,
         options.runtime,
         options.state_dir,
     )
@@ -187,7 +244,8 @@ async def serve(site: Site, options: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.close()
+    for server in servers:
+        server.close()
     front.close_clients()
     inner.stop()
     await service.manager.shutdown()

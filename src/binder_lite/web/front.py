@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import NamedTuple
@@ -34,13 +35,16 @@ from binder_lite.web.proxy import (
     Gate,
     Reply,
     TrustedProxies,
+    app_headers,
     app_response_head,
+    app_route,
     forwarded,
     is_preflight,
     session_headers,
     session_response_head,
     upstream_of,
 )
+from binder_lite.web.tls import HANDSHAKE_TIMEOUT, HSTS, secure_set_cookies
 from binder_lite.web.upstream import (
     CHUNK,
     CHUNKED,
@@ -75,7 +79,9 @@ LINGER_BYTES = 1024 * 1024
 
 # Where a request goes: an upstream address, the headers it is sent with, and what to
 # call on activity (for sessions, which are culled when idle).
-Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None]
+# Where a request goes, its headers, what to call while it is used, and its target
+# as the upstream sees it.
+Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None, str]
 # Headers the front adds to an answer (CORS, proxy.py's Cors).
 Extra = tuple[tuple[str, str], ...]
 
@@ -106,9 +112,19 @@ class Front:
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
 
-    async def listen(self, address: str, port: int) -> asyncio.Server:
+    async def listen(
+        self, address: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> asyncio.Server:
+        """Listen on `port`; with `tls`, HTTPS (tls.py): its clients' scheme is https
+        and every answer carries HSTS."""
         return await asyncio.start_server(
-            self.handle, address or None, port, limit=MAX_HEAD, reuse_address=True
+            self.handle,
+            address or None,
+            port,
+            limit=MAX_HEAD,
+            reuse_address=True,
+            ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
         )
 
     def close_clients(self) -> None:
@@ -120,11 +136,14 @@ class Front:
         self.clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        secure = writer.get_extra_info("ssl_object") is not None
         # Only a trusted proxy's word on the client is taken; anyone else is the client.
-        client = None if self.trusted.trusts_peer(peer_ip) else Client(peer_ip, "http")
+        scheme = "https" if secure else "http"
+        client = None if self.trusted.trusts_peer(peer_ip) else Client(peer_ip, scheme)
+        extra: Extra = (HSTS,) if secure else ()
         abort = False
         try:
-            while await self._serve_one(reader, writer, peer_ip, client):
+            while await self._serve_one(reader, writer, peer_ip, client, extra):
                 pass
         except MessageError as e:
             _reply(writer, e.status, f"{e}\n", close=True)
@@ -133,6 +152,7 @@ class Front:
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
             TimeoutError,
+            ssl.SSLError,
         ):
             abort = True  # the client went away or stayed silent, or an answer broke off
         except Exception:
@@ -148,8 +168,10 @@ class Front:
         writer: asyncio.StreamWriter,
         peer_ip: str,
         client: Client | None,
+        extra: Extra = (),
     ) -> bool:
-        """Serve one request; whether the connection may carry another."""
+        """Serve one request; whether the connection may carry another.  `extra`:
+        headers every answer on this connection gets (HSTS, over HTTPS)."""
         async with asyncio.timeout(KEEPALIVE_IDLE):
             request = await next_request(reader)
         if request is None:
@@ -157,14 +179,14 @@ class Front:
         head, framing, keep, upgrade = request
         method, target, version = head.start
         route = self._route(head, client or self.trusted.client(head, peer_ip), upgrade)
-        cors = () if is_preflight(head) else self.gate.cors_headers(head)
+        cors = (() if is_preflight(head) else self.gate.cors_headers(head)) + extra
         if isinstance(route, Reply):
             # A refusal or a redirect: the body, if any, is not read, so the
             # connection ends with it.
             route = Reply(route.status, route.text, route.headers + cors)
             writer.write(route.encode(close=bool(framing)))
             return keep and not framing
-        address, headers, touch = route
+        address, headers, touch, target = route
         if framing and version == "HTTP/1.1" and head.has_token("expect", "100-continue"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         out = _encode_head(f"{method} {target} {version}", headers, framing, method)
@@ -178,7 +200,7 @@ class Front:
         headers; or the front's own answer (a refusal, a redirect to a session's origin)."""
         record = self.gate.target(head, upgrade)
         if record is None:
-            return self.app_port, _app_headers(head, client, upgrade), None
+            return self.app_port, _app_headers(head, client, upgrade), None, head.start[1]
         if isinstance(record, Reply):
             return record
         manager = self.service.manager
@@ -186,8 +208,14 @@ class Front:
         if address is None:
             return NOT_FOUND
         manager.touch(record.id)
+        touch = partial(manager.touch, record.id)
+        app = app_route(record, head.start[1])  # the session's Shiny app (launch/apps.py)
+        if isinstance(app, Reply):
+            return app
+        if app is not None:
+            return app[0], app_headers(head, record, upgrade, client), touch, app[1]
         headers = session_headers(head, record, upgrade, client)
-        return address, headers, partial(manager.touch, record.id)
+        return address, headers, touch, head.start[1]
 
     async def _exchange(
         self,
@@ -300,6 +328,8 @@ class Front:
             up_writer.close()
 
     def _answer_head(self, response: Head, address: Address, cors: Extra) -> bytes:
+        if HSTS in cors:  # over HTTPS every cookie is Secure, Jupyter's too
+            response = secure_set_cookies(response)
         if address == self.app_port:
             return app_response_head(response, cors)
         return session_response_head(response, cors)

@@ -14,6 +14,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError
 
 from binder_lite.errors import LaunchError
+from binder_lite.launch import apps
 from binder_lite.launch.session import Event, Phase
 from binder_lite.site.model import CrossOriginLaunches
 from binder_lite.web.base import OAUTH_COOKIE, BaseMixin
@@ -24,6 +25,7 @@ from binder_lite.web.providers import RepoSpec, UnknownProviderError, parse
 from binder_lite.web.proxy import Handoffs, with_handoff
 from binder_lite.web.push import Credential, Pushed, PushError, PushSource, push_changes
 from binder_lite.web.store import Record
+from binder_lite.web.writeback import WriteBack
 
 # BinderHub's phase names, which its clients (and badges' pages) understand.
 BINDERHUB_PHASE = {
@@ -98,15 +100,12 @@ def _repo_spec(handler: BaseMixin, provider: str) -> RepoSpec:
 
 
 def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
-    """BinderHub's urlpath (lab/tree/x.ipynb, tree/x, notebooks/x) or filepath."""
+    """BinderHub's filepath (a file), or its urlpath: a file (lab/tree/x.ipynb, tree/x,
+    notebooks/x) or a page (lab, shiny/…); one no session serves (pluto, rstudio)
+    raises LaunchError, a failed event before anything is fetched (apps.from_urlpath)."""
     if filepath:
         return filepath
-    if not urlpath:
-        return None
-    for prefix in ("lab/tree/", "tree/", "notebooks/", "edit/", "doc/tree/"):
-        if urlpath.lstrip("/").startswith(prefix):
-            return urlpath.lstrip("/")[len(prefix) :] or None
-    return None
+    return apps.from_urlpath(urlpath)
 
 
 class V2Handler(BaseMixin):
@@ -355,8 +354,10 @@ class OwnedMixin(BaseMixin):
         pushed: Pushed | None = None,
         message: str | None = None,
         status: int = 200,
+        write_back: WriteBack | None = None,
     ) -> None:
-        """A session's page: its provenance, and after a push what went or why not."""
+        """A session's page: its provenance, after a push what went or why not, and
+        before one the update to the environment file it offers."""
         self.page(
             "session.html",
             status=status,
@@ -364,6 +365,7 @@ class OwnedMixin(BaseMixin):
             provenance=record.provenance_dict(),
             pushed=pushed,
             message=message,
+            write_back=write_back,
         )
 
 
@@ -424,6 +426,8 @@ class PushHandler(OwnedMixin):
         # Only the record's word counts for where the push goes and what it starts from.
         source = PushSource(record.id, Path(record.work_dir), record.repository, record.commit_sha)
         service = self.service
+        # No answer yet: offer the write-back; "none" declines it; else its digest.
+        answer = self.get_body_argument("write_back", None)
         loop = asyncio.get_running_loop()
         try:
             pushed = await loop.run_in_executor(
@@ -435,10 +439,15 @@ class PushHandler(OwnedMixin):
                     service.state_dir,
                     max_size=service.site.binder.max_repo_size,
                     plain_http=service.policy.allow_local,
+                    offer=answer is None,
+                    write_back=answer if answer and answer != "none" else None,
                 ),
             )
         except PushError as e:
             self.session_page(record, message=str(e), status=409)
+            return
+        if isinstance(pushed, WriteBack):
+            self.session_page(record, write_back=pushed)
             return
         self.session_page(record, pushed=pushed)
 

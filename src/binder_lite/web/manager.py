@@ -21,7 +21,8 @@ from datetime import datetime
 from pathlib import Path
 
 from binder_lite.errors import BinderLiteError, LaunchError
-from binder_lite.launch import lifetime, sandbox, sources
+from binder_lite.launch import lifetime, sandbox, slurm, sources
+from binder_lite.launch.node import Spec
 from binder_lite.launch.session import (
     DEFAULT_TIMEOUT,
     Event,
@@ -34,7 +35,7 @@ from binder_lite.launch.session import (
     normalise_open_path,
     prepare,
 )
-from binder_lite.site.model import Runtime
+from binder_lite.site.model import Runtime, Slurm
 from binder_lite.web import push
 from binder_lite.web.store import Record, Store
 
@@ -93,10 +94,16 @@ class SessionManager:
         runtime: Runtime,
         limits: Limits,
         isolation: Isolation | None = None,
+        slurm_settings: Slurm | None = None,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
         self.runtime = runtime
+        self.slurm = slurm_settings or Slurm()
+        # How a session itself runs: on this machine, or on a Slurm job's node.
+        self.session_runtime = (
+            Runtime(self.slurm.node_runtime.value) if runtime is Runtime.SLURM else runtime
+        )
         self.limits = limits
         # The front connects to each session's socket itself: no TCP relay.
         self.isolation = dataclasses.replace(isolation or Isolation(), forward=False)
@@ -110,7 +117,11 @@ class SessionManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._culler: asyncio.Task[None] | None = None
         fetching = 2 * sources.FetchLimits.timeout + 60  # ls-remote, fetch, checkout
-        self.max_pending = limits.max_pending or DEFAULT_TIMEOUT[runtime] + fetching
+        # A job may wait in Slurm's queue; at most as long as a session may live.
+        queue = limits.max_age if runtime is Runtime.SLURM else 0
+        self.max_pending = (
+            limits.max_pending or DEFAULT_TIMEOUT[self.session_runtime] + fetching + queue
+        )
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -145,6 +156,21 @@ class SessionManager:
                     e,
                 )
                 self._give_up(record, f"lost while the service was not running ({e})")
+        if self.runtime is Runtime.SLURM:
+            self._cancel_unknown_jobs()
+
+    def _cancel_unknown_jobs(self) -> None:
+        """Jobs of ours that no running session owns (a service that crashed between
+        sbatch and its record, or a record given up on) are cancelled."""
+        try:
+            queued = slurm.ours()
+        except slurm.SlurmError as e:
+            log.warning("cannot list the service's Slurm jobs: %s", e)
+            return
+        for session_id, job_id in queued.items():
+            if session_id not in self.running:
+                log.info("cancelling Slurm job %s (session %s: not ours now)", job_id, session_id)
+                slurm.cancel(job_id, wait=0)
 
     def _adopt(self, record: Record) -> None:
         """Adopt a running session whose recorded process is still that process (not
@@ -152,11 +178,11 @@ class SessionManager:
         whose Jupyter answers; stop the others, which signals only processes that are
         still the session's (see lifetime.py)."""
         folder = self._folder(record)
-        if (
-            record.status == "running"
-            and lifetime.adoptable(folder, record.process_id()) is not None
-            and self._jupyter_status(record) is not None
-        ):
+        if record.job_id is not None:
+            alive = slurm.state(record.job_id).state == "RUNNING"
+        else:
+            alive = lifetime.adoptable(folder, record.process_id()) is not None
+        if record.status == "running" and alive and self._jupyter_status(record) is not None:
             self.live[record.id] = live = Live(record.id)
             live.done.set()
             self.running[record.id] = record
@@ -174,7 +200,7 @@ class SessionManager:
         self.live.pop(record.id, None)
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
         for step in (
-            functools.partial(lifetime.reap_strays, self._folder(record)),
+            functools.partial(self._end_processes, record),
             functools.partial(self._remove_files, record.id),
         ):
             try:
@@ -303,8 +329,11 @@ class SessionManager:
             )
             self._event(session_id, Event(Phase.FAILED, "internal error; see the service log"))
             return
-        if isinstance(result, Provenance):
+        if isinstance(result, Provenance) and live.build_only:
             self._record_built(live, result)
+            return
+        if isinstance(result, Provenance):
+            self._launch_on_slurm(live, result, target, started)
             return
         session = live.session = result
         view = session.url[len(session.base_url) :].split("?")[0]
@@ -347,11 +376,11 @@ class SessionManager:
         def report(event: Event) -> None:
             self._event(session_id, event)
 
-        if live.build_only:
+        if live.build_only or self.runtime is Runtime.SLURM:
             return prepare(
                 repository,
                 wanted,
-                runtime_kind=self.runtime,
+                runtime_kind=self.session_runtime,
                 cache_dir=cache,
                 session_dir=folder,
                 on_event=report,
@@ -361,7 +390,7 @@ class SessionManager:
         return launch(
             repository,
             wanted,
-            runtime_kind=self.runtime,
+            runtime_kind=self.session_runtime,
             open_path=target,
             base_url=f"/s/{session_id}/",
             cache_dir=cache,
@@ -370,6 +399,82 @@ class SessionManager:
             isolation=self.isolation,
             fetch=fetch,
         )
+
+    def _launch_on_slurm(
+        self, live: Live, provenance: Provenance, target: str | None, started: float
+    ) -> None:
+        """The repository is checked out and resolved: submit its session as a Slurm
+        job and follow the job until its session answers (launch/slurm.py)."""
+        folder = self.state_dir / "sessions" / live.id
+        base_url = f"/s/{live.id}/"
+        spec = Spec(
+            session_id=live.id,
+            source=str(sources.mirror_dir(self.state_dir / "cache", provenance.repository)),
+            commit=provenance.commit,
+            open_path=target,
+            base_url=base_url,
+            runtime=self.session_runtime,
+            sandboxed=self.isolation.sandboxed,
+            network=self.isolation.network,
+            limits=self.isolation.limits,
+            secret="",
+        )
+
+        def report(event: Event) -> None:
+            self._event(live.id, event)
+
+        try:
+            minutes = slurm.job_time(self.slurm, self.limits.max_age)
+            memory = self.isolation.limits.memory
+            submitted = slurm.submit(spec, self.slurm, folder, minutes, memory)
+            with live.lock:
+                self.store.update(live.id, job_id=submitted.job_id)
+            report(Event(Phase.STARTING, f"submitted to Slurm as job {submitted.job_id}"))
+            deadline = time.monotonic() + self.max_pending
+            found = slurm.wait_ready(submitted, folder, base_url, report, live.cancelled, deadline)
+        except LaunchError as e:
+            self._slurm_failed(live, e)
+            return
+        except Exception as e:  # a bug, or a file that cannot be written: say so, end it
+            log.exception("launch %s crashed", live.id)
+            self._slurm_failed(live, LaunchError(f"internal error: {e}"))
+            return
+        fields = {
+            "status": "running",
+            "commit_sha": provenance.commit,
+            "token": found.token,
+            "view": found.view,
+            "node": f"{found.host}:{found.port}",
+            "work_dir": found.work_dir,
+            "session_dir": str(folder),
+            "provenance": json.dumps(asdict(provenance)),
+            "ready": time.time(),
+            "last_activity": time.time(),
+        }
+        with live.lock:
+            if live.cancelled.is_set():
+                slurm.cancel(submitted.job_id)
+                return
+            self.store.update(live.id, **fields)
+            record = self.store.get(live.id)
+            if record is not None:
+                self.running[live.id] = record
+        self.store.add_to("launches_ready")
+        self.store.add_to("launch_seconds_sum", time.monotonic() - started)
+        self._event(live.id, Event(Phase.READY, found.view), final=True)
+
+    def _slurm_failed(self, live: Live, error: LaunchError) -> None:
+        """A job that was refused, ended or stopped before its session was ready: its
+        job is cancelled and, unless it was stopped, the launch failed with Slurm's words."""
+        record = self.store.get(live.id)
+        if record is not None and record.job_id is not None:
+            with contextlib.suppress(slurm.SlurmError):
+                slurm.cancel(record.job_id)
+        if live.cancelled.is_set():
+            return
+        self.store.update(live.id, status="failed", message=str(error), stopped=time.time())
+        self.store.add_to("launches_failed")
+        self._event(live.id, Event(Phase.FAILED, str(error)))
 
     def _record_built(self, live: Live, provenance: Provenance) -> None:
         """A build only is over once its environment is ready: its record ends there,
@@ -454,12 +559,27 @@ class SessionManager:
         self.running.pop(record.id, None)
         if live is not None and live.session is not None:
             live.session.stop()
-        else:  # adopted, or still launching: its folder names its processes
-            lifetime.stop(self._folder(record))
+        else:  # adopted, or still launching: its folder (or its job) names its processes
+            self._end_processes(record, stop=True)
         self.store.update(record.id, status="stopped", message=reason, stopped=time.time())
         if not launching:  # else the launch thread removes them when it has ended
             self._remove_files(record.id)
         log.info("session %s: %s", record.id, reason)
+
+    def _end_processes(self, record: Record, stop: bool = False) -> None:
+        """End what runs of a session we did not start in this process: its Slurm job
+        (scancel; read again, a launch may have submitted it since), or the processes
+        its folder names (`stop`: gracefully first)."""
+        job_id = (self.store.get(record.id) or record).job_id
+        if job_id is not None:
+            try:
+                slurm.cancel(job_id)
+            except slurm.SlurmError as e:  # the job ends at its time limit, or at a restart
+                log.warning("session %s: could not cancel Slurm job %s: %s", record.id, job_id, e)
+        elif stop:
+            lifetime.stop(self._folder(record))
+        else:
+            lifetime.reap_strays(self._folder(record))
 
     @staticmethod
     def _cancel(live: Live) -> bool:
@@ -470,6 +590,9 @@ class SessionManager:
 
     @staticmethod
     def _jupyter_status(record: Record) -> dict[str, object] | None:
+        node = record.node_address()
+        if node is not None:
+            return slurm.jupyter_status(*node, f"/s/{record.id}/", record.token or "")
         if record.socket:
             return sandbox.jupyter_status(
                 Path(record.socket), f"/s/{record.id}/", record.token or ""
@@ -496,7 +619,7 @@ class SessionManager:
         """Stop a session whose files outgrew its disk limit (single files are held to
         it by RLIMIT_FSIZE as they are written; the sum is checked here)."""
         limit = self.isolation.limits.disk
-        used = _disk_usage(Path(record.work_dir)) if record.work_dir else 0
+        used = sandbox.disk_usage(Path(record.work_dir)) if record.work_dir else 0
         if used <= limit:
             return False
         self._stop(
@@ -554,7 +677,16 @@ class SessionManager:
         has not answered for longer than the idle timeout (a Jupyter that hangs, or
         was stopped, is culled by the same bounds as one that answers)."""
         status = self._jupyter_status(record)
-        if status is None and not lifetime.alive(self._folder(record)):
+        if status is None and record.job_id is not None:
+            try:
+                job = slurm.state(record.job_id)
+            except slurm.SlurmError as e:  # the controller is away: judged next time
+                log.warning("session %s: %s", record.id, e)
+                return
+            if job.ended:
+                self._stop(record, f"its Slurm job ended: {job.why()}")
+                return
+        elif status is None and not lifetime.alive(self._folder(record)):
             self._stop(record, "the notebook server exited")
             return
         if self._over_disk(record):
@@ -593,16 +725,6 @@ class SessionManager:
             live = self.live.get(folder.name)
             if folder.name not in active and not (live is not None and live.launching):
                 _remove_tree(folder)
-
-
-def _disk_usage(folder: Path) -> int:
-    """Bytes the files under `folder` take (without following links)."""
-    total = 0
-    for root, dirs, files in os.walk(folder):
-        for name in (*files, *dirs):
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
 
 
 def _timestamp(value: object) -> float:

@@ -44,6 +44,7 @@ import hmac
 import http
 import ipaddress
 import json
+import posixpath
 import re
 import secrets
 import time
@@ -55,6 +56,7 @@ from tornado import httputil
 from tornado.web import create_signed_value, decode_signed_value
 
 from binder_lite.errors import UsageError
+from binder_lite.launch.apps import SHINY_SOCKET
 from binder_lite.web.auth import Identity
 from binder_lite.web.base import COOKIE_DAYS, USER_COOKIE, Service
 from binder_lite.web.manager import SessionManager
@@ -170,7 +172,7 @@ def _ip(text: str) -> IPAddress | None:
 
 def upstream_of(record: Record) -> Address | None:
     """Where a session's Jupyter listens: its Unix socket, else its port."""
-    return record.socket or record.port
+    return record.socket or record.node_address() or record.port
 
 
 def authorise(
@@ -268,7 +270,7 @@ def session_headers(
     """The request's headers as Jupyter gets them (see the module's docstring)."""
     # Jupyter checks Host against the names of this machine, and a websocket's Origin
     # against Host: both name where it listens.
-    host = "localhost" if record.socket else f"127.0.0.1:{record.port}"
+    host = "localhost" if record.socket or record.node else f"127.0.0.1:{record.port}"
     headers = [("Host", host), ("Authorization", f"token {record.token}"), *client.headers()]
     if upgrade:
         headers += [("Connection", "Upgrade"), ("Upgrade", head.get("Upgrade") or "websocket")]
@@ -283,6 +285,35 @@ def session_headers(
             value = f"http://{host}"
         headers.append((name, value))
     return headers
+
+
+# A session's Shiny app (launch/apps.py): /s/<id>/shiny/…, served from its socket in
+# the session's run directory, next to Jupyter's.
+_APP_PATH = re.compile(r"(/s/[0-9a-f]{16}/shiny)(/[^?]*)?(?:\?(.*))?", re.DOTALL)
+
+
+def app_route(record: Record, target: str) -> tuple[Address, str] | Reply | None:
+    """Where a request for the session's Shiny app goes: the app's socket, and the
+    target as the app sees it (`/s/<id>/shiny/x?q` is `/x?q` there, the session's token
+    taken out); a redirect for `/s/<id>/shiny`; None for what goes to Jupyter.  The
+    socket is found next to Jupyter's, never from the request: a path in the target
+    (`shiny/../..`) reaches only this session's app, which serves what it likes."""
+    m = _APP_PATH.fullmatch(target)
+    if m is None or not record.socket:
+        return None
+    prefix, path, query = m.groups()
+    if not path:
+        return Reply(301, "", (("Location", prefix + "/" + (f"?{query}" if query else "")),))
+    kept = _without(urllib.parse.parse_qs(query or "", keep_blank_values=True), "token")
+    socket = posixpath.join(posixpath.dirname(record.socket), SHINY_SOCKET)
+    return socket, path + (f"?{kept}" if kept else "")
+
+
+def app_headers(head: Head, record: Record, upgrade: bool, client: Client) -> list[tuple[str, str]]:
+    """The request's headers as the app gets them: Jupyter's, without Jupyter's token."""
+    return [
+        (n, v) for n, v in session_headers(head, record, upgrade, client) if n != "Authorization"
+    ]
 
 
 def _without_our_cookies(header: str) -> str:

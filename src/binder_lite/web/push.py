@@ -8,6 +8,11 @@ made from the cache's mirror at the commit the session was launched from), git
 runs there with every configuration file but its own ignored and hooks off, and
 the push goes to the URL the service validated at launch, with the credential
 offered to that scheme, host and port only.
+
+The packages the session's notebooks installed are offered as an update to the
+repository's environment file (writeback.py), computed from that same private copy:
+the first push returns the offer instead of pushing, and the answer names the exact
+change it accepts by its digest, or declines it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -28,6 +34,8 @@ from urllib.parse import urlparse
 from binder_lite import run
 from binder_lite.errors import BinderLiteError, CommandError
 from binder_lite.launch.sources import mirror_dir
+from binder_lite.web import writeback
+from binder_lite.web.writeback import WriteBack
 
 DEFAULT_MAX_SIZE = 512 * 1024**2  # bytes of files copied for one push (binder.max_repo_size)
 MAX_ENTRIES = 200_000  # files, links and folders copied for one push
@@ -74,6 +82,8 @@ class Pushed:
     remote: str
     commit: str
     web_url: str | None  # where to see the branch, when the forge is known
+    updated: tuple[str, ...] = ()  # environment files the write-back changed
+    notes: tuple[str, ...] = ()  # what the write-back did not do, and why
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,17 @@ def push_changes(
     *,
     max_size: int = DEFAULT_MAX_SIZE,
     plain_http: bool = False,
-) -> Pushed:
+    offer: bool = False,
+    write_back: str | None = None,
+) -> Pushed | WriteBack:
     """Commit the session's files on top of its base commit, in a repository the
     service owns, and push that to the origin as binder-lite/<id>.  `plain_http`
-    (development) allows sending a credential over http:// to any host."""
+    (development) allows sending a credential over http:// to any host.
+
+    With `offer`, a write-back of the packages the notebooks installed is returned
+    instead, when there is one, and nothing is committed.  `write_back` is the
+    digest of the write-back the person accepted: it is committed with the files
+    if it is still exactly that one; None pushes the files alone."""
     branch = f"binder-lite/{source.session_id}"
     _check_transport(source.origin, credential, plain_http)
     git = _Git(state_dir, author, source.origin, credential)
@@ -107,6 +124,18 @@ def push_changes(
         if not (repo / ".git" / "HEAD").is_file():
             _create(repo, source, state_dir, git)
         _replace_files(repo, source.files, max_size)
+        _accepted_again(repo)
+        proposal = _proposal(repo) if offer or write_back is not None else WriteBack()
+        if offer and proposal.changes:
+            return proposal
+        if write_back is not None:
+            if write_back != proposal.digest:
+                raise PushError(
+                    "the update to the environment file is no longer the one shown "
+                    "(a notebook changed since); nothing was pushed: push again to see it"
+                )
+            writeback.apply(repo, proposal)
+            _remember(repo, proposal)
         git(repo, "add", "--all")
         if git(repo, "status", "--porcelain").strip():
             message = f"Changes from binder-lite session {source.session_id}"
@@ -127,7 +156,58 @@ def push_changes(
             )
         except CommandError as e:
             raise PushError(_explain(e.output, credential)) from None
-    return Pushed(branch, source.origin, commit, _web_url(source.origin, branch))
+    updated = tuple(c.path for c in proposal.changes) if write_back is not None else ()
+    notes = proposal.notes + tuple(
+        f"{n.text} ({n.where}): {n.reason}" for n in proposal.not_written
+    )
+    return Pushed(branch, source.origin, commit, _web_url(source.origin, branch), updated, notes)
+
+
+def _proposal(repo: Path) -> WriteBack:
+    """The write-back for the files copied into `repo`; a failure to read them
+    costs the write-back, never the push."""
+    try:
+        return writeback.propose(repo)
+    except (BinderLiteError, OSError) as e:
+        return WriteBack(notes=(f"the notebooks were not read for packages: {e}",))
+
+
+# The write-backs a person accepted, kept with the session's push repository: the
+# session's own files never get them (the service does not write into a session), so
+# each later push puts them back, or the next push would offer them again and, declined,
+# take them out of the branch.
+ACCEPTED = "binder-lite-write-back.json"
+
+
+def _remember(repo: Path, accepted: WriteBack) -> None:
+    path = repo / ".git" / ACCEPTED
+    known = _accepted(repo)
+    known.update({c.path: {"old": c.old, "new": c.new} for c in accepted.changes})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known))
+    tmp.replace(path)
+
+
+def _accepted(repo: Path) -> dict[str, dict[str, str | None]]:
+    try:
+        known = json.loads((repo / ".git" / ACCEPTED).read_text())
+    except FileNotFoundError:
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _accepted_again(repo: Path) -> None:
+    """Put back each accepted write-back whose file the session left as it was then;
+    a file the person changed since is theirs (and offered an update again)."""
+    for path, change in _accepted(repo).items():
+        old, new = change.get("old"), change.get("new")
+        if not isinstance(new, str) or writeback.current(repo, path) != old:
+            continue
+        again = writeback.FileChange(path, old if isinstance(old, str) else None, new, ())
+        try:
+            writeback.apply(repo, WriteBack(changes=(again,)))
+        except OSError:
+            continue  # a folder on the way is a link now, or the new file is there
 
 
 def discard(state_dir: Path, session_id: str) -> None:
@@ -269,6 +349,10 @@ def _create(repo: Path, source: PushSource, state_dir: Path, git: _Git) -> None:
         raise PushError("the commit this session started from is no longer in its repository")
     git(new, "update-ref", "--no-deref", "HEAD", base)
     git(new, "read-tree", base)  # the index says "base"; the files come next
+    # Jupyter's checkpoints are its own bookkeeping, not the person's work: new ones
+    # stay out (ones the repository already tracks stay tracked).
+    (new / ".git" / "info").mkdir(exist_ok=True)
+    (new / ".git" / "info" / "exclude").write_text(".ipynb_checkpoints/\n")
     new.rename(repo)
 
 

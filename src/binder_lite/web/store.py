@@ -50,6 +50,8 @@ SCHEMA = (
     commit_sha TEXT,
     port INTEGER,
     socket TEXT,                   -- the Unix socket Jupyter listens on, when sandboxed
+    job_id TEXT,                   -- the Slurm job running it (binder.runtime: slurm)
+    node TEXT,                     -- HOST:PORT of its node's relay (launch/node.py)
     pid INTEGER,                   -- shown only: `process` names the process
     process TEXT,                  -- JSON: its ProcessId (pid, start time, boot)
     token TEXT,
@@ -90,6 +92,14 @@ MIGRATIONS = (
     Migration(2, "sessions.socket", _sql("ALTER TABLE sessions ADD COLUMN socket TEXT")),
     Migration(3, "sessions.process", _sql("ALTER TABLE sessions ADD COLUMN process TEXT")),
     Migration(4, "tokens", _sql(*TOKENS)),
+    Migration(
+        5,
+        "sessions.job_id and sessions.node",
+        _sql(
+            "ALTER TABLE sessions ADD COLUMN job_id TEXT",
+            "ALTER TABLE sessions ADD COLUMN node TEXT",
+        ),
+    ),
 )
 VERSION = MIGRATIONS[-1].version
 
@@ -156,9 +166,11 @@ def _version(db: sqlite3.Connection, path: Path) -> int:
     stored = _stored_version(db)
     if stored:
         return stored
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():
-        return 4  # today's schema with its version lost: nothing to add
     columns = {row[1] for row in db.execute("PRAGMA table_info(sessions)")}
+    if "job_id" in columns:
+        return 5  # today's schema with its version lost: nothing to add
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'tokens'").fetchone():
+        return 4
     if not columns:
         if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise StateError(f"{path}: not a binder-lite state database (no sessions table)")
@@ -202,6 +214,8 @@ class Record:
     commit_sha: str | None = None
     port: int | None = None
     socket: str | None = None
+    job_id: str | None = None  # the Slurm job (binder.runtime: slurm)
+    node: str | None = None  # HOST:PORT where the job's node relays to Jupyter
     pid: int | None = None
     process: str | None = None  # ProcessId.to_json() of the session's first process
     token: str | None = None
@@ -216,6 +230,11 @@ class Record:
 
     def provenance_dict(self) -> dict[str, Any]:
         return json.loads(self.provenance) if self.provenance else {}
+
+    def node_address(self) -> tuple[str, int] | None:
+        """Where a Slurm session's node relays to its Jupyter (launch/node.py)."""
+        host, _, port = (self.node or "").rpartition(":")
+        return (host, int(port)) if host and port.isdigit() else None
 
     def process_id(self) -> ProcessId | None:
         """The session's first process as recorded; None for a record made before

@@ -33,7 +33,7 @@ server-sent event stream never ends, so the framing (Content-Length, chunked, or
 "until the connection closes") is followed while the bytes pass through, and chunked
 bodies go on in chunks of the front's own making.  Every session's Jupyter and the
 service's own application are reached over kept-alive connections (`Pool`) to a port
-on 127.0.0.1 or to a Unix socket.
+on 127.0.0.1, to a Unix socket, or to a Slurm session's node (launch/node.py).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ IDLE_PER_UPSTREAM = 8
 CHUNKED = -1
 UNTIL_CLOSE = -2
 
-# Where an upstream listens: a TCP port on 127.0.0.1, or the path of a Unix socket.
-Address = int | str
+# Where an upstream listens: a TCP port on 127.0.0.1, the path of a Unix socket, or
+# (host, port) on the cluster network (a Slurm session's node; launch/node.py).
+Address = int | str | tuple[str, int]
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 # The bytes a head may hold: all but the control characters other than HTAB, CR and
@@ -322,6 +323,8 @@ async def copy_body(
 async def open_connection(address: Address) -> Connection:
     if isinstance(address, str):
         return await _open_unix(address)
+    if isinstance(address, tuple):
+        return await asyncio.open_connection(*address, limit=MAX_HEAD)
     return await asyncio.open_connection("127.0.0.1", address, limit=MAX_HEAD)
 
 

@@ -1,0 +1,260 @@
+"""How many live sessions one front carries, and its memory per session.
+
+    .venv/bin/python benchmarks/front.py [SESSIONS] [ROUNDS]
+
+The sessions' servers are small stand-ins (one tornado process, a Unix socket per
+session, speaking enough of Jupyter's API: /api/status, /api/contents and a kernel
+channel websocket that echoes), so that the memory measured is the front's and not
+Jupyter's.  The service adopts them at start as it adopts sessions after a restart
+(a record, a handle naming the stand-ins' process, a status that answers).  Then
+every session gets an open websocket through the front, and ROUNDS rounds of one
+request per session go through the front (with the websockets open), each timed
+against the same request sent straight to the session's socket.
+
+Printed: sessions adopted, errors (goal: none), the median proxied and direct request
+and their ratio (goal: proxied <= 1.5x direct, at 1,000 sessions), and the front's
+resident memory per session (the service's RSS with every session's websocket open,
+less its RSS before any session, over the sessions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
+
+from webkit import Server  # noqa: E402
+
+from binder_lite.launch.sandbox import Handle  # noqa: E402
+from binder_lite.procs import ProcessId  # noqa: E402
+from binder_lite.web.store import Record, Store  # noqa: E402
+
+GOAL = 1.5
+SITE = """\
+version: 1
+site: {{name: Front, slug: front}}
+binder:
+  max_sessions: {n}
+  max_sessions_per_user: {n}
+  idle_timeout: 86400
+"""
+
+# -- the stand-ins: one process, a socket per session ----------------------------------
+
+
+def stand_ins(folders: list[str]) -> None:
+    import tornado.httpserver
+    import tornado.ioloop
+    import tornado.netutil
+    import tornado.web
+    import tornado.websocket
+
+    class Status(tornado.web.RequestHandler):
+        def get(self, _sid: str) -> None:
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+            self.write({"started": now, "last_activity": now, "connections": 1, "kernels": 0})
+
+    class Contents(tornado.web.RequestHandler):
+        def get(self, _sid: str) -> None:
+            self.write({"name": "", "path": "", "type": "directory", "content": []})
+
+    class Channels(tornado.websocket.WebSocketHandler):
+        def check_origin(self, origin: str) -> bool:
+            return True
+
+        def on_message(self, message: str | bytes) -> None:
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    app = tornado.web.Application(
+        [
+            (r"/s/([0-9a-f]{16})/api/status", Status),
+            (r"/s/([0-9a-f]{16})/api/contents", Contents),
+            (r"/s/([0-9a-f]{16})/api/kernels/[^/]+/channels", Channels),
+        ]
+    )
+    server = tornado.httpserver.HTTPServer(app)
+    for folder in folders:
+        path = Path(folder) / "run" / "jupyter.sock"
+        server.add_socket(tornado.netutil.bind_unix_socket(str(path)))
+    print("ready", flush=True)
+    tornado.ioloop.IOLoop.current().start()
+
+
+# -- the sessions, as the service's store holds them ------------------------------------
+
+
+def seed(state: Path, n: int) -> tuple[list[Record], list[str]]:
+    """N records of running sessions, and their folders (the stand-ins' sockets)."""
+    records, folders = [], []
+    for _ in range(n):
+        sid = secrets.token_hex(8)
+        folder = state / "sessions" / sid
+        (folder / "run").mkdir(parents=True)
+        (folder / "repo").mkdir()
+        folders.append(str(folder))
+        records.append(
+            Record(
+                id=sid,
+                owner="bench",
+                repository="https://example.org/r.git",
+                ref="HEAD",
+                open_path=None,
+                status="running",
+                token=secrets.token_hex(24),
+                socket=str(folder / "run" / "jupyter.sock"),
+                view="tree",
+                work_dir=str(folder / "repo"),
+                session_dir=str(folder),
+                ready=time.time(),
+                last_activity=time.time(),
+            )
+        )
+    return records, folders
+
+
+def adopt_by(records: list[Record], state: Path, process: ProcessId) -> None:
+    store = Store(state / "sessions.sqlite")
+    for record in records:
+        record.process = json.dumps(process.to_json())
+        record.pid = process.pid
+        store.add(record)
+        Handle(process, ()).save(Path(str(record.session_dir)) / "sandbox.json")
+    store.close()
+
+
+def rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+# -- the load ------------------------------------------------------------------------------
+
+
+async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> float:
+    started = time.perf_counter()
+    writer.write(head)
+    await writer.drain()
+    status = await reader.readuntil(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", status).group(1))  # type: ignore[union-attr]
+    await reader.readexactly(length)
+    if not status.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(status.split(b"\r\n")[0].decode())
+    return time.perf_counter() - started
+
+
+def head(record: Record, host: str) -> bytes:
+    return (
+        f"GET /s/{record.id}/api/contents HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: token {record.token}\r\n\r\n"
+    ).encode()
+
+
+async def websocket(port: int, record: Record) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    writer.write(
+        (
+            f"GET /s/{record.id}/api/kernels/k/channels HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: token {record.token}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    answer = await reader.readuntil(b"\r\n\r\n")
+    if not answer.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(answer.split(b"\r\n")[0].decode())
+    return reader, writer
+
+
+async def load(port: int, records: list[Record], rounds: int, pid: int) -> dict[str, object]:
+    errors: list[str] = []
+    sockets = await asyncio.gather(*(websocket(port, r) for r in records), return_exceptions=True)
+    errors += [f"websocket: {s}" for s in sockets if isinstance(s, BaseException)]
+    memory = rss(pid)
+    proxied_conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+    proxied: list[float] = []
+    direct: list[float] = []
+    # Kept-alive connections both ways: the front keeps its own to each upstream.
+    straight = {r.id: await asyncio.open_unix_connection(str(r.socket)) for r in records}
+    for _ in range(rounds):
+        for i, record in enumerate(records):
+            conn = proxied_conns[i % len(proxied_conns)]
+            try:
+                proxied.append(await request(*conn, head(record, f"127.0.0.1:{port}")))
+                direct.append(await request(*straight[record.id], head(record, "localhost")))
+            except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
+                errors.append(f"request: {e}")
+                proxied_conns[i % len(proxied_conns)] = await asyncio.open_connection(
+                    "127.0.0.1", port
+                )
+    for s in sockets:
+        if not isinstance(s, BaseException):
+            s[1].close()
+    return {"errors": errors, "rss": memory, "proxied": proxied, "direct": direct}
+
+
+def main(n: int, rounds: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state"
+        records, folders = seed(state, n)
+        helper = subprocess.Popen(
+            [sys.executable, __file__, "--stand-ins", *folders],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert helper.stdout is not None and helper.stdout.readline().strip() == "ready"
+            process = ProcessId.of(helper.pid)
+            assert process is not None
+            site = Path(tmp) / "site.yaml"
+            site.write_text(SITE.format(n=n))
+            # The service alone, for its memory without sessions.
+            empty = Server(site, Path(tmp) / "empty", ("--runtime", "local")).start(timeout=120)
+            assert empty.proc is not None
+            base = rss(empty.proc.pid)
+            empty.stop()
+            adopt_by(records, state, process)
+            server = Server(site, state, ("--runtime", "local")).start(timeout=600)
+            assert server.proc is not None
+            try:
+                result = asyncio.run(load(server.port, records, rounds, server.proc.pid))
+            finally:
+                server.stop()
+        finally:
+            helper.kill()
+            helper.wait()
+    errors = result["errors"]
+    assert isinstance(errors, list)
+    proxied = statistics.median(result["proxied"])  # type: ignore[arg-type]
+    direct = statistics.median(result["direct"])  # type: ignore[arg-type]
+    per_session = (int(result["rss"]) - base) / n  # type: ignore[call-overload]
+    print(f"sessions: {n}, each with an open websocket; {rounds} rounds of a request each")
+    print(f"errors: {len(errors)}{(' (first: ' + errors[0] + ')') if errors else ''}")
+    ratio = proxied / direct
+    verdict = "met" if ratio <= GOAL and not errors else "NOT met"
+    print(
+        f"median request: proxied {proxied * 1000:.2f} ms, direct {direct * 1000:.2f} ms, "
+        f"ratio {ratio:.2f}x (goal <= {GOAL}x, no error): {verdict}"
+    )
+    print(f"front memory: {base / 2**20:.0f} MiB alone, {per_session / 1024:.1f} KiB per session")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--stand-ins"]:
+        stand_ins(sys.argv[2:])
+    else:
+        args = [int(a) for a in sys.argv[1:3]]
+        sys.exit(main(*(args + [1000, 3][len(args) :])))
