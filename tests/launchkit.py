@@ -78,6 +78,10 @@ def served_over_http(repo: Path) -> Iterator[str]:
 @contextmanager
 def serving(server: http.server.HTTPServer) -> Iterator[int]:
     """Run `server` in a thread; yield its port; shut it down afterwards."""
+    # A connection reset between serve_forever's select and its accept() (seen under
+    # load) would leave accept() waiting, and shutdown() waiting on it, for ever: with
+    # a timeout it gives up and serve_forever sees the shutdown.
+    server.socket.settimeout(1.0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield int(server.server_address[1])
