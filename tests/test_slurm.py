@@ -204,10 +204,14 @@ def test_a_full_cluster_queues_with_slurm_s_reason_and_starts_when_a_slot_frees(
     # The stream ends only once the session is ready or has ended: a failed check
     # below stops the session, so that the stream's thread ends too.
     pool = concurrent.futures.ThreadPoolExecutor(1)
-    stream = pool.submit(client.events, f"/sessions/{waiting}/events")
+    seen: list[dict[str, object]] = []
+    stream = pool.submit(client.follow, f"/sessions/{waiting}/events", seen)
     try:
         job = job_of(server, waiting)
         wait_for(lambda: cluster.job(job).get("Reason") == "Resources", 60, "the job to wait")
+        # The slot is freed only once the service has said why the job waits: freed at
+        # once, the job may start before the service's next look at the queue.
+        wait_for(lambda: "queued in Slurm: Resources" in messages(seen), 60, "the reason shown")
         assert cluster.jobs()[job] == "PENDING"
         assert server.session_field(waiting, "status") == "pending"
         assert client.post(f"/sessions/{first[0]}/stop").status == 303

@@ -151,6 +151,16 @@ class Client:
         text = self.get(path).text
         return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
 
+    def follow(self, path: str, into: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Read a server-sent event stream to its end, appending each event to `into` as
+        it arrives, so that another thread can wait for one before it acts."""
+        with self.opener.open(self.base + path, timeout=300) as stream:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace")
+                if line.startswith("data: "):
+                    into.append(json.loads(line[6:]))
+        return into
+
 
 @dataclass
 class Response:
