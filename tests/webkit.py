@@ -184,8 +184,14 @@ def git_http_server(root: Path, user: str, password_ok: Callable[[str], bool]) -
     handler = type(
         "G", (_GitHandler,), {"root": root, "user": user, "check": staticmethod(password_ok)}
     )
-    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as port:
+    with serving(_Forge(("127.0.0.1", 0), handler)) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+class _Forge(http.server.ThreadingHTTPServer):
+    # Room for every connection a burst of git commands opens under load (the default
+    # backlog is 5).
+    request_queue_size = 64
 
 
 class _GitHandler(http.server.BaseHTTPRequestHandler):
@@ -206,6 +212,10 @@ class _GitHandler(http.server.BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         pushing = "git-receive-pack" in path or "service=git-receive-pack" in query
         remote_user = ""
+        # Read the body before any answer: a socket closed with bytes unread is reset,
+        # and the client may then see the reset instead of the 401.
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        body = self.rfile.read(length) if length else b""
         if pushing:
             auth = self.headers.get("Authorization", "")
             user, _, password = (
@@ -218,8 +228,6 @@ class _GitHandler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             remote_user = user
-        length = int(self.headers.get("Content-Length", "0") or 0)
-        body = self.rfile.read(length) if length else b""
         env = {
             **os.environ,
             "GIT_PROJECT_ROOT": str(self.root),
