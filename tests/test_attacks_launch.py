@@ -453,6 +453,29 @@ def test_the_cache_forgets_least_recently_used_mirrors(tmp_path: Path) -> None:
     assert sum(sources._size(m) for m in mirrors if m.exists()) <= 2.5 * MiB
 
 
+def test_postbuild_results_are_trimmed_with_the_mirrors_but_not_while_restored(
+    tmp_path: Path,
+) -> None:
+    """A repository can make a postBuild result per commit: without a bound, pushing
+    commits would fill the service's disk.  They share the cache's bound with the
+    mirrors, least recently used first; one being restored is held."""
+    cache = tmp_path / "cache"
+    results = []
+    for n in range(3):
+        kept = cache / "postbuild" / f"{n:064x}"
+        kept.mkdir(parents=True)
+        (kept / "files.tar").write_bytes(os.urandom(MiB))
+        os.utime(kept, (1000 + n, 1000 + n))
+        results.append(kept)
+    partial = cache / "postbuild" / f".{results[2].name}.abcd"  # one still being written
+    partial.mkdir()
+    with sources.shared_lock(results[0]):
+        removed = sources.trim_cache(cache, int(2.5 * MiB))
+    assert removed == [results[1]]  # results[0], the oldest, was being restored
+    assert results[0].exists() and results[2].exists() and partial.exists()
+    assert sources.trim_cache(cache, int(1.5 * MiB)) == [results[0]]
+
+
 # -- finding 5: the service's lifecycle ------------------------------------------------
 
 

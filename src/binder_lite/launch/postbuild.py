@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from binder_lite.errors import LaunchError, ToolNotFoundError
-from binder_lite.launch import lifetime, sandbox
+from binder_lite.launch import lifetime, sandbox, sources
 from binder_lite.launch.scripts import Script
 from binder_lite.procs import ProcessId
 from binder_lite.run import spawn
@@ -92,9 +93,8 @@ def ensure(job: Job, kept: Path | None, say: Say) -> None:
     """Run `job`'s postBuild in the checkout, or restore what it made when `kept` (its
     place in the cache) holds it already; keep a new result there."""
     name = job.script.name
-    if kept is not None and (kept / ARCHIVE).is_file():
+    if kept is not None and _restored(job.box, kept):
         say(f"{name}: already run for this commit; its files restored")
-        _restore(job.box, kept)
         return
     minutes = job.time_limit / 60
     where = "in the sandbox" if job.boxed else "without a sandbox (--no-sandbox)"
@@ -252,11 +252,18 @@ RESTORE = (
 )
 
 
-def _restore(box: sandbox.Sandbox, kept: Path) -> None:
-    """The checkout as postBuild left it: its files replaced by the kept tree's."""
-    status = _in_sandbox(box, ["/bin/sh", "-c", RESTORE], [(kept, ARCHIVE_INSIDE)], None)
+def _restored(box: sandbox.Sandbox, kept: Path) -> bool:
+    """The checkout as postBuild left it, its files replaced by the kept tree's, when
+    the cache holds that tree; held meanwhile, so that the cache's trimming leaves it,
+    and marked as used, so that it is trimmed last."""
+    with sources.shared_lock(kept):
+        if not (kept / ARCHIVE).is_file():
+            return False
+        os.utime(kept)
+        status = _in_sandbox(box, ["/bin/sh", "-c", RESTORE], [(kept, ARCHIVE_INSIDE)], None)
     if status != 0:
         raise PostBuildError(f"postBuild's kept files could not be restored (status {status})")
+    return True
 
 
 def _in_sandbox(

@@ -455,25 +455,43 @@ def _check_tree_size(url: str, mirror: Path, commit: str, limit: int) -> None:
 
 
 def trim_cache(cache: Path, max_bytes: int, keep: Collection[Path] = ()) -> list[Path]:
-    """Remove the least recently used mirrors until the cache holds at most `max_bytes`;
-    never those in `keep` (running sessions borrow their objects) or in use now."""
-    repos = cache / "repos"
-    if not repos.is_dir():
-        return []
-    mirrors = sorted(
-        (m for m in repos.glob("*.git") if m.is_dir()), key=lambda m: m.stat().st_mtime
-    )
-    sizes = {m: _size(m) for m in mirrors}
+    """Remove the least recently used entries — repository mirrors and postBuild
+    results — until the cache holds at most `max_bytes`; never those in `keep`
+    (running sessions borrow a mirror's objects) or locked now (a fetch into a mirror,
+    a restore from a postBuild result)."""
+    entries = sorted(_cache_entries(cache), key=lambda e: e.stat().st_mtime)
+    sizes = {e: _size(e) for e in entries}
     total = sum(sizes.values())
     removed = []
-    for mirror in mirrors:
+    for entry in entries:
         if total <= max_bytes:
             break
-        if mirror in keep:
+        if entry in keep:
             continue
-        with _locked_now(mirror) as free:
+        with _locked_now(entry) as free:
             if free:
-                shutil.rmtree(mirror, ignore_errors=True)
-                total -= sizes[mirror]
-                removed.append(mirror)
+                shutil.rmtree(entry, ignore_errors=True)
+                total -= sizes[entry]
+                removed.append(entry)
     return removed
+
+
+def _cache_entries(cache: Path) -> list[Path]:
+    """The cache's removable entries: `repos/<key>.git` and `postbuild/<key>` (a name
+    starting with a dot is a result still being written)."""
+    mirrors = [m for m in (cache / "repos").glob("*.git") if m.is_dir()]
+    kept = [k for k in (cache / "postbuild").glob("[!.]*") if k.is_dir()]
+    return mirrors + kept
+
+
+@contextmanager
+def shared_lock(entry: Path) -> Iterator[None]:
+    """Hold a cache entry while it is read (a postBuild result being restored):
+    `trim_cache` then leaves it, and readers do not wait for each other."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

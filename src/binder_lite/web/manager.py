@@ -61,7 +61,7 @@ class Limits:
     # runtime's time to start Jupyter).
     max_pending: float | None = None
     max_repo_size: int = sources.FetchLimits.max_size  # binder.max_repo_size
-    max_cache: int = 4 * 1024**3  # bytes of repository mirrors kept for relaunches
+    max_cache: int = 4 * 1024**3  # bytes of mirrors and postBuild results kept for relaunches
 
 
 @dataclass
@@ -290,8 +290,8 @@ class SessionManager:
             sources.mirror_dir(cache, r.repository)
             for r in self.store.with_status("pending", "running")
         }
-        for mirror in sources.trim_cache(cache, self.limits.max_cache, in_use):
-            log.info("removed %s from the checkout cache", mirror.name)
+        for entry in sources.trim_cache(cache, self.limits.max_cache, in_use):
+            log.info("removed %s/%s from the cache", entry.parent.name, entry.name)
 
     def _remove_files(self, session_id: str) -> None:
         """A session's folder (its checkout, logs, Jupyter's files) goes with it, and so
