@@ -1,7 +1,8 @@
-"""R, Shiny, Julia and Pluto: what is detected and reported, where BinderHub's urlpath
-opens, real R sessions of the local runtime through `binder-lite serve` (a cell run in
+"""R, Shiny and Julia: what is detected and reported, where BinderHub's urlpath opens,
+real R sessions of the local runtime through `binder-lite serve` (a cell run in
 IRkernel over the proxy's kernel websocket, a Shiny app drawn in Chromium over its
-websocket), the guix runtime's commands checked by the real Guix, and attacks."""
+websocket), the guix runtime's commands checked by the real Guix, and attacks.
+Pluto's are in test_pluto.py."""
 
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ server <- function(input, output, session) {
 }
 shinyApp(ui, server)
 """
-PLUTO = "### A Pluto.jl notebook ###\n# v0.19.40\n\nusing Markdown\n\n# ╔═╡ 1\nx = 1\n"
 DESCRIPTION = "Package: demo\nVersion: 0.1\nImports: shiny\n"
 
 
@@ -69,20 +69,6 @@ def test_ui_and_server_make_an_app_and_python_repositories_keep_their_kernel(
     assert "r-shiny" in env.packages
 
 
-def test_pluto_notebooks_are_reported_and_refused_with_the_reason(tmp_path: Path) -> None:
-    repo = make_repo(
-        tmp_path / "repo",
-        {"Project.toml": "[deps]\n", "notebook.jl": PLUTO, "plain.jl": "println(1)\n"},
-    )
-    env = detect.detect(repo)
-    assert env.pluto == ("notebook.jl",)
-    text = explain.explain(env)
-    assert "notebook.jl: Pluto notebooks are not served here: Guix 1.5 has julia 1.8.5" in text
-    assert "Debian has no Julia" in text and "plain.jl" not in text
-    assert "IJulia" in text  # Guix has no IJulia: said of Project.toml
-    assert any(s.where == "notebook.jl" for s in env.skipped)  # -> the web's progress
-
-
 @pytest.mark.parametrize(
     ("urlpath", "target"),
     [
@@ -107,8 +93,6 @@ def test_urlpath_becomes_a_target(urlpath: str | None, target: str | None) -> No
 @pytest.mark.parametrize(
     ("urlpath", "words"),
     [
-        ("pluto", "Guix 1.5 has julia 1.8.5 but neither Pluto.jl nor IJulia"),
-        ("pluto/edit?id=1", "Debian has no Julia"),
         ("rstudio", "neither Guix nor Debian packages it"),
         ("shiny/../../etc/", "must be a path inside the repository"),
         ("shiny/a/../../..", "must be a path inside the repository"),
@@ -204,18 +188,8 @@ def test_shiny_urlpath_needs_an_app_there(server: Server, tmp_path: Path) -> Non
 def test_pages_no_session_serves_fail_in_the_progress_stream(
     server: Server, tmp_path: Path
 ) -> None:
-    repo = make_repo(tmp_path / "repo", {"notebook.jl": PLUTO})
-    client = Client(server.url)
-    assert "neither Pluto.jl nor IJulia" in _failed(client, repo, "pluto")
-    assert "RStudio is not served here" in _failed(client, repo, "rstudio")
-
-
-def test_a_pluto_notebook_is_reported_in_the_progress(server: Server, tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", {"notebook.jl": PLUTO})
-    events = Client(server.url).events(_build(repo))
-    assert events[-1]["phase"] == "ready", events
-    said = "".join(str(e["message"]) for e in events)
-    assert "skipped notebook.jl: Pluto notebooks are not served here" in said
+    repo = make_repo(tmp_path / "repo", {"index.ipynb": "{}"})
+    assert "RStudio is not served here" in _failed(Client(server.url), repo, "rstudio")
 
 
 # -- attacks -------------------------------------------------------------------------

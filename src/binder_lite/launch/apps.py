@@ -13,16 +13,24 @@ needs, and the app is ready when its page is first asked for.
 `urlpath` values (BinderHub's) become a launch's target, `open_path`: a file inside
 the repository (`lab/tree/x.ipynb`, `tree/x`, `notebooks/x.ipynb`…, as before), or a
 view, spelled with a leading slash, which no file path inside a repository has:
-`/lab`, `/tree`, `/shiny/<folder>/`.  What no session here can serve (`pluto`,
-`rstudio`) is refused when the launch is asked for, with the reason.
+`/lab`, `/tree`, `/shiny/<folder>/`, `/pluto/`, `/pluto/<notebook>.jl`.  What no
+session here can serve (`rstudio`) is refused when the launch is asked for, with the
+reason.
+
+Pluto notebooks (`*.jl` at the root starting with Pluto's header), or a Julia project
+whose [deps] name Pluto, make a Pluto repository: the guix runtime serves Pluto at
+/s/<id>/pluto/ (see pluto.py); the local runtime has no Julia and says so, and a launch
+whose urlpath asks for Pluto there fails with that reason.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -44,13 +52,18 @@ SHINY_SOCKET = "shiny.sock"
 SHINY_VIEW = "shiny/"  # where the app is, below the session's base URL
 PLUTO_HEADER = "### A Pluto.jl notebook ###"
 MAX_SCANNED = 1000  # entries of the root looked at for Pluto notebooks
+MAX_JL = 200  # of which `*.jl` files opened (each only for its first line)
+# Notebook names repeated back (events, URLs): others are served, but not by name.
+NOTEBOOK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}\.jl")
+JULIA_PROJECT_FILES = ("JuliaProject.toml", "Project.toml", "JuliaManifest.toml", "Manifest.toml")
 
 _GUIX = f"Guix {guixpackages.GUIX_VERSION[:3]}"
 PLUTO_REFUSED = (
-    f"Pluto notebooks are not served here: {_GUIX} has julia "
-    f"{guixpackages.version('julia') or '(none)'} but neither Pluto.jl nor IJulia, "
-    "and Debian has no Julia"
+    "Pluto notebooks are not served by the local runtime: Debian has no Julia "
+    f"(the guix runtime serves them, with {_GUIX}'s julia "
+    f"{guixpackages.version('julia') or '(none)'} and Pluto.jl from Julia's package servers)"
 )
+PLUTO_FRONTED = "Pluto is served by the web service's sessions (binder-lite serve) only"
 RSTUDIO_REFUSED = (
     "RStudio is not served here: neither Guix nor Debian packages it; R notebooks open "
     "with IRkernel, and a Shiny app with urlpath=shiny/"
@@ -93,24 +106,57 @@ def find_shiny(tree: RepoTree, folder: str = ".") -> ShinyApp | None:
     return None
 
 
+@dataclass(frozen=True)
+class Pluto:
+    """A Pluto repository: what made it one, and the Julia project Pkg completes."""
+
+    notebooks: tuple[str, ...]  # Pluto notebooks at the root (names of NOTEBOOK_NAME)
+    project: tuple[str, ...]  # the Julia project's files, relative to the checkout
+    named: bool  # the project's [deps] name Pluto
+
+
+def find_pluto(tree: RepoTree, where: PurePosixPath, deps: Iterable[str]) -> Pluto | None:
+    """The Pluto repository `tree` is, if it is one: Pluto notebooks at its root, or
+    `deps` (its Julia project's, read from `where`) naming Pluto."""
+    notebooks = pluto_notebooks(tree)
+    named = "Pluto" in deps
+    if not notebooks and not named:
+        return None
+    project = tuple(str(where / n) for n in JULIA_PROJECT_FILES if _is_file(tree, where / n))
+    return Pluto(notebooks, project, named)
+
+
+def _is_file(tree: RepoTree, name: PurePosixPath) -> bool:
+    try:
+        real = tree.resolve(name)
+    except RepositoryFileError:
+        return False  # leading out: detection says so where it reads the file
+    return real is not None and stat.S_ISREG(os.lstat(tree.root / real).st_mode)
+
+
 def pluto_notebooks(tree: RepoTree) -> tuple[str, ...]:
-    """The `*.jl` files at the root that start with Pluto's header (a bounded look)."""
+    """The `*.jl` files at the root that start with Pluto's header: at most MAX_SCANNED
+    entries looked at, MAX_JL files opened, regular files only (no symlink followed,
+    no FIFO waited on), and only their first bytes read."""
     try:
         with os.scandir(tree.root) as entries:
             names = sorted(e.name for _, e in zip(range(MAX_SCANNED), entries, strict=False))
     except OSError:
         return ()
-    found = []
-    for name in names:
-        if not name.endswith(".jl"):
-            continue
-        try:
-            file = tree.read(name)
-        except RepositoryFileError:
-            continue  # a symlink out, or too large: not read, so not a notebook here
-        if file is not None and file.text.startswith(PLUTO_HEADER):
-            found.append(name)
-    return tuple(found)
+    candidates = [n for n in names if NOTEBOOK_NAME.fullmatch(n)][:MAX_JL]
+    return tuple(n for n in candidates if _starts_with_header(tree.root / n))
+
+
+def _starts_with_header(path: Path) -> bool:
+    header = PLUTO_HEADER.encode()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        return f.read(len(header) + 3).removeprefix(b"\xef\xbb\xbf").startswith(header)
 
 
 # -- urlpath -----------------------------------------------------------------------
@@ -126,7 +172,7 @@ def from_urlpath(urlpath: str | None) -> str | None:
     path = urlpath.split("?", 1)[0].split("#", 1)[0].lstrip("/")
     first = path.split("/", 1)[0]
     if first == "pluto":
-        raise LaunchError(f"urlpath={first}: {PLUTO_REFUSED}")
+        return pluto_target(path[len("pluto") :].strip("/"))
     if first == "rstudio":
         raise LaunchError(f"urlpath={first}: {RSTUDIO_REFUSED}")
     if first == "shiny":
@@ -141,6 +187,19 @@ def from_urlpath(urlpath: str | None) -> str | None:
 
 def shiny_target(folder: str) -> str:
     return "/shiny/" + (_checked_folder(folder) + "/" if folder else "")
+
+
+def pluto_target(notebook: str) -> str:
+    """`/pluto/`, or `/pluto/<notebook>.jl` for a notebook at the root, by a name of
+    NOTEBOOK_NAME (which no path, query or control character passes)."""
+    if not notebook:
+        return "/pluto/"
+    if not NOTEBOOK_NAME.fullmatch(notebook):
+        raise LaunchError(
+            f"pluto/{notebook[:100]!r}: the notebook must be a .jl file at the repository's "
+            "root, named with letters, digits and _.+-"
+        )
+    return f"/pluto/{notebook}"
 
 
 def _checked_folder(folder: str) -> str:
@@ -165,15 +224,27 @@ def normalise_view(target: str) -> str:
         return target
     if target.startswith("/shiny/"):
         return shiny_target(target[len("/shiny/") :].strip("/"))
+    if target.startswith("/pluto/"):
+        return pluto_target(target[len("/pluto/") :])
     raise LaunchError(
         f"{target!r}: the file to open must be a path inside the repository "
-        "(or one of the pages /lab, /tree, /shiny/…)"
+        "(or one of the pages /lab, /tree, /shiny/…, /pluto/…)"
     )
 
 
 def view_path(target: str) -> str:
-    """The URL path, below the session's base URL, of a view target."""
-    return SHINY_VIEW if target.startswith("/shiny/") else target.lstrip("/")
+    """The URL path, below the session's base URL, of a view target.  A notebook's,
+    `pluto/<notebook>.jl`, is Pluto's `open?path=` for the front (web/proxy.py)."""
+    if target.startswith("/shiny/"):
+        return SHINY_VIEW
+    return target.lstrip("/")
+
+
+def pluto_notebook(target: str | None) -> str | None:
+    """The notebook a `/pluto/<notebook>.jl` target names, else None."""
+    if target is None or not target.startswith("/pluto/"):
+        return None
+    return target[len("/pluto/") :] or None
 
 
 def shiny_folder(target: str | None) -> str | None:
@@ -199,6 +270,33 @@ def chosen_app(tree: RepoTree, found: ShinyApp | None, target: str | None) -> Sh
             "(app.R, or ui.R and server.R)"
         )
     return app
+
+
+def served_pluto(
+    found: Pluto | None, target: str | None, local: bool, fronted: bool, say: Callable[[str], None]
+) -> Pluto | None:
+    """The Pluto a session serves: the repository's, in a fronted session of the guix
+    runtime.  A urlpath asking for Pluto where it cannot be served fails with the
+    reason; a Pluto repository launched there says the reason in the progress."""
+    asked = target is not None and target.startswith("/pluto/")
+    reason = PLUTO_REFUSED if local else None if fronted else PLUTO_FRONTED
+    if asked and reason is not None:
+        raise LaunchError(f"urlpath={target.lstrip('/') if target else ''}: {reason}")
+    if asked and found is None:
+        raise EnvironmentSpecError(
+            "urlpath=pluto: this repository has no Pluto notebook at its root, and no "
+            "Project.toml whose [deps] name Pluto"
+        )
+    notebook = pluto_notebook(target)
+    if found is not None and notebook is not None and notebook not in found.notebooks:
+        raise EnvironmentSpecError(
+            f"urlpath=pluto/{notebook}: no Pluto notebook of that name at the repository's root"
+        )
+    if found is not None and reason is not None:
+        for name in found.notebooks or ("Project.toml",):
+            say(f"{name}: {reason}")
+        return None
+    return found
 
 
 def app_prefix(app: ShinyApp | None) -> list[str]:

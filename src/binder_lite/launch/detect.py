@@ -41,6 +41,7 @@ from binder_lite.launch import (
     guixpackages,
     names,
     pipfile,
+    pluto,
     pypackage,
     rpkg,
     scripts,
@@ -83,6 +84,8 @@ UNSUPPORTED = {
     "use Project.toml",
 }
 _JULIA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+JULIA_DEPS = "a Julia project's [deps]"
+FROM_PKG = "not in Guix: installed with Julia's Pkg when the session is built (Pluto)"
 
 # Files repo2docker reads, in the order they are reported.
 CONFIG_FILES = (
@@ -144,7 +147,7 @@ class Environment:
     files: tuple[FileReport, ...] = ()  # file by file, for `binder-lite manifest --explain`
     kernel: str | None = None  # the kernel preselected ("ir"); None: the runtime's default
     shiny: apps.ShinyApp | None = None  # the Shiny app at the root, started with a session
-    pluto: tuple[str, ...] = ()  # Pluto notebooks at the root (not served: apps.PLUTO_REFUSED)
+    pluto: apps.Pluto | None = None  # a Pluto repository: served by the guix runtime
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -191,8 +194,12 @@ def _with_apps(tree: RepoTree, env: Environment) -> Environment:
     shiny = apps.find_shiny(tree)
     if shiny is not None:
         reports.append(_shiny_report(shiny, env.kind == "manifest"))
-    pluto = apps.pluto_notebooks(tree)
-    reports += [FileReport(name, False, apps.PLUTO_REFUSED) for name in pluto]
+    deps = {r.source for f in env.files if f.reason == JULIA_DEPS for r in f.requirements}
+    deps -= {"julia", "IJulia"}  # Julia itself, and the kernel it lacks: not [deps]
+    pluto = apps.find_pluto(tree, _relative(tree, env.config_dir), deps)
+    if pluto is not None:
+        reports += _pluto_reports(pluto, env.kind == "manifest")
+        env = _from_pkg(env, deps)
     if not reports:
         return env
     env = replace(env, files=(*env.files, *reports), kernel=kernel, shiny=shiny, pluto=pluto)
@@ -206,6 +213,44 @@ def _with_apps(tree: RepoTree, env: Environment) -> Environment:
         skipped=skipped,
         manifest=render_manifest(reqs, env.origin, skipped),
     )
+
+
+def _from_pkg(env: Environment, deps: set[str]) -> Environment:
+    """A Pluto repository's Julia packages that Guix lacks come from Julia's Pkg."""
+
+    def pkg(r: Requirement) -> Requirement:
+        if r.guix is None and r.source in deps:
+            return replace(r, note=FROM_PKG, closest=())
+        return r
+
+    files = tuple(
+        replace(f, requirements=tuple(map(pkg, f.requirements))) if f.reason == JULIA_DEPS else f
+        for f in env.files
+    )
+    return replace(env, files=files, requirements=tuple(map(pkg, env.requirements)))
+
+
+def _relative(tree: RepoTree, where: Path) -> PurePosixPath:
+    return PurePosixPath(where.relative_to(tree.root)) if where != tree.root else PurePosixPath(".")
+
+
+def _pluto_reports(found: apps.Pluto, own_manifest: bool) -> list[FileReport]:
+    """Pluto's notebooks, and what serving them needs: Guix's julia and what Julia's
+    Pkg needs; Pluto.jl and the project's packages come from Pkg (pluto.py)."""
+    served = (
+        f"a Pluto notebook, served at {pluto.VIEW} by the guix runtime "
+        "(Pluto.jl installed with Julia's Pkg when the session is built)"
+    )
+    reports = [FileReport(name, True, served) for name in found.notebooks]
+    what = "Pluto, with Julia's Pkg: " + ("[deps] name Pluto" if found.named else "Pluto added")
+    if own_manifest:
+        needs = ", ".join(pluto.PACKAGES)
+        return [
+            *reports,
+            FileReport("(Pluto)", True, what, notes=(f"the manifest must provide {needs}",)),
+        ]
+    reqs = tuple(Requirement(p, p, "for Pluto") for p in pluto.PACKAGES)
+    return [*reports, FileReport("(Pluto)", True, what, reqs)]
 
 
 def _shiny_report(app: apps.ShinyApp, own_manifest: bool) -> FileReport:
@@ -587,9 +632,7 @@ class _Build:
                 reqs.append(_requirement(name, names.julia(name)))
             else:
                 skipped.append(Skipped(f"{file.name}: [deps] entry {i}", "not understood"))
-        self.report(
-            FileReport(file.name, True, "a Julia project's [deps]", tuple(reqs), tuple(skipped))
-        )
+        self.report(FileReport(file.name, True, JULIA_DEPS, tuple(reqs), tuple(skipped)))
         manifest = self.read("Manifest.toml")
         if manifest is not None:
             self.report(

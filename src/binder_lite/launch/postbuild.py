@@ -79,6 +79,13 @@ class Job:
     cgroups: sandbox.Cgroups | None = None
     time_limit: float = TIME_LIMIT
     cancel: threading.Event | None = None
+    # Folders outside the checkout the job writes into (a Julia depot): their bytes
+    # count against the same disk limit as the checkout's.
+    writes: tuple[Path, ...] = ()
+    log_name: str = LOG_NAME  # its output's file in the session's folder
+
+    def disk_used(self) -> int:
+        return sum(sandbox.disk_usage(p) for p in (self.box.repo, *self.writes))
 
 
 def cache_key(script: Script, identity: dict[str, str | None]) -> str:
@@ -109,7 +116,7 @@ def run(job: Job, say: Say) -> None:
     """Run the postBuild until it exits (status 0, or PostBuildError), then stop
     whatever it left running."""
     box = job.box
-    output = _Output(box.session_dir / LOG_NAME, job.script.name, say)
+    output = _Output(box.session_dir / job.log_name, job.script.name, say)
     try:
         process = spawn(
             job.argv,
@@ -168,18 +175,18 @@ def _wait(job: Job, process: Popen[bytes]) -> str | None:
         if now > deadline:
             return f"ran longer than {job.time_limit:g} seconds and was stopped"
         if job.boxed and now > next_check:
-            if (used := sandbox.disk_usage(job.box.repo)) > job.box.limits.disk:
+            if (used := job.disk_used()) > job.box.limits.disk:
                 return _too_much(used, job.box.limits.disk)
             next_check = now + DISK_CHECK_SECONDS
         time.sleep(0.05)
-    if job.boxed and (used := sandbox.disk_usage(job.box.repo)) > job.box.limits.disk:
+    if job.boxed and (used := job.disk_used()) > job.box.limits.disk:
         return _too_much(used, job.box.limits.disk)
     return None
 
 
 def _too_much(used: int, limit: int) -> str:
     return (
-        f"wrote more than the session's disk limit of {limit >> 20} MiB into the checkout "
+        f"wrote more than the session's disk limit of {limit >> 20} MiB "
         f"({used >> 20} MiB) and was stopped"
     )
 
@@ -213,7 +220,7 @@ class _Output:
                 elif lines == EVENT_LINES + 1:
                     self._say(
                         f"{self._name}: its output beyond {EVENT_LINES} lines is not shown "
-                        f"(the first {LOG_LIMIT >> 20} MiB are in {LOG_NAME})"
+                        f"(the first {LOG_LIMIT >> 20} MiB are in {self._log_file.name})"
                     )
 
     def tail(self) -> str:

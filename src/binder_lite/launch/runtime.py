@@ -98,10 +98,12 @@ def guix_argv(
     program: str | None = None,
     before: Sequence[str] = (),
     command: Sequence[str] | None = None,
+    options: Sequence[str] = (),
 ) -> list[str]:
     """`guix shell --container …` running the classic notebook of Guix 1.5, after
     `before` (apps.app_prefix: a Shiny app started beside it, in the container; a
-    repository's start script), or `command` instead (a repository's postBuild).
+    repository's start script), or `command` instead (a repository's postBuild);
+    `options`: more of `guix shell`'s (pluto.guix_options: a Julia depot).
 
     Sandboxed (`paths.run_dir`), Jupyter listens on a socket in `run_dir`, and the
     container shares the sandbox's network only when the session may go out; otherwise
@@ -121,6 +123,7 @@ def guix_argv(
         # The Guix kernel builds each notebook's environment through the daemon.
         f"--expose={GUIX_DAEMON_SOCKET}",
         "--preserve=^JUPYTER_TOKEN$",
+        *options,
         f"--manifest={paths.manifest}",
         "--",
         *(

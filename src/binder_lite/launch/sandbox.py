@@ -344,12 +344,17 @@ def _guix_binds(program: str) -> list[str]:
 
 
 def guix_bwrap_argv(
-    box: Sandbox, inner: list[str], manifest: Path, channels: Path | None
+    box: Sandbox,
+    inner: list[str],
+    manifest: Path,
+    channels: Path | None,
+    binds: Sequence[str] = (),
 ) -> list[str]:
     """The guix runtime's sandbox around `guix shell …` (`inner`): Guix evaluates the
     repository's manifest (Guile code) in here, seeing the store, the daemon's socket
     and the session's files, and nothing of the service.  Guix then makes its own
-    container inside, so the sandbox's user is root there (of its namespace only)."""
+    container inside, so the sandbox's user is root there (of its namespace only).
+    `binds`: more of bubblewrap's options (pluto.bwrap_binds: a Julia depot)."""
     box.run_dir.mkdir(mode=0o700, exist_ok=True)
     stage = GUIX_STAGE
     files = ["--ro-bind", str(manifest), f"{stage}/manifest.scm"]
@@ -364,6 +369,7 @@ def guix_bwrap_argv(
         str(box.run_dir),
         f"{stage}/run",
         *files,
+        *binds,
     ]
     if not _needs_root(inner[0]):
         # A Guix of its own makes an unprivileged container (its own user namespace):

@@ -33,6 +33,7 @@ from binder_lite.launch import (
     apps,
     detect,
     lifetime,
+    pluto,
     postbuild,
     runtime,
     sandbox,
@@ -300,7 +301,10 @@ def _launch(plan: _Plan, report: _Reporter) -> Session:
     kernel, app, target = apps.for_launch(
         checkout.path, env, target, local, fronted, lambda m: report(Event(Phase.RESOLVING, m))
     )
-    env = dataclasses.replace(env, shiny=app)
+    served = apps.served_pluto(
+        env.pluto, target, local, fronted, lambda m: report(Event(Phase.RESOLVING, m))
+    )
+    env = dataclasses.replace(env, shiny=app, pluto=served)
     plan = dataclasses.replace(plan, kernel=plan.kernel or kernel)
     box, spec = _box_and_spec(plan, checkout)
     found = _scripts(checkout.path)
@@ -430,6 +434,8 @@ def _start(
     manifest = plan.session_dir / "manifest.scm"
     boxed = plan.isolation.sandboxed
     before = [*_start_prefix(plan, box, found.start), *apps.app_prefix(env.shiny)]
+    if env.pluto is not None:  # served: the guix runtime, sandboxed (apps.served_pluto)
+        before += pluto.server_prefix()
     if guix_runtime:
         argv = _guix_command(spec, box, manifest, env.channels, boxed, before)
         _check_with_guix(
@@ -437,6 +443,9 @@ def _start(
             report,
             sandbox.guix_environment({}) if boxed else None,
         )
+        if env.pluto is not None:
+            depot = _julia_depot(plan, spec, box, env, provenance, report)
+            argv = _guix_command(spec, box, manifest, env.channels, boxed, before, depot=depot)
     else:
         argv = [*before, *runtime.local_argv(spec)]
     # Read once: the call rewrites the checkout's alternates for the sandbox's paths.
@@ -582,11 +591,13 @@ def _guix_command(
     boxed: bool,
     before: list[str] | None = None,
     command: list[str] | None = None,
+    depot: tuple[Path, bool] | None = None,
 ) -> list[str]:
     """`guix shell --container …`; sandboxed, inside bubblewrap, so that Guix evaluates
     the repository's manifest and channels where they can reach nothing of the host.
     `before`: what starts ahead of Jupyter in the container (apps.app_prefix, a start
-    script); `command`: what runs instead of Jupyter (a postBuild)."""
+    script); `command`: what runs instead of Jupyter (a postBuild); `depot`: a Julia
+    depot for Pluto (pluto.py), and whether the command may write it (sandboxed only)."""
     if not boxed:
         paths = runtime.GuixPaths(box.repo, manifest, channels, None, network=True)
         return runtime.guix_argv(spec, paths, before=before or (), command=command)
@@ -595,12 +606,58 @@ def _guix_command(
     if command is not None:  # not Jupyter: the socket's folder is not shared with it
         paths = dataclasses.replace(paths, run_dir=None)
     program = sandbox.guix_program_inside()
-    inner = runtime.guix_argv(spec, paths, program, before or (), command)
+    options = pluto.guix_options(depot[1]) if depot is not None else []
+    inner = runtime.guix_argv(spec, paths, program, before or (), command, options)
     # A repository's own manifest is loaded by its path, which differs in the sandbox.
     text = manifest.read_text(encoding="utf-8")
     inside = box.session_dir / "manifest-sandbox.scm"
     inside.write_text(text.replace(f"{box.repo.resolve()}/", f"{paths.repo}/"), encoding="utf-8")
-    return sandbox.guix_bwrap_argv(box, inner, inside, channels)
+    binds = pluto.bwrap_binds(*depot) if depot is not None else []
+    return sandbox.guix_bwrap_argv(box, inner, inside, channels, binds)
+
+
+def _julia_depot(
+    plan: _Plan,
+    spec: runtime.ServerSpec,
+    box: sandbox.Sandbox,
+    env: detect.Environment,
+    provenance: Provenance,
+    report: Report,
+) -> tuple[Path, bool]:
+    """The Julia depot a Pluto session reads (pluto.py): kept for this commit and
+    environment, or built now, with Julia's Pkg, where the session will run."""
+    assert env.pluto is not None
+    project = env.pluto.project
+    kept = pluto.depot_dir(plan.cache, dataclasses.asdict(provenance))
+    manifest = plan.session_dir / "manifest.scm"
+    command = pluto.build_command(project)
+
+    def build(depot: Path) -> None:
+        if box.network is SessionNetwork.NONE:
+            raise EnvironmentSpecError(pluto.NO_NETWORK)
+        argv = _guix_command(
+            spec, box, manifest, env.channels, True, command=command, depot=(depot, True)
+        )
+        cgroups = sandbox.make_cgroups(f"{box.session_id}-julia", box.limits)
+        argv = sandbox.limited(argv, cgroups, box.limits)
+        limit = postbuild.TIME_LIMIT + (plan.timeout or DEFAULT_TIMEOUT[plan.kind])
+        environment = sandbox.guix_environment({})
+        job = postbuild.Job(
+            pluto.BUILD_STEP,
+            argv,
+            environment,
+            box,
+            True,
+            cgroups,
+            limit,
+            plan.fetch.cancel,
+            writes=(depot,),
+            log_name=pluto.BUILD_LOG,
+        )
+        postbuild.run(job, lambda line: report(Event(Phase.BUILDING, line)))
+
+    pluto.ensure(kept, build, lambda line: report(Event(Phase.BUILDING, line)))
+    return kept, False
 
 
 def _guix_check_command(

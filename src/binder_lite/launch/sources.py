@@ -477,10 +477,10 @@ def trim_cache(cache: Path, max_bytes: int, keep: Collection[Path] = ()) -> list
 
 
 def _cache_entries(cache: Path) -> list[Path]:
-    """The cache's removable entries: `repos/<key>.git` and `postbuild/<key>` (a name
-    starting with a dot is a result still being written)."""
+    """The cache's removable entries: `repos/<key>.git`, `postbuild/<key>` and
+    `julia/<key>` (Pluto's depots); a name starting with a dot is still being written."""
     mirrors = [m for m in (cache / "repos").glob("*.git") if m.is_dir()]
-    kept = [k for k in (cache / "postbuild").glob("[!.]*") if k.is_dir()]
+    kept = [k for d in ("postbuild", "julia") for k in (cache / d).glob("[!.]*") if k.is_dir()]
     return mirrors + kept
 
 

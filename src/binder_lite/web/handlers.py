@@ -101,8 +101,9 @@ def _repo_spec(handler: BaseMixin, provider: str) -> RepoSpec:
 
 def _open_path(urlpath: str | None, filepath: str | None) -> str | None:
     """BinderHub's filepath (a file), or its urlpath: a file (lab/tree/x.ipynb, tree/x,
-    notebooks/x) or a page (lab, shiny/…); one no session serves (pluto, rstudio)
-    raises LaunchError, a failed event before anything is fetched (apps.from_urlpath)."""
+    notebooks/x) or a page (lab, shiny/…, pluto/…); one no session serves (rstudio,
+    pluto in the local runtime) raises LaunchError, a failed event before anything is
+    fetched (apps.from_urlpath)."""
     if filepath:
         return filepath
     return apps.from_urlpath(urlpath)

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from binder_lite.errors import BinderLiteError, LaunchError
-from binder_lite.launch import lifetime, sandbox, slurm, sources
+from binder_lite.launch import lifetime, pluto, sandbox, slurm, sources
 from binder_lite.launch.node import Spec
 from binder_lite.launch.session import (
     DEFAULT_TIMEOUT,
@@ -286,10 +286,10 @@ class SessionManager:
 
     def _trim_cache(self) -> None:
         cache = self.state_dir / "cache"
-        in_use = {
-            sources.mirror_dir(cache, r.repository)
-            for r in self.store.with_status("pending", "running")
-        }
+        live = self.store.with_status("pending", "running")
+        # A running session reads its mirror's objects and its Julia depot.
+        in_use = {sources.mirror_dir(cache, r.repository) for r in live}
+        in_use |= {pluto.depot_dir(cache, r.provenance_dict()) for r in live if r.provenance}
         for entry in sources.trim_cache(cache, self.limits.max_cache, in_use):
             log.info("removed %s/%s from the cache", entry.parent.name, entry.name)
 

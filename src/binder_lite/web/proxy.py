@@ -56,7 +56,9 @@ from tornado import httputil
 from tornado.web import create_signed_value, decode_signed_value
 
 from binder_lite.errors import UsageError
-from binder_lite.launch.apps import SHINY_SOCKET
+from binder_lite.launch import pluto
+from binder_lite.launch.apps import NOTEBOOK_NAME, SHINY_SOCKET
+from binder_lite.launch.sandbox import WORK_DIR
 from binder_lite.web.auth import Identity
 from binder_lite.web.base import COOKIE_DAYS, USER_COOKIE, Service
 from binder_lite.web.manager import SessionManager
@@ -287,25 +289,32 @@ def session_headers(
     return headers
 
 
-# A session's Shiny app (launch/apps.py): /s/<id>/shiny/…, served from its socket in
-# the session's run directory, next to Jupyter's.
-_APP_PATH = re.compile(r"(/s/[0-9a-f]{16}/shiny)(/[^?]*)?(?:\?(.*))?", re.DOTALL)
+# A session's Shiny app (launch/apps.py) or Pluto (launch/pluto.py): /s/<id>/shiny/…
+# and /s/<id>/pluto/…, served from their sockets in the session's run directory, next
+# to Jupyter's.
+_APP_PATH = re.compile(r"(/s/[0-9a-f]{16}/(shiny|pluto))(/[^?]*)?(?:\?(.*))?", re.DOTALL)
+_APP_SOCKETS = {"shiny": SHINY_SOCKET, "pluto": pluto.SOCKET}
 
 
 def app_route(record: Record, target: str) -> tuple[Address, str] | Reply | None:
-    """Where a request for the session's Shiny app goes: the app's socket, and the
-    target as the app sees it (`/s/<id>/shiny/x?q` is `/x?q` there, the session's token
+    """Where a request for the session's Shiny app or Pluto goes: its socket, and the
+    target as it sees it (`/s/<id>/shiny/x?q` is `/x?q` there, the session's token
     taken out); a redirect for `/s/<id>/shiny`; None for what goes to Jupyter.  The
     socket is found next to Jupyter's, never from the request: a path in the target
-    (`shiny/../..`) reaches only this session's app, which serves what it likes."""
+    (`shiny/../..`) reaches only this session's app, which serves what it likes.
+    `/s/<id>/pluto/<notebook>.jl` (a launch's urlpath) is Pluto's page opening the
+    notebook of that name at the checkout's root, `/open?path=…`."""
     m = _APP_PATH.fullmatch(target)
     if m is None or not record.socket:
         return None
-    prefix, path, query = m.groups()
+    prefix, app, path, query = m.groups()
     if not path:
         return Reply(301, "", (("Location", prefix + "/" + (f"?{query}" if query else "")),))
     kept = _without(urllib.parse.parse_qs(query or "", keep_blank_values=True), "token")
-    socket = posixpath.join(posixpath.dirname(record.socket), SHINY_SOCKET)
+    socket = posixpath.join(posixpath.dirname(record.socket), _APP_SOCKETS[app])
+    if app == "pluto" and NOTEBOOK_NAME.fullmatch(path[1:]):
+        # Pluto answers with a redirect to `edit?id=…`, relative: /s/<id>/pluto/edit.
+        return socket, "/open?" + urllib.parse.urlencode({"path": f"{WORK_DIR}{path}"})
     return socket, path + (f"?{kept}" if kept else "")
 
 
