@@ -140,6 +140,10 @@ def _free_subnet() -> str:
     raise RuntimeError("no free 10.x.y.0/24 subnet")
 
 
+# slurmctld starts a batch job only in a scheduling pass, run on its once-a-second tick
+# when a job was submitted or ended, and by default not within batch_sched_delay (3 s)
+# of the last pass: 0 lets the next tick start it (the README recommends the same to
+# sites with interactive sessions); the scheduler's other settings are its defaults.
 SLURM_CONF = """\
 ClusterName={tag}
 SlurmctldHost=localhost({controller})
@@ -165,7 +169,7 @@ ReturnToService=2
 MpiDefault=none
 MinJobAge=600
 KillWait=5
-SchedulerParameters=sched_interval=2
+SchedulerParameters=batch_sched_delay=0
 {nodes}
 PartitionName={partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """

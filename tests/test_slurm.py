@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import http.server
 import json
 import os
 import re
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from webkit import Client, Server, wait_for
 
 from binder_lite.launch import node, slurm
 from binder_lite.launch.node import FORBIDDEN
+from binder_lite.launch.session import Event
 from binder_lite.site import load_site
 from binder_lite.site.model import Slurm
 
@@ -248,7 +252,9 @@ def test_a_restarted_service_adopts_running_jobs_and_cancels_unknown_ones(
     srv.proc.wait(timeout=30)  # type: ignore[union-attr]
     srv.start()
     assert cluster.jobs().get(job) == "RUNNING"
-    assert stray not in cluster.jobs()
+    # Cancelled at the start; a stray that had started yet is COMPLETING for a moment.
+    wait_for(lambda: stray not in cluster.jobs(), 60, "the stray job to end")
+    assert cluster.job(stray)["JobState"] == "CANCELLED"
     assert srv.session_field(sid, "status") == "running"
     cookie = "; ".join(f"{c.name}={c.value}" for c in client.jar)
     headers = {"Origin": srv.url, "Cookie": cookie}
@@ -352,13 +358,109 @@ def test_slurm_settings_are_checked_where_they_are_written(
 
 
 def test_a_report_is_believed_only_with_the_session_s_signature() -> None:
-    report = node.Report("7", "10.1.2.3", 4000, "t" * 48, "tree", "/w")
+    report = node.Report("7", "10.1.2.3", 4000, "t" * 48, "tree", "/w", "n1")
     signed = report.signed("secret")
     assert node.Report.verified(signed, "secret") == report
     assert node.Report.verified(signed, "other") is None
     assert node.Report.verified({**signed, "port": 4001}, "secret") is None
+    assert node.Report.verified({**signed, "node": "n2"}, "secret") is None
     assert node.Report.verified({**signed, "mac": None}, "secret") is None
     assert node.Report.verified("nonsense", "secret") is None
+
+
+@contextlib.contextmanager
+def stand_in_jupyter(token: str) -> Iterator[int]:
+    """An HTTP server answering Jupyter's /s/x/api/status to the token; its port."""
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/s/x/api/status"
+            ok = ok and self.headers["Authorization"] == f"token {token}"
+            body = b'{"started": "now"}' if ok else b""
+            self.send_response(200 if ok else 403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def stand_in_slurm(bin_dir: Path, answers: list[str], first: str = "") -> Path:
+    """scontrol and squeue on PATH for job 42: scontrol's Nth call runs `first` (the
+    first only) and prints answers[N] (the last one again after); the calls are counted
+    in the file returned."""
+    bin_dir.mkdir()
+    calls = bin_dir / "calls"
+    lines = ["#!/bin/sh", f"echo asked >> {calls}", f"n=$(wc -l < {calls})"]
+    for i, answer in enumerate(answers, 1):
+        test = f'[ "$n" -ge {i} ]' if i == len(answers) else f'[ "$n" -eq {i} ]'
+        run_first = f"{first}; " if i == 1 and first else ""
+        lines.append(f"if {test}; then {run_first}echo 'JobId=42 {answer}'; exit 0; fi")
+    (bin_dir / "scontrol").write_text("\n".join(lines) + "\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho 42\n")
+    for tool in ("scontrol", "squeue"):
+        (bin_dir / tool).chmod(0o755)
+    return calls
+
+
+def test_the_job_s_signed_report_ends_the_wait_before_slurm_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is looked for between Slurm's looks, and believed once signed and its
+    session answers: here Slurm, asked once, still says the job waits."""
+    secret, token = "s" * 64, "t" * 48
+    folder = tmp_path / "session"
+    folder.mkdir()
+    with stand_in_jupyter(token) as port:
+        found = node.Report("42", "127.0.0.1", port, token, "tree", "/w", "n7")
+        (tmp_path / "ready").write_text(json.dumps(found.signed(secret)))
+        copy = f"cp {tmp_path / 'ready'} {folder / node.REPORT_FILE}"
+        calls = stand_in_slurm(tmp_path / "bin", ["JobState=PENDING Reason=Priority"], copy)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+        said: list[Event] = []
+        submitted = slurm.Submitted("42", secret)
+        deadline = time.monotonic() + 60
+        got = slurm.wait_ready(submitted, folder, "/s/x/", said.append, threading.Event(), deadline)
+    assert got == found
+    assert [e.message for e in said] == [
+        "queued in Slurm: Priority, position 1 of 1",
+        "starting on n7",
+    ]
+    assert calls.read_text().count("asked") == 1
+
+
+def test_a_report_signed_with_another_secret_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone else's report, of a session that answers, in the job's folder: the
+    service waits on until Slurm says the job ended, and says Slurm's reason."""
+    token = "t" * 48
+    folder = tmp_path / "session"
+    folder.mkdir()
+    with stand_in_jupyter(token) as port:
+        forged = node.Report("42", "127.0.0.1", port, token, "tree", "/w", "n7")
+        (folder / node.REPORT_FILE).write_text(json.dumps(forged.signed("f" * 64)))
+        answers = ["JobState=RUNNING Reason=None BatchHost=n7"] * 2
+        calls = stand_in_slurm(tmp_path / "bin", [*answers, "JobState=FAILED Reason=Crash"])
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+        said: list[Event] = []
+        submitted = slurm.Submitted("42", "s" * 64)
+        deadline = time.monotonic() + 60
+        with pytest.raises(slurm.SlurmError) as ended:
+            slurm.wait_ready(submitted, folder, "/s/x/", said.append, threading.Event(), deadline)
+    assert "the Slurm job 42 ended: FAILED (Crash)" in str(ended.value)
+    assert [e.message for e in said] == ["starting on n7"]
+    assert calls.read_text().count("asked") == 3
 
 
 @pytest.mark.guix

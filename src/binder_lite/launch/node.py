@@ -22,6 +22,7 @@ limit) the session is stopped with everything it started.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -34,6 +35,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,10 +112,11 @@ class Report:
     token: str
     view: str
     work_dir: str
+    node: str = ""  # the node's name in Slurm, for the launch page
 
     def payload(self) -> bytes:
         fields = (self.job_id, self.host, str(self.port), self.token, self.view, self.work_dir)
-        return "\x00".join(fields).encode()
+        return "\x00".join([*fields, self.node]).encode()
 
     def signed(self, secret: str) -> dict[str, object]:
         mac = hmac.new(secret.encode(), self.payload(), hashlib.sha256).hexdigest()
@@ -132,6 +135,7 @@ class Report:
                 str(data["token"]),
                 str(data["view"]),
                 str(data["work_dir"]),
+                str(data["node"]),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -260,7 +264,41 @@ def serve(session_dir: Path) -> int:
     def report(event: Event) -> None:
         print(f"{event.phase}: {event.message}", flush=True)  # noqa: T201 (the job's log)
 
-    session = launch(
+    # Slurm names the node's address while Jupyter starts, rather than after it.
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="address") as pool:
+        address = pool.submit(node_address)
+        session = _launch(spec, session_dir, stopping, report)
+        try:
+            relay = Relay(address.result(), session)
+        except (LaunchError, OSError):
+            session.stop(grace=5.0)
+            raise
+    try:
+        view = session.url[len(session.base_url) :].split("?")[0]
+        found = Report(
+            os.environ.get("SLURM_JOB_ID", ""),
+            relay.host,
+            relay.port,
+            session.token,
+            view,
+            str(session.work_dir),
+            os.environ.get("SLURMD_NODENAME", ""),
+        )
+        write_private(session_dir / REPORT_FILE, json.dumps(found.signed(spec.secret)))
+        print(f"ready: relaying {found.host}:{found.port}", flush=True)  # noqa: T201
+        while not stopping.wait(1.0) and session.alive():
+            pass
+    finally:
+        relay.close()
+        session.stop(grace=5.0)
+    return 0
+
+
+def _launch(
+    spec: Spec, session_dir: Path, stopping: threading.Event, report: Callable[[Event], None]
+) -> Session:
+    """The same sandboxed session `launch()` starts locally, from the service's mirror."""
+    return launch(
         spec.source,
         spec.commit,
         runtime_kind=spec.runtime,
@@ -272,29 +310,6 @@ def serve(session_dir: Path) -> int:
         isolation=Isolation(spec.sandboxed, spec.network, spec.limits, forward=False),
         fetch=Fetch(cancel=stopping),
     )
-    try:
-        relay = Relay(node_address(), session)
-    except (LaunchError, OSError):
-        session.stop(grace=5.0)
-        raise
-    try:
-        view = session.url[len(session.base_url) :].split("?")[0]
-        found = Report(
-            os.environ.get("SLURM_JOB_ID", ""),
-            relay.host,
-            relay.port,
-            session.token,
-            view,
-            str(session.work_dir),
-        )
-        write_private(session_dir / REPORT_FILE, json.dumps(found.signed(spec.secret)))
-        print(f"ready: relaying {found.host}:{found.port}", flush=True)  # noqa: T201
-        while not stopping.wait(1.0) and session.alive():
-            pass
-    finally:
-        relay.close()
-        session.stop(grace=5.0)
-    return 0
 
 
 def main(argv: list[str]) -> int:

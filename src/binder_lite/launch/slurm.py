@@ -7,7 +7,8 @@ runs `sbatch`.  `wait_ready` follows the job with `scontrol show job` (accountin
 be off, so sacct is not used; Slurm keeps an ended job there for MinJobAge): queued
 with Slurm's reason and the job's place in the queue, starting on its node, and then
 ready once node.py's signed report names where the session listens and Jupyter
-answers there.  `cancel` is scancel; `ours` lists the service's jobs (by name) for
+answers there (the report is looked for between Slurm's looks: it is the first to
+know).  `cancel` is scancel; `ours` lists the service's jobs (by name) for
 adoption after a restart.
 
 The job's name is `binder-lite-<session id>`; its time limit is binder.max_age (or
@@ -240,6 +241,14 @@ def jupyter_status(host: str, port: int, base_url: str, token: str) -> dict[str,
     return data if isinstance(data, dict) else None
 
 
+# The service looks for the job's report often: one failed open while it is not there
+# (the shared state directory, as every node writes it).  Slurm it asks less and less
+# often, up to once a second: each look is a request to slurmctld (scontrol, and squeue
+# while the job waits), and it only says where the job is, which the report says first.
+REPORT_POLL = 0.05
+SLURM_POLL = (0.1, 1.0)
+
+
 def wait_ready(
     submitted: Submitted,
     folder: Path,
@@ -251,29 +260,42 @@ def wait_ready(
     """Follow the job until its session answers; its events say where it is.  Raises
     a SlurmError with Slurm's reason when the job ends first."""
     said: tuple[object, ...] = ()
-    delay = 0.1
+    job = JobState(submitted.job_id, "PENDING", "", None)
+    ask_at, interval = time.monotonic(), SLURM_POLL[0]
     while True:
         if cancel_event.is_set():
             raise LaunchError("stopped while the job was queued or starting")
-        job = state(submitted.job_id)
-        if job.ended:
-            raise SlurmError(f"the Slurm job {job.job_id} ended: {job.why()}{_tail(folder)}")
-        if job.state == "PENDING":
-            place = queue_position(job.job_id)
-            if (job.state, job.reason, place) != said:
-                said = (job.state, job.reason, place)
-                report(Event(Phase.STARTING, _queued(job, place)))
-        elif job.state == "RUNNING":
+        if time.monotonic() >= ask_at:
+            job = state(submitted.job_id)
+            said = _follow(job, folder, said, report)
+            ask_at, interval = time.monotonic() + interval, min(interval * 1.5, SLURM_POLL[1])
+        # A signed report is the job's own word that it runs: Slurm is not asked again.
+        found = read_report(folder, submitted.secret)
+        if found is not None and jupyter_status(found.host, found.port, base_url, found.token):
             if said[:1] != ("RUNNING",):
-                said = ("RUNNING",)
-                report(Event(Phase.STARTING, f"starting on {job.node}"))
-            found = read_report(folder, submitted.secret)
-            if found is not None and jupyter_status(found.host, found.port, base_url, found.token):
-                return found
+                report(Event(Phase.STARTING, f"starting on {found.node or found.host}"))
+            return found
         if time.monotonic() > deadline:
             raise SlurmError(f"the Slurm job {submitted.job_id} was not ready in time: {job.why()}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        time.sleep(REPORT_POLL)
+
+
+def _follow(
+    job: JobState, folder: Path, said: tuple[object, ...], report: Callable[[Event], None]
+) -> tuple[object, ...]:
+    """Say where the job is when that changed (what was said is returned); raise a
+    SlurmError with Slurm's reason once it has ended."""
+    if job.ended:
+        raise SlurmError(f"the Slurm job {job.job_id} ended: {job.why()}{_tail(folder)}")
+    if job.state == "PENDING":
+        place = queue_position(job.job_id)
+        if (job.state, job.reason, place) != said:
+            report(Event(Phase.STARTING, _queued(job, place)))
+            return (job.state, job.reason, place)
+    elif job.state == "RUNNING" and said[:1] != ("RUNNING",):
+        report(Event(Phase.STARTING, f"starting on {job.node}"))
+        return ("RUNNING",)
+    return said
 
 
 def _queued(job: JobState, place: tuple[int, int] | None) -> str:
