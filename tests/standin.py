@@ -3,21 +3,26 @@ substitutes).  Built from Debian packages: a kernel, OpenSSH, the Shepherd (Debi
 sid's, as Guix uses), binder-lite installed from this checkout and configured from a
 site file; booted by binder-lite's own `vm` code and smoke-tested by its own suite.
 
+Its binder-lite service is the one Guix generates from `(binder-lite services)` for
+the site (tests/standin_guix.py), store file names mapped to the stand-in's.
+
 Layers are cached under /var/cache/binder-lite, each keyed by what it is made of:
-the Debian root (this file's recipe), the Python dependencies (pyproject.toml), then
-the site's image (binder-lite's wheel and the site), which is cheap to remake.
+the Debian root (this file's recipe), the Python dependencies (pyproject.toml), Guix's
+lowering (the rendered system and the services' modules), then the site's image
+(binder-lite's wheel and the site), which is cheap to remake.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import standin_guix
 
 from binder_lite import imagemeta
 from binder_lite.imagemeta import Boot, ImageMeta
@@ -35,6 +40,7 @@ PACKAGES = (
     "fdisk,dosfstools"
 )
 RECIPE = f"sid minbase {PACKAGES} v1"
+CURRENT_SYSTEM = "/usr/lib/standin/current-system"  # see _current_system; init.sh
 
 
 def _run(*argv: str | os.PathLike[str], **kwargs: object) -> None:
@@ -140,9 +146,25 @@ def wheel(out: Path) -> Path:
     return next(out.glob("binder_lite-*.whl"))
 
 
-def build(site: Site, out_dir: Path, secret: str) -> Path:
+def lowered(site: Site, services: Path, out_dir: Path) -> standin_guix.Lowered:
+    """What Guix makes for the site's binder-lite service: for the project's own
+    services, a layer cached by what decides it; for others (a test's altered copy),
+    made afresh in `out_dir`, so they never evict the project's."""
+    if services.resolve() != (ROOT / "services").resolve():
+        return standin_guix.lower(site, services, out_dir / "guix")
+
+    def make(tmp: Path) -> None:
+        standin_guix.lower(site, services, tmp)
+
+    return standin_guix.Lowered(_layer("standin-guix", standin_guix.key(site, services), make))
+
+
+def build(site: Site, out_dir: Path, secret: str, services: Path = ROOT / "services") -> Path:
     """The stand-in image for `site` in `out_dir`, with its metadata as built images
-    have it (without a build record: no Guix built it)."""
+    have it (without a build record: no Guix built it), running the binder-lite
+    service Guix generates from the Scheme modules in `services`."""
+    guix = lowered(site, services, out_dir)
+    service_file = guix.service_file()  # refused before the image is made
     out_dir.mkdir(parents=True, exist_ok=True)
     base = python_root()
     root = out_dir / "root"
@@ -160,6 +182,7 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
         f"/tmp/{whl.name}",
     )
     _configure(root, site, secret)
+    _install_service(root, guix, service_file)
     image = out_dir / f"{site.site.slug}-standin.img"
     image.unlink(missing_ok=True)
     _run(
@@ -192,16 +215,18 @@ def build(site: Site, out_dir: Path, secret: str) -> Path:
 
 def without_init(image: Path, broken: Path) -> Path:
     """`broken`: the stand-in `image` (linked, not copied) booting an init that does not
-    exist, so the kernel panics and no SSH server ever answers."""
+    exist, without its initrd, so the kernel panics and no SSH server ever answers.
+    (With the initrd, initramfs-tools falls back to the root's /sbin/init, which is
+    systemd: a boot whose console need not mention init at all.)"""
     meta = imagemeta.read(image)
-    assert meta is not None and meta.boot.append and meta.boot.kernel and meta.boot.initrd
+    assert meta is not None and meta.boot.append and meta.boot.kernel
     broken.symlink_to(image)
     boot = dataclasses.replace(
         meta.boot,
         append=meta.boot.append.replace("init=/sbin/standin-init", "init=/nonexistent"),
-        # Its own metadata sits beside the link: the kernel and initrd stay where they are.
+        # Its own metadata sits beside the link: the kernel stays where it is.
         kernel=str(image.parent / meta.boot.kernel),
-        initrd=str(image.parent / meta.boot.initrd),
+        initrd=None,
     )
     imagemeta.write(broken, dataclasses.replace(meta, image=broken.name, boot=boot))
     return broken
@@ -269,18 +294,44 @@ def _configure(root: Path, site: Site, secret: str) -> None:
     if site.binder.push_credential_file:
         _write(root, site.binder.push_credential_file, f"{site.binder.user}:{secret}\n", 0o600)
         _chroot(root, "chown", site.binder.user, site.binder.push_credential_file)
-    _write(root, "/gnu/store/00000000000000000000000000000000-binder-lite.yaml", site_text)
-    serve = [
-        "/opt/binder-lite/bin/binder-lite",
-        "serve",
-        "/etc/binder-lite/site.yaml",
-        "--runtime",
-        "local",
-        "--allow-local-repos",
-        "--address",
-        "0.0.0.0",
-    ]
-    scm = (HERE / "init.scm").read_text().replace("@SERVE@", " ".join(json.dumps(a) for a in serve))
-    _write(root, "/etc/shepherd/init.scm", scm)
+    _write(root, "/etc/shepherd/init.scm", (HERE / "init.scm").read_text())
     _write(root, "/sbin/standin-init", (HERE / "init.sh").read_text(), 0o755)
     _chroot(root, "sh", "-c", "rm -f /etc/ssh/ssh_host_*")  # made at each boot
+
+
+def _install_service(root: Path, guix: standin_guix.Lowered, service_file: str) -> None:
+    """Guix's binder-lite service and the counterparts of the store items it names
+    (standin_guix.COUNTERPARTS); the Guix-made files also go into a /gnu/store under
+    their own names, as on Guix System (the smoke looks for secrets there)."""
+    service_origin, config_origin = guix.origins
+    _write(root, "/etc/shepherd/binder-lite.scm", service_file)
+    _write(root, "/etc/binder-lite/binder-lite.json", guix.config_file())
+    _write(root, service_origin, (guix.directory / standin_guix.SERVICE_FILE).read_text())
+    _write(root, config_origin, (guix.directory / standin_guix.CONFIG_FILE).read_text())
+    for name in ("module-import", "module-import-compiled"):
+        # copytree keeps modification times: each .go stays newer than its source.
+        shutil.copytree(guix.directory / name, root / "opt/standin" / name)
+    (root / "opt/standin/preload").mkdir(parents=True)
+    _write(
+        root,
+        "/opt/standin/binder-lite/bin/binder-lite",
+        '#!/bin/sh\nexec /opt/binder-lite/bin/binder-lite "$@" --allow-local-repos\n',
+        0o755,
+    )
+    _current_system(root)
+
+
+def _current_system(root: Path) -> None:
+    """/run/current-system/profile/bin, the PATH Guix's service runs with: a link to
+    each command of the Debian system and of binder-lite's virtualenv (first, as
+    binder-lite's package comes first in a Guix system profile).  standin-init links
+    /run/current-system here at boot, as Guix System's boot script links it into the
+    store.  Under /usr, which sessions' sandboxes see (as Guix's see /gnu/store): they
+    make the same link, and find their commands through it."""
+    bin_dir = root / CURRENT_SYSTEM.lstrip("/") / "profile/bin"
+    bin_dir.mkdir(parents=True)
+    for directory in ("/usr/sbin", "/usr/bin", "/opt/binder-lite/bin"):
+        for command in sorted((root / directory.lstrip("/")).iterdir()):
+            link = bin_dir / command.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"{directory}/{command.name}")

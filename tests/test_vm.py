@@ -45,6 +45,9 @@ users:
     ssh_keys: ["{key}"]
 binder:
   port: 8080
+  # The VM has no Guix to build session environments with: sessions use the
+  # service's own Jupyter.
+  runtime: local
   push_credential_file: /etc/binder-lite/push-credential
 """
 
@@ -165,6 +168,24 @@ def test_smoke_passes_with_junit_and_summary(machine: Machine, tmp_path: Path) -
     assert_all_passed(result.stdout, junit)
 
 
+def test_the_booted_service_is_the_one_guix_generated(machine: Machine) -> None:
+    """What the Shepherd runs is Guix's lowering of `(binder-lite services)` for the
+    site, store names mapped (tests/standin_guix.py), not a hand-written copy."""
+    import standin as builder
+
+    from binder_lite.site import load_site
+
+    site = load_site(machine.site)
+    expected = builder.lowered(site, builder.ROOT / "services", machine.image.parent)
+    assert guest_output(machine, "cat /etc/shepherd/binder-lite.scm") == expected.service_file()
+    # Guix's definition has a reload action and passes the JSON file Guix wrote.
+    assert "reload" in guest_output(machine, "sudo -n herd doc binder-lite list-actions")
+    serve = guest_output(machine, "pgrep -a -f 'binder-lite serve'")
+    assert "serve /etc/binder-lite/binder-lite.json --port 8080 --state-dir" in serve, serve
+    config = guest_output(machine, "cat /etc/binder-lite/binder-lite.json")
+    assert config == expected.config_file()
+
+
 def assert_all_passed(summary: str, junit: Path) -> None:
     assert f"{len(CHECKS)} passed, 0 failed, 0 skipped" in summary, summary
     for check in CHECKS:
@@ -200,6 +221,12 @@ def guest(machine: Machine, command: str, user: str = "tester") -> None:
     """Run a shell command on the guest over `vm ssh` (which checks its host key)."""
     result = binder_lite("vm", "ssh", machine.name, "-i", machine.key, "-l", user, "--", command)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def guest_output(machine: Machine, command: str) -> str:
+    result = binder_lite("vm", "ssh", machine.name, "-i", machine.key, "--", command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def test_a_stopped_service_fails_with_its_status(machine: Machine) -> None:

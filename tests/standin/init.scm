@@ -1,5 +1,7 @@
-;; The stand-in image's Shepherd services: what binder-lite's Guix systems run, made
-;; from Debian packages.  @SERVE@ is replaced by the binder-lite command line.
+;; The stand-in image's shepherd.conf.  binder-lite's service is the one Guix
+;; generates from (binder-lite services), loaded from /etc/shepherd/binder-lite.scm
+;; (tests/standin_guix.py); networking and sshd, Guix's own services, are written
+;; here for Debian's commands.
 (use-modules (shepherd service))
 
 (define networking
@@ -16,6 +18,14 @@
                 (lambda (port) (display "nameserver 10.0.2.3\n" port)))
               #t)))
 
+;; Shim: Guix's user-processes service only stops every remaining process at
+;; shutdown; binder-lite's service requires it, and needs nothing else from it.
+(define user-processes
+  (service '(user-processes)
+    #:documentation "Stand-in for Guix's user-processes (what services require)."
+    #:one-shot? #t
+    #:start (const #t)))
+
 (define sshd
   (service '(ssh-daemon ssh sshd)
     #:requirement '(networking)
@@ -24,21 +34,16 @@
     #:stop (make-kill-destructor)
     #:respawn? #t))
 
-(define binder-lite
-  (service '(binder-lite)
-    #:requirement '(networking)
-    #:documentation "Run the binder-lite notebook service."
-    #:start (make-forkexec-constructor
-             '(@SERVE@)
-             #:user "binder" #:group "binder"
-             #:directory "/var/lib/binder-lite"
-             #:log-file "/var/log/binder-lite.log"
-             #:environment-variables
-             '("HOME=/var/lib/binder-lite" "PATH=/opt/binder-lite/bin:/usr/bin:/bin"
-               "LC_ALL=C.UTF-8"))
-    #:stop (make-kill-destructor)
-    #:respawn? #t
-    #:respawn-delay 1))
+(define (load-service file)
+  ;; As Guix's shepherd.conf loads each service's file: in a fresh module that
+  ;; uses (shepherd service); the file's value is the service.
+  (save-module-excursion
+   (lambda ()
+     (let ((module (make-fresh-user-module)))
+       (module-use! module (resolve-interface '(shepherd service)))
+       (set-current-module module)
+       (primitive-load file)))))
 
-(register-services (list networking sshd binder-lite))
-(start-in-the-background '(networking ssh-daemon binder-lite))
+(register-services
+ (list networking user-processes sshd (load-service "/etc/shepherd/binder-lite.scm")))
+(start-in-the-background '(networking user-processes ssh-daemon binder-lite))

@@ -12,6 +12,8 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -o remount,rw /
 mkdir -p /run/sshd /var/run
+# The system profile Guix's services find their commands in (tests/standin.py).
+ln -s /usr/lib/standin/current-system /run/current-system
 # Nothing loads modules here but us (no udev): the network card's driver, and TUN for
 # sessions' outbound network (slirp4netns).
 modprobe virtio_net
