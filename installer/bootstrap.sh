@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install binder-lite on an existing Debian or Ubuntu server, as a systemd service.
+# Install binder-lite on an existing Debian 12 or Ubuntu 24.04 server, as a systemd
+# service.
 #
 # POSIX sh: a minimal server has no Python until step 2 installs it.  Run as root:
 #
@@ -40,6 +41,13 @@ HEALTH_TIMEOUT=${BINDER_LITE_HEALTH_TIMEOUT:-180}
 HERE=$(cd "$(dirname "$0")" && pwd)
 MARKS=$ETC/.installed-by-bootstrap  # what this script made, for --uninstall
 PACKAGES="python3 python3-venv git bubblewrap iproute2 ca-certificates"
+# Debian 12 and Ubuntu 24.04 are tested (a VM, a chroot) and have bundles; Debian 13
+# installs online with the same packages.
+RELEASES="debian-12 debian-13 ubuntu-24.04"
+# Ubuntu 24.04 lets a program make unprivileged user namespaces only under an AppArmor
+# profile that allows it (kernel.apparmor_restrict_unprivileged_userns=1, set by its
+# apparmor package), and ships none for bwrap: this one, given to the service alone.
+APPARMOR_PROFILE=/etc/apparmor.d/$UNIT
 
 SITE="" BUNDLE="" WHEEL="" SERVE_ARGS="" ACTION=install PURGE=0 START=1
 STEP=0 STEPS=0 WHAT="" WORK=""
@@ -139,9 +147,9 @@ check_host() {
     step "checking this host"
     [ "$(id -u)" = 0 ] || fail "run as root"
     rel=$(release)
-    case $rel in
-        debian-*|ubuntu-*) note "$rel" ;;
-        *) fail "$rel: binder-lite installs on Debian or Ubuntu" ;;
+    case " $RELEASES " in
+        *" $rel "*) note "$rel" ;;
+        *) fail "this host is $rel: binder-lite installs on $(say "$RELEASES" | sed 's/ / or /g')" ;;
     esac
     [ "$START" = 0 ] || systemd_runs || fail "systemd is not running here (try --no-start)"
     [ -r "$SITE" ] || fail "$SITE: cannot read the site file"
@@ -336,12 +344,72 @@ ensure_unit() {
         mark "unit=$UNIT_FILE"
         note "written"
     fi
+    ensure_apparmor_profile
     if [ "$START" = 1 ]; then
         systemctl daemon-reload || fail "systemctl daemon-reload failed"
         systemctl enable "$UNIT.service" >/dev/null 2>&1 || fail "systemctl enable $UNIT failed"
     else
         mkdir -p /etc/systemd/system/multi-user.target.wants
         ln -sfn "$UNIT_FILE" "/etc/systemd/system/multi-user.target.wants/$UNIT.service"
+    fi
+}
+
+apparmor_profile() {
+    cat <<EOF
+# binder-lite's service, written by installer/bootstrap.sh (run it again, do not edit).
+# It confines nothing: it is only what lets the service's bubblewrap (and guix) make
+# the sessions' user namespaces under Ubuntu's restriction.  The unit asks for it by
+# name (AppArmorProfile=), so no other program's bwrap gets it.
+abi <abi/4.0>,
+include <tunables/global>
+
+profile $UNIT flags=(unconfined) {
+  userns,
+
+  # The administrator's additions (AppArmor's convention for Ubuntu's profiles).
+  include if exists <local/$UNIT>
+}
+EOF
+}
+
+# On Ubuntu 24.04 with its apparmor package (which sets the restriction), the profile
+# above in /etc/apparmor.d (loaded at every boot), loaded now, and a drop-in giving it
+# to the service.  Without the package nothing restricts user namespaces.
+ensure_apparmor_profile() {
+    [ "$(release)" = ubuntu-24.04 ] || return 0
+    if ! command -v apparmor_parser >/dev/null 2>&1; then
+        note "AppArmor: not installed, user namespaces are not restricted"
+        return 0
+    fi
+    dropin=/etc/systemd/system/$UNIT.service.d/apparmor.conf
+    # Made outside /etc/apparmor.d (whose every file is loaded at boot) and compiled
+    # there, without loading it, before it replaces the one in use.
+    candidate=$(mktemp /tmp/binder-lite-apparmor.XXXXXX)
+    apparmor_profile >"$candidate"
+    apparmor_parser --skip-kernel-load --skip-cache "$candidate" ||
+        { rm -f "$candidate"; fail "apparmor_parser refused the profile"; }
+    if cmp -s "$candidate" "$APPARMOR_PROFILE"; then
+        rm -f "$candidate"
+        note "AppArmor profile $UNIT unchanged"
+    else
+        install -m 0644 "$candidate" "$APPARMOR_PROFILE"
+        rm -f "$candidate"
+        CHANGED=1
+        mark "apparmor=$APPARMOR_PROFILE"
+        note "AppArmor profile $APPARMOR_PROFILE written"
+    fi
+    want=$(printf '[Service]\nAppArmorProfile=%s' "$UNIT")
+    if [ "$(cat "$dropin" 2>/dev/null)" != "$want" ]; then
+        mkdir -p "$(dirname "$dropin")"
+        say "$want" >"$dropin"
+        CHANGED=1
+        mark "dropin=$dropin"
+        note "$dropin written"
+    fi
+    if [ "$START" = 1 ] && [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]; then
+        apparmor_parser --replace --write-cache "$APPARMOR_PROFILE" ||
+            fail "apparmor_parser could not load $APPARMOR_PROFILE"
+        note "AppArmor profile $UNIT loaded"
     fi
 }
 
@@ -475,6 +543,22 @@ and there is no $backup to restore"
 
 # -- uninstall -----------------------------------------------------------------------
 
+remove_apparmor_profile() {  # the profile and drop-in ensure_apparmor_profile made
+    dropin=/etc/systemd/system/$UNIT.service.d/apparmor.conf
+    if grep -qxF "dropin=$dropin" "$MARKS" 2>/dev/null && [ -e "$dropin" ]; then
+        rm -f "$dropin"
+        rmdir "$(dirname "$dropin")" 2>/dev/null || true  # unless it holds the admin's
+        note "removed $dropin"
+    fi
+    grep -qxF "apparmor=$APPARMOR_PROFILE" "$MARKS" 2>/dev/null && [ -e "$APPARMOR_PROFILE" ] ||
+        return 0
+    if systemd_runs && command -v apparmor_parser >/dev/null 2>&1; then
+        apparmor_parser --remove "$APPARMOR_PROFILE" >/dev/null 2>&1 || true  # not loaded
+    fi
+    rm -f "$APPARMOR_PROFILE"
+    note "removed $APPARMOR_PROFILE"
+}
+
 uninstall_main() {
     STEPS=3
     step "stopping the service"
@@ -485,6 +569,7 @@ uninstall_main() {
     rm -f "/etc/systemd/system/multi-user.target.wants/$UNIT.service"
     step "removing the installation"
     if [ -e "$UNIT_FILE" ]; then rm -f "$UNIT_FILE"; note "removed $UNIT_FILE"; fi
+    remove_apparmor_profile
     ! systemd_runs || systemctl daemon-reload || true
     if [ -e "$PREFIX" ]; then rm -rf "$PREFIX"; note "removed $PREFIX"; fi
     state=$(sed -n 's/^state=//p' "$MARKS" 2>/dev/null || true)

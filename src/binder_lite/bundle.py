@@ -1,5 +1,5 @@
-"""`binder-lite bundle --for debian-12`: everything bootstrap.sh needs on a server with
-no network, in one tar.
+"""`binder-lite bundle --for debian-12|ubuntu-24.04`: everything bootstrap.sh needs on
+a server with no network, in one tar.
 
 - wheels/: binder-lite's wheel (built from this installation's sources) and its
   dependencies' wheels, with the `local` extra's Jupyter, for the release's Python
@@ -8,7 +8,10 @@ no network, in one tar.
   dependency a minimal system of that release lacks.  They are resolved honestly, by
   apt itself, in a throwaway `debootstrap --variant=minbase` root of the release (which
   is what a minimal server has); the root and the .debs are cached, keyed by the
-  release and the package list;
+  release and the package list.  Ubuntu's root is made by the host's debootstrap with
+  its Ubuntu script and Ubuntu's archive keys (package ubuntu-keyring): every Release
+  file is checked, and apt in the root reads main and universe of the release and its
+  updates and security pockets;
 - MANIFEST: `release=`, `version=` lines bootstrap.sh reads.
 """
 
@@ -38,11 +41,33 @@ class Release:
     python: str  # the release's python3, which the wheels are for
     glibc: str  # its C library: the newest manylinux wheels it runs
     has_guix: bool  # whether the release packages Guix
+    components: tuple[str, ...] = ("main",)
+    # Suites besides the release's own that apt reads in the root: what a server
+    # installed today has.  debootstrap itself takes the release's.
+    pockets: tuple[str, ...] = ()
+    # The archive's keys, when debootstrap's default is not the host's own
+    # distribution's; and debootstrap's script, when its own may not know the codename.
+    keyring: str | None = None
+    script: str | None = None
 
 
 RELEASES = {
     "debian-12": Release(
         "debian-12", "bookworm", "http://deb.debian.org/debian", "3.11", "2_36", False
+    ),
+    # slirp4netns and passt are in universe; Debian 12's debootstrap has no `noble`,
+    # and every Ubuntu suite it knows is its `gutsy` script.
+    "ubuntu-24.04": Release(
+        "ubuntu-24.04",
+        "noble",
+        "http://archive.ubuntu.com/ubuntu",
+        "3.12",
+        "2_39",
+        True,  # guix 1.4, in universe
+        components=("main", "universe"),
+        pockets=("noble-updates", "noble-security"),
+        keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg",
+        script="gutsy",
     ),
 }
 # The package sets bootstrap.sh installs (its PACKAGES, plus the network helper); the
@@ -141,9 +166,20 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
+def _recipe(target: Release) -> tuple[str, ...]:
+    """What a root is made from.  Only what differs from Debian's defaults is added,
+    so Debian 12's roots keep the keys they had."""
+    parts = [target.codename, target.mirror, RECIPE]
+    if target.components != ("main",):
+        parts.append("components=" + ",".join(target.components))
+    if target.pockets:
+        parts.append("pockets=" + ",".join(target.pockets))
+    return tuple(parts)
+
+
 def minbase_root(target: Release, progress: Callable[[str], None]) -> Path:
     """A cached minimal root of `target` (what a minimal server has), with apt lists."""
-    root = cache_dir() / f"bundle-root-{target.name}-{_key(target.codename, target.mirror, RECIPE)}"
+    root = cache_dir() / f"bundle-root-{target.name}-{_key(*_recipe(target))}"
     if (root / ".ready").exists():
         return root
     if os.geteuid() != 0:
@@ -156,14 +192,40 @@ def minbase_root(target: Release, progress: Callable[[str], None]) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     progress(f"making a {target.codename} minbase root to resolve packages in (once)")
-    run.run(
-        ["debootstrap", "--variant=minbase", target.codename, partial, target.mirror],
-        error=_BundleCommandError,
-        timeout=1800,
-    )
+    run.run(debootstrap_argv(target, partial), error=_BundleCommandError, timeout=1800)
+    if target.pockets:
+        (partial / "etc/apt/sources.list").write_text(sources_list(target))
     (partial / ".ready").touch()
     partial.rename(root)
     return root
+
+
+def debootstrap_argv(target: Release, root: Path) -> list[str | os.PathLike[str]]:
+    argv: list[str | os.PathLike[str]] = ["debootstrap", "--variant=minbase"]
+    if target.components != ("main",):
+        argv.append("--components=" + ",".join(target.components))
+    if target.keyring is not None:
+        # Named, never left to debootstrap: without its keyring it only warns, and
+        # goes on unchecked.
+        if not Path(target.keyring).is_file():
+            raise UsageError(
+                f"{target.keyring} is missing: it checks {target.name}'s archive "
+                "(apt install ubuntu-keyring; on Debian 12 from bookworm-backports)"
+            )
+        argv.append(f"--keyring={target.keyring}")
+    argv += [target.codename, root, target.mirror]
+    if target.script is not None:
+        script = Path("/usr/share/debootstrap/scripts") / target.script
+        if not script.is_file():
+            raise UsageError(f"debootstrap has no {script}: it makes {target.name}'s root")
+        argv.append(script)
+    return argv
+
+
+def sources_list(target: Release) -> str:
+    components = " ".join(target.components)
+    suites = (target.codename, *target.pockets)
+    return "".join(f"deb {target.mirror} {suite} {components}\n" for suite in suites)
 
 
 def _in_root(root: Path, *argv: str, timeout: float = 1800) -> str:
@@ -240,6 +302,10 @@ def _control(deb: Path, data: bytes) -> str:
         name = header[:16].decode().strip().rstrip("/")
         size = int(header[48:58].decode().strip())
         body = data[offset + 60 : offset + 60 + size]
+        if name == "control.tar.zst":
+            # Ubuntu's (since 21.10): tarfile reads zstd only from Python 3.14, and
+            # dpkg-deb is on every Debian or Ubuntu host (package dpkg, essential).
+            return run.run(["dpkg-deb", "--info", deb, "control"], error=_BundleCommandError)
         if name.startswith("control.tar"):
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
                 member = tar.extractfile("./control") or tar.extractfile("control")
@@ -247,7 +313,7 @@ def _control(deb: Path, data: bytes) -> str:
                     break
                 return member.read().decode("utf-8")
         offset += 60 + size + size % 2
-    raise BundleError(f"{deb}: no control file (control.tar.zst needs a newer Python)")
+    raise BundleError(f"{deb}: no control file")
 
 
 def wheel_version(wheel: Path) -> str:

@@ -17,7 +17,7 @@ from binder_lite.vm.commands import host_key_options, identity_option
     "release_name",
     required=True,
     metavar="RELEASE",
-    help="The server's release, as its /etc/os-release says: debian-12.",
+    help="The server's release, as its /etc/os-release says: debian-12 or ubuntu-24.04.",
 )
 @click.option(
     "-o",
