@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from test_upstream import SID, TOKEN, front_before
 
 from binder_lite.web import front
-from binder_lite.web.origins import Origins
-from binder_lite.web.store import Record
 
-SID = "0123456789abcdef"
-TOKEN = "t" * 48
 SHORT = 0.3  # seconds: the limits these tests set
-
-
-class Manager:
-    def __init__(self, record: Record) -> None:
-        self.running = {record.id: record}
-
-    def touch(self, session_id: str) -> None:
-        pass
 
 
 def request(path: str) -> bytes:
@@ -60,30 +48,8 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 async def with_front(tmp: Path, check: Callable[[int], Awaitable[None]]) -> None:
-    path = str(tmp / "jupyter.sock")
-    server = await asyncio.start_unix_server(upstream, path)
-    record = Record(
-        id=SID,
-        owner="someone",
-        repository="r",
-        ref="HEAD",
-        open_path=None,
-        status="running",
-        socket=path,
-        token=TOKEN,
-    )
-    service = types.SimpleNamespace(
-        manager=Manager(record), oauth=None, origins=Origins("http", "x", None)
-    )
-    the_front = front.Front(service, "secret", 1)  # type: ignore[arg-type]
-    listening = await the_front.listen("127.0.0.1", 0)
-    try:
-        async with asyncio.timeout(30):
-            await check(listening.sockets[0].getsockname()[1])
-    finally:
-        listening.close()
-        the_front.close_clients()
-        server.close()
+    async with front_before(tmp, upstream) as port, asyncio.timeout(30):
+        await check(port)
 
 
 @pytest.fixture

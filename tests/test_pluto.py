@@ -9,13 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from launchkit import make_repo
-from webkit import Client, Server
+from test_web import local_build_path
+from webkit import Client, Server, local_server
 
 from binder_lite import guix as guix_module
 from binder_lite.errors import EnvironmentSpecError, LaunchError
@@ -203,25 +203,17 @@ def test_pluto_without_its_slash_is_redirected(tmp_path: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    (tmp_path / "site.yaml").write_text(SITE)
-    srv = Server(tmp_path / "site.yaml", tmp_path / "state", ("--allow-local-repos",)).start()
-    yield srv
-    srv.stop()
-
-
-def _build(repo: Path, urlpath: str = "") -> str:
-    escaped = urllib.parse.quote(f"file://{repo}", safe="")
-    query = f"?urlpath={urllib.parse.quote(urlpath)}" if urlpath else ""
-    return f"/build/git/{escaped}/HEAD{query}"
+    with local_server(tmp_path, SITE) as srv:
+        yield srv
 
 
 def test_the_local_runtime_says_why_in_the_progress(server: Server, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"notebook.jl": PLUTO, "index.ipynb": "{}"})
     client = Client(server.url)
-    events = client.events(_build(repo, "pluto/notebook.jl"))
+    events = client.events(local_build_path(repo, "pluto/notebook.jl"))
     assert events[-1]["phase"] == "failed", events
     assert "Debian has no Julia" in str(events[-1]["message"])
-    events = client.events(_build(repo))
+    events = client.events(local_build_path(repo))
     assert events[-1]["phase"] == "ready", events
     said = [str(e["message"]).rstrip("\n") for e in events]
     assert f"notebook.jl: {apps.PLUTO_REFUSED}" in said
@@ -253,7 +245,7 @@ def test_the_front_serves_pluto_from_the_sessions_socket_without_its_token(
     server: Server, tmp_path: Path
 ) -> None:
     client = Client(server.url)
-    events = client.events(_build(make_repo(tmp_path / "repo", {"index.ipynb": "{}"})))
+    events = client.events(local_build_path(make_repo(tmp_path / "repo", {"index.ipynb": "{}"})))
     assert events[-1]["phase"] == "ready", events
     base, token = str(events[-1]["url"]), str(events[-1]["token"])
     assert run_cell(base, token, ECHO, timeout=120) == "'serving'"

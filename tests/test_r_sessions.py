@@ -9,13 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from launchkit import git, make_repo
-from webkit import Client, Server, headless_chromium, wait_for
+from test_web import local_build_path
+from webkit import Client, Server, headless_chromium, local_server, wait_for
 
 from binder_lite import guix as guix_module
 from binder_lite.errors import LaunchError
@@ -123,26 +123,18 @@ def test_an_app_file_leading_out_of_the_checkout_is_refused(tmp_path: Path) -> N
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    (tmp_path / "site.yaml").write_text(SITE)
-    srv = Server(tmp_path / "site.yaml", tmp_path / "state", ("--allow-local-repos",)).start()
-    yield srv
-    srv.stop()
-
-
-def _build(repo: Path, urlpath: str = "") -> str:
-    escaped = urllib.parse.quote(f"file://{repo}", safe="")
-    query = f"?urlpath={urllib.parse.quote(urlpath)}" if urlpath else ""
-    return f"/build/git/{escaped}/HEAD{query}"
+    with local_server(tmp_path, SITE) as srv:
+        yield srv
 
 
 def _ready(client: Client, repo: Path, urlpath: str = "") -> dict[str, object]:
-    events = client.events(_build(repo, urlpath))
+    events = client.events(local_build_path(repo, urlpath))
     assert events[-1]["phase"] == "ready", events
     return events[-1]
 
 
 def _failed(client: Client, repo: Path, urlpath: str = "") -> str:
-    events = client.events(_build(repo, urlpath))
+    events = client.events(local_build_path(repo, urlpath))
     assert events[-1]["phase"] == "failed", events
     return str(events[-1]["message"])
 

@@ -13,7 +13,6 @@ import re
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import slurmkit
 from launchkit import execute, make_repo
+from test_web import local_build_path
 from webkit import Client, Server, wait_for
 
 from binder_lite.launch import node, slurm
@@ -89,10 +89,6 @@ def server(tmp_path: Path, cluster: slurmkit.Cluster) -> Iterator[Server]:
     wait_for(lambda: not cluster.jobs(), 60, "the service's jobs to end")
 
 
-def build_path(repo: Path) -> str:
-    return f"/build/git/{urllib.parse.quote(f'file://{repo}', safe='')}/HEAD"
-
-
 def launch_form(client: Client, repo: Path) -> str:
     """Launch through the form; the session's id, at once (its job may still wait)."""
     response = client.post("/launch", {"repo": f"file://{repo}", "ref": "main"})
@@ -118,7 +114,7 @@ def test_a_session_runs_as_a_job_on_a_node_and_a_cell_runs_through_the_proxy(
     server: Server, cluster: slurmkit.Cluster, repo: Path
 ) -> None:
     client = Client(server.url)
-    events = client.events(build_path(repo))
+    events = client.events(local_build_path(repo))
     assert events[-1]["phase"] == "ready", events
     said = messages(events)
     assert "submitted to Slurm as job" in said
@@ -290,7 +286,7 @@ def test_slurm_refusing_a_job_fails_the_launch_with_slurm_s_words(
     site.write_text(SITE.format(max_age=3600, partition="no-such-partition", time_limit=0))
     srv = Server(site, tmp_path / "state", ("--allow-local-repos", "--runtime", "slurm")).start()
     try:
-        events = Client(srv.url).events(build_path(repo))
+        events = Client(srv.url).events(local_build_path(repo))
         assert events[-1]["phase"] == "failed"
         assert "Invalid partition name specified" in str(events[-1]["message"])
     finally:

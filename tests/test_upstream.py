@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 
 import h11
@@ -36,6 +36,7 @@ from binder_lite.web.upstream import (
 
 SID = "0123456789abcdef"
 TOKEN = "t" * 48
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[object, object, None]]
 
 # -- the two readers ---------------------------------------------------------------
 
@@ -328,11 +329,12 @@ class Manager:
         pass
 
 
-async def _through_front(
-    tmp: Path, session: Session, requests: int, check: Callable[[list[bytes]], Awaitable[None]]
-) -> None:
+@contextlib.asynccontextmanager
+async def front_before(tmp: Path, handle: Handler) -> AsyncIterator[int]:
+    """A front on 127.0.0.1 (its port yielded) whose one session, SID with TOKEN, is
+    served by `handle` on a Unix socket."""
     path = str(tmp / "jupyter.sock")
-    up_server = await asyncio.start_unix_server(session.handle, path)
+    up_server = await asyncio.start_unix_server(handle, path)
     record = Record(
         id=SID,
         owner="someone",
@@ -348,26 +350,33 @@ async def _through_front(
     )
     the_front = front.Front(service, "secret", 1)  # type: ignore[arg-type]
     listening = await the_front.listen("127.0.0.1", 0)
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", listening.sockets[0].getsockname()[1]
-    )
-    answers = []
     try:
-        async with asyncio.timeout(20):
-            for n in range(requests):
-                writer.write(
-                    f"GET /s/{SID}/api/{n} HTTP/1.1\r\nHost: x\r\n"
-                    f"Authorization: token {TOKEN}\r\n\r\n".encode()
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                answers.append(head + await reader.readexactly(length))
-            await check(answers)
+        yield listening.sockets[0].getsockname()[1]
     finally:
-        writer.close()
         listening.close()
         the_front.close_clients()
         up_server.close()
+
+
+async def _through_front(
+    tmp: Path, session: Session, requests: int, check: Callable[[list[bytes]], Awaitable[None]]
+) -> None:
+    async with front_before(tmp, session.handle) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answers = []
+        try:
+            async with asyncio.timeout(20):
+                for n in range(requests):
+                    writer.write(
+                        f"GET /s/{SID}/api/{n} HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: token {TOKEN}\r\n\r\n".encode()
+                    )
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    answers.append(head + await reader.readexactly(length))
+                await check(answers)
+        finally:
+            writer.close()
 
 
 def test_a_malformed_answer_is_a_502_and_the_client_stays_in_step(tmp_path: Path) -> None:

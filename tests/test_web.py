@@ -57,6 +57,11 @@ def build_path(repo: str, ref: str = "HEAD", query: str = "") -> str:
     return f"/build/git/{urllib.parse.quote(repo, safe='')}/{ref}" + (f"?{query}" if query else "")
 
 
+def local_build_path(repo: Path, urlpath: str = "") -> str:
+    """The launch URL of a local repository, opening `urlpath` as BinderHub's does."""
+    return build_path(f"file://{repo}", query=urlpath and f"urlpath={urllib.parse.quote(urlpath)}")
+
+
 def launch(client: Client, repo: Path, query: str = "") -> dict[str, object]:
     events = client.events(build_path(f"file://{repo}", query=query))
     assert events[-1]["phase"] == "ready", events[-1]

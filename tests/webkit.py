@@ -102,6 +102,18 @@ class Server:
             self.proc.wait(timeout=60)
 
 
+@contextmanager
+def local_server(folder: Path, site: str) -> Iterator[Server]:
+    """`binder-lite serve` of the site file `site` (its text), with its state in
+    `folder`, local repositories allowed."""
+    (folder / "site.yaml").write_text(site)
+    server = Server(folder / "site.yaml", folder / "state", ("--allow-local-repos",)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class Client:
     """A browser-like HTTP client: keeps cookies, does not follow redirects."""
 

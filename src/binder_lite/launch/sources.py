@@ -129,11 +129,12 @@ def _mirror_dir(cache: Path, url: str) -> Path:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise fetches into one mirror (two sessions of one repository at once)."""
+def _locked(path: Path, how: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """Serialise fetches into one mirror (two sessions of one repository at once);
+    with LOCK_SH, hold a cache entry while it is read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, how)
         try:
             yield
         finally:
@@ -484,14 +485,7 @@ def _cache_entries(cache: Path) -> list[Path]:
     return mirrors + kept
 
 
-@contextmanager
-def shared_lock(entry: Path) -> Iterator[None]:
+def shared_lock(entry: Path) -> contextlib.AbstractContextManager[None]:
     """Hold a cache entry while it is read (a postBuild result being restored):
     `trim_cache` then leaves it, and readers do not wait for each other."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return _locked(entry, fcntl.LOCK_SH)
