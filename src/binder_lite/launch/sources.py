@@ -456,10 +456,10 @@ def _check_tree_size(url: str, mirror: Path, commit: str, limit: int) -> None:
 
 
 def trim_cache(cache: Path, max_bytes: int, keep: Collection[Path] = ()) -> list[Path]:
-    """Remove the least recently used entries — repository mirrors and postBuild
-    results — until the cache holds at most `max_bytes`; never those in `keep`
-    (running sessions borrow a mirror's objects) or locked now (a fetch into a mirror,
-    a restore from a postBuild result)."""
+    """Remove the least recently used entries — repository mirrors, postBuild
+    results, Julia depots — until the cache holds at most `max_bytes`; never those in
+    `keep` (running sessions borrow a mirror's objects and read their depot) or locked
+    now (a fetch into a mirror, a restore from a postBuild result)."""
     entries = sorted(_cache_entries(cache), key=lambda e: e.stat().st_mtime)
     sizes = {e: _size(e) for e in entries}
     total = sum(sizes.values())

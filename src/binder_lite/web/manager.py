@@ -61,7 +61,7 @@ class Limits:
     # runtime's time to start Jupyter).
     max_pending: float | None = None
     max_repo_size: int = sources.FetchLimits.max_size  # binder.max_repo_size
-    max_cache: int = 4 * 1024**3  # bytes of mirrors and postBuild results kept for relaunches
+    max_cache: int = 4 * 1024**3  # bytes of mirrors, postBuild results, Julia depots kept
 
 
 @dataclass
