@@ -15,8 +15,9 @@ session's socket, by the same client, one request at a time.
 
 Printed: sessions adopted, errors (goal: none), the median proxied and direct request
 and their ratio (goal: proxied <= 1.5x direct, at 1,000 sessions); the same request
-through a bare relay (asyncio protocols, no rules, no checks), timed in the same
-rounds, for what the extra hop costs a Python process at all; and the front's
+through a bare relay (asyncio protocols, no rules, no checks) and through the same
+relay on asyncio streams, timed in the same rounds, for what the extra hop costs a
+Python process at all and what streams add to it; and the front's
 resident memory per session (the service's RSS with every session's websocket open,
 less its RSS before any session, over the sessions).
 """
@@ -46,6 +47,12 @@ from binder_lite.procs import ProcessId  # noqa: E402
 from binder_lite.web.store import Record, Store  # noqa: E402
 
 GOAL = 1.5
+# The floors timed with the front: the extra hop with no rules, on protocols and on
+# streams (the front's own way of reading and writing).
+RELAYS = {
+    "--bare-relay": "the hop alone (a bare relay on protocols, no rules)",
+    "--stream-relay": "the hop on streams (the bare relay on asyncio streams, no rules)",
+}
 SITE = """\
 version: 1
 site: {{name: Front, slug: front}}
@@ -150,6 +157,37 @@ def bare_relay(state: str) -> None:
     asyncio.run(serve())
 
 
+def stream_relay(state: str) -> None:
+    """The bare relay again, on asyncio streams as the front is (a task per client
+    connection, awaiting each head and answer): what streams cost over protocols."""
+    length = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
+    Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ups: dict[str, Connection] = {}
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                sid = request.split(b"/", 3)[2].decode()
+                if sid not in ups:
+                    path = Path(state) / "sessions" / sid / "run" / "jupyter.sock"
+                    ups[sid] = await asyncio.open_unix_connection(str(path))
+                up_reader, up_writer = ups[sid]
+                up_writer.write(request)
+                answer = await up_reader.readuntil(b"\r\n\r\n")
+                found = length.search(answer)
+                body = await up_reader.readexactly(int(found.group(1))) if found else b""
+                writer.write(answer + body)
+                await writer.drain()
+        writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        print("ready", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+    asyncio.run(serve())
+
+
 # -- the sessions, as the service's store holds them ------------------------------------
 
 
@@ -238,34 +276,41 @@ async def websocket(port: int, record: Record) -> tuple[asyncio.StreamReader, as
 
 
 async def load(
-    port: int, relay_port: int, records: list[Record], rounds: int, pid: int
+    port: int, relays: dict[str, int], records: list[Record], rounds: int, pid: int
 ) -> dict[str, object]:
+    """Timings by path: "proxied" (the front), "direct", and each relay's."""
     errors: list[str] = []
     sockets = await asyncio.gather(*(websocket(port, r) for r in records), return_exceptions=True)
     errors += [f"websocket: {s}" for s in sockets if isinstance(s, BaseException)]
     memory = rss(pid)
     proxied_conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
-    relayed_conn = await asyncio.open_connection("127.0.0.1", relay_port)
-    proxied: list[float] = []
-    direct: list[float] = []
-    relayed: list[float] = []
+    relayed = {name: await asyncio.open_connection("127.0.0.1", p) for name, p in relays.items()}
+    times: dict[str, list[float]] = {"proxied": [], "direct": [], **{name: [] for name in relays}}
     # Kept-alive connections both ways: the front keeps its own to each upstream.
     straight = {r.id: await asyncio.open_unix_connection(str(r.socket)) for r in records}
+
+    async def one_each(i: int, record: Record, timed: bool) -> None:
+        conn = proxied_conns[i % len(proxied_conns)]
+        took = {
+            "proxied": await request(*conn, head(record, f"127.0.0.1:{port}")),
+            "direct": await request(*straight[record.id], head(record, "localhost")),
+        }
+        for name, relay in relayed.items():
+            took[name] = await request(*relay, head(record, "127.0.0.1"))
+        for name, seconds in took.items():
+            if timed:
+                times[name].append(seconds)
+
     # One round untimed, so that the front's pool holds a connection to each session
     # as the direct side does (opened above): a session's first request, which pays
     # for connecting, is one in hundreds in a notebook's life, not one in ROUNDS.
     for i, record in enumerate(records):
         with contextlib.suppress(OSError, RuntimeError, asyncio.IncompleteReadError):
-            await request(*proxied_conns[i % len(proxied_conns)], head(record, "127.0.0.1"))
-            await request(*straight[record.id], head(record, "localhost"))
-            await request(*relayed_conn, head(record, "127.0.0.1"))
+            await one_each(i, record, timed=False)
     for _ in range(rounds):
         for i, record in enumerate(records):
-            conn = proxied_conns[i % len(proxied_conns)]
             try:
-                proxied.append(await request(*conn, head(record, f"127.0.0.1:{port}")))
-                direct.append(await request(*straight[record.id], head(record, "localhost")))
-                relayed.append(await request(*relayed_conn, head(record, "127.0.0.1")))
+                await one_each(i, record, timed=True)
             except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
                 errors.append(f"request: {e}")
                 proxied_conns[i % len(proxied_conns)] = await asyncio.open_connection(
@@ -274,13 +319,15 @@ async def load(
     for s in sockets:
         if not isinstance(s, BaseException):
             s[1].close()
-    return {
-        "errors": errors,
-        "rss": memory,
-        "proxied": proxied,
-        "direct": direct,
-        "relayed": relayed,
-    }
+    return {"errors": errors, "rss": memory, **times}
+
+
+def start_relay(kind: str, state: Path) -> tuple[subprocess.Popen[str], int]:
+    relay = subprocess.Popen(
+        [sys.executable, __file__, kind, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    assert relay.stdout is not None
+    return relay, int(relay.stdout.readline().split()[1])
 
 
 def main(n: int, rounds: int) -> int:
@@ -304,23 +351,17 @@ def main(n: int, rounds: int) -> int:
             base = rss(empty.proc.pid)
             empty.stop()
             adopt_by(records, state, process)
-            relay = subprocess.Popen(
-                [sys.executable, __file__, "--bare-relay", str(state)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            assert relay.stdout is not None
-            relay_port = int(relay.stdout.readline().split()[1])
+            relays = {kind: start_relay(kind, state) for kind in RELAYS}
             server = Server(site, state, ("--runtime", "local")).start(timeout=600)
             assert server.proc is not None
             try:
-                result = asyncio.run(
-                    load(server.port, relay_port, records, rounds, server.proc.pid)
-                )
+                ports = {kind: port for kind, (_, port) in relays.items()}
+                result = asyncio.run(load(server.port, ports, records, rounds, server.proc.pid))
             finally:
                 server.stop()
-                relay.kill()
-                relay.wait()
+                for relay, _ in relays.values():
+                    relay.kill()
+                    relay.wait()
         finally:
             helper.kill()
             helper.wait()
@@ -337,11 +378,9 @@ def main(n: int, rounds: int) -> int:
         f"median request: proxied {proxied * 1000:.2f} ms, direct {direct * 1000:.2f} ms, "
         f"ratio {ratio:.2f}x (goal <= {GOAL}x, no error): {verdict}"
     )
-    relayed = statistics.median(result["relayed"])  # type: ignore[arg-type]
-    print(
-        f"the hop alone (a bare relay, no rules): {relayed * 1000:.2f} ms, "
-        f"ratio {relayed / direct:.2f}x"
-    )
+    for kind, what in RELAYS.items():
+        relayed = statistics.median(result[kind])  # type: ignore[arg-type]
+        print(f"{what}: {relayed * 1000:.2f} ms, ratio {relayed / direct:.2f}x")
     print(f"front memory: {base / 2**20:.0f} MiB alone, {per_session / 1024:.1f} KiB per session")
     return 0
 
@@ -351,6 +390,8 @@ if __name__ == "__main__":
         stand_ins(sys.argv[2:])
     elif sys.argv[1:2] == ["--bare-relay"]:
         bare_relay(sys.argv[2])
+    elif sys.argv[1:2] == ["--stream-relay"]:
+        stream_relay(sys.argv[2])
     else:
         args = [int(a) for a in sys.argv[1:3]]
         sys.exit(main(*(args + [1000, 3][len(args) :])))

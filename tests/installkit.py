@@ -1,8 +1,10 @@
 """What the installer's tests share: binder-lite's wheel, a wheel of a later version
-whose database schema is one migration ahead, and the bundle for Debian 12."""
+whose database schema is one migration ahead, the bundle for Debian 12, and a command
+run in a debootstrapped root."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +17,30 @@ ROOT = Path(__file__).resolve().parents[1]
 # What a wheel is built from (pyproject.toml's force-include).
 SOURCES = ("pyproject.toml", "README.md", "src", "system", "services", "images", "installer")
 UPGRADE_TABLE = "upgrade_marker"
+
+
+def in_root(
+    root: Path, *argv: str, network: bool = False, env: tuple[str, ...] = (), timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """`argv` chrooted into `root` (with /proc and /dev, in a mount namespace of its own
+    so nothing stays mounted), with a clean environment plus `env`; offline, in a
+    network namespace of its own, unless `network`."""
+    mount = (
+        'mount -t proc proc "$R/proc" && mount --rbind /dev "$R/dev" && '
+        'exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin '
+        'HOME=/root LC_ALL=C.UTF-8 "$@"'
+    )
+    command = ["unshare", "--mount", "--propagation", "private", "--fork"]
+    command += [] if network else ["--net"]
+    command += ["sh", "-c", mount, "sh", *env, *argv]
+    return subprocess.run(
+        command,
+        env={"R": str(root), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wheel(out: Path) -> Path:

@@ -64,21 +64,8 @@ class Chroot:
 
     def run(self, *args: str, network: bool = False) -> subprocess.CompletedProcess[str]:
         """bootstrap.sh (copied in at /installer) with `args`, in the root, offline."""
-        mount = (
-            'mount -t proc proc "$R/proc" && mount --rbind /dev "$R/dev" && '
-            'exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin '
-            'HOME=/root LC_ALL=C.UTF-8 sh /installer/bootstrap.sh "$@"'
-        )
-        argv = ["unshare", "--mount", "--propagation", "private", "--fork"]
-        argv += [] if network else ["--net"]
-        argv += ["sh", "-c", mount, "sh", *args]
-        return subprocess.run(
-            argv,
-            env={"R": str(self.root), "PATH": os.environ["PATH"]},
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
+        return installkit.in_root(
+            self.root, "sh", "/installer/bootstrap.sh", *args, network=network
         )
 
     def put(self, source: Path, inside: str) -> str:

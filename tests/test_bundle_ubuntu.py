@@ -134,23 +134,9 @@ class Ubuntu:
     def chroot(
         self, *argv: str, network: bool = False, timeout: float = 1800
     ) -> subprocess.CompletedProcess[str]:
-        """`argv` in the root, with /proc and /dev, offline unless `network`."""
-        mount = (
-            'mount -t proc proc "$R/proc" && mount --rbind /dev "$R/dev" && '
-            'exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin '
-            'HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"'
-        )
-        command = ["unshare", "--mount", "--propagation", "private", "--fork"]
-        command += [] if network else ["--net"]
-        command += ["sh", "-c", mount, "sh", *argv]
-        return subprocess.run(
-            command,
-            env={"R": str(self.root), "PATH": os.environ["PATH"]},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        """`argv` in the root, offline unless `network`."""
+        env = ("DEBIAN_FRONTEND=noninteractive",)
+        return installkit.in_root(self.root, *argv, network=network, env=env, timeout=timeout)
 
     def bootstrap(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.chroot("sh", "/installer/bootstrap.sh", *args)

@@ -187,6 +187,28 @@ def test_refs_over_http_and_the_cache(repo: Path, tmp_path: Path) -> None:
             check_out(url, "nope", cache, tmp_path / "s5", log.append)
 
 
+def test_a_checkout_made_already_is_taken_only_at_its_commit(repo: Path, tmp_path: Path) -> None:
+    """A Slurm job takes the checkout its service made (launch/node.py): moved, not
+    cloned, and only when it is a real directory whose HEAD is the commit asked for."""
+    from binder_lite.launch.sources import check_out, take_checkout
+
+    made = check_out(str(repo), None, tmp_path / "cache", tmp_path / "made", lambda _: None)
+    other = "0" * 40
+    assert take_checkout(made.path, "u", other, tmp_path / "a") is None
+    assert take_checkout(made.path, "u", made.commit[:12], tmp_path / "a") is None
+    link = tmp_path / "link"
+    link.symlink_to(made.path)
+    assert take_checkout(link, "u", made.commit, tmp_path / "a") is None
+    (tmp_path / "plain").mkdir()
+    assert take_checkout(tmp_path / "plain", "u", made.commit, tmp_path / "a") is None
+    assert take_checkout(tmp_path / "missing", "u", made.commit, tmp_path / "a") is None
+    assert made.path.is_dir() and not (tmp_path / "a").exists()  # nothing moved
+    taken = take_checkout(made.path, "u", made.commit, tmp_path / "job" / "repo")
+    assert taken is not None and taken.commit == made.commit
+    assert taken.path == tmp_path / "job" / "repo" and not made.path.exists()
+    assert git(taken.path, "rev-parse", "HEAD") == made.commit
+
+
 def test_warm_relaunch_does_not_fetch(repo: Path, tmp_path: Path) -> None:
     events: list[Event] = []
     for _ in range(2):

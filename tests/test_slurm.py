@@ -137,6 +137,11 @@ def test_a_session_runs_as_a_job_on_a_node_and_a_cell_runs_through_the_proxy(
     assert client.get(f"/s/{sid_}/api/kernelspecs").status == 200
     token = str(events[-1]["token"])
     assert all(token not in json.dumps(e) for e in events[:-1])
+    # The job took the checkout the service had made, rather than cloning again.
+    folder = server.state_dir / "sessions" / sid_
+    assert "took the checkout of" in (folder / "job.log").read_text()
+    assert server.session_field(sid_, "work_dir") == str(folder / "node" / "repo")
+    assert not (folder / "repo").exists() and not (folder / "node-cache").exists()
 
 
 def test_the_node_s_relay_refuses_whoever_lacks_the_token(

@@ -3,8 +3,9 @@ the whole of a session's batch job (launch/slurm.py submits it).
 
 The service has fetched the repository already (its policy and bounds apply there, on
 the service's machine); the job starts the same sandboxed session `launch()` starts
-locally, from the service's mirror in the shared state directory, at the commit the
-service resolved.  A sandboxed Jupyter listens on a Unix socket on the node; the job
+locally, in the checkout the service made (in the shared state directory, moved into
+the job's folder) or, if that is not there at the commit the service resolved, in a
+clone of the service's mirror.  A sandboxed Jupyter listens on a Unix socket on the node; the job
 relays TCP on the node's address (NodeAddr, as Slurm knows it) to it.
 
 The relay is on the cluster network, where other users of the cluster can connect:
@@ -308,7 +309,8 @@ def _launch(
         session_dir=session_dir / "node",
         on_event=lambda e: report(e) if "token=" not in e.message else None,
         isolation=Isolation(spec.sandboxed, spec.network, spec.limits, forward=False),
-        fetch=Fetch(cancel=stopping),
+        # The checkout the service prepared (launch/slurm.py), at the same path here.
+        fetch=Fetch(cancel=stopping, made=session_dir / "repo"),
     )
 
 

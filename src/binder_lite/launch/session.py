@@ -127,6 +127,9 @@ class Fetch:
     pin: sources.Pin | None = None  # the addresses the policy checked
     limits: sources.FetchLimits | None = None
     cancel: threading.Event | None = None  # set: stop fetching, or waiting, at once
+    # A checkout of the commit made already (a Slurm job's, by its service): moved
+    # into the session's folder instead of cloning again (sources.take_checkout).
+    made: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -383,11 +386,15 @@ def _prepare(
     def log(line: str) -> None:
         report(Event(Phase.FETCHING, line))
 
-    checkout = sources.check_out(
+    made, dest = plan.fetch.made, plan.session_dir / "repo"
+    taken = sources.take_checkout(made, url, plan.ref or "", dest) if made else None
+    if taken is not None:
+        log(f"took the checkout of {taken.commit[:12]} made by the service")
+    checkout = taken or sources.check_out(
         url,
         plan.ref,
         plan.cache,
-        plan.session_dir / "repo",
+        dest,
         log,
         pin=plan.fetch.pin,
         limits=plan.fetch.limits,

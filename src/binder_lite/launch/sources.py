@@ -22,6 +22,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 REMOTE_SCHEMES = ("https", "http", "git", "ssh")
 _SHA = re.compile(r"[0-9a-f]{7,40}")
+_FULL_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 Log = Callable[[str], None]
 
@@ -440,6 +442,25 @@ def check_out(
         shutil.rmtree(dest, ignore_errors=True)
         raise _too_large(url, limits.max_size)
     return Checkout(url=url, ref=ref or "HEAD", commit=commit, path=dest)
+
+
+def take_checkout(made: Path, url: str, commit: str, dest: Path) -> Checkout | None:
+    """Move `made`, a checkout of `commit` that the service has made already, to `dest`
+    (a Slurm job's session takes the one its service prepared, on the shared state
+    directory, rather than cloning again); None when `made` is not one, and nothing
+    is moved.  Its size was checked when it was made."""
+    try:
+        if not _FULL_COMMIT.fullmatch(commit) or not all(
+            stat.S_ISDIR(p.lstat().st_mode) for p in (made, made / ".git")
+        ):
+            return None  # (git would look for a repository in the folders above)
+        if git("rev-parse", "--verify", "HEAD", cwd=made).strip() != commit:
+            return None
+    except (OSError, CommandError):
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(made, dest)
+    return Checkout(url=url, ref=commit, commit=commit, path=dest)
 
 
 def _check_tree_size(url: str, mirror: Path, commit: str, limit: int) -> None:
