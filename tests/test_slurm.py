@@ -139,7 +139,13 @@ def test_a_session_runs_as_a_job_on_a_node_and_a_cell_runs_through_the_proxy(
     assert all(token not in json.dumps(e) for e in events[:-1])
     # The job took the checkout the service had made, rather than cloning again.
     folder = server.state_dir / "sessions" / sid_
-    assert "took the checkout of" in (folder / "job.log").read_text()
+    log = (folder / "job.log").read_text()
+    assert "took the checkout of" in log
+    # Each line of the job's log says when (to the millisecond), and none the token.
+    stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (\w+): ")
+    phases = [m.group(1) for line in log.splitlines() if (m := stamped.match(line))]
+    assert phases[0] == "fetching" and phases[-1] == "ready", log
+    assert token not in log
     assert server.session_field(sid_, "work_dir") == str(folder / "node" / "repo")
     assert not (folder / "repo").exists() and not (folder / "node-cache").exists()
 

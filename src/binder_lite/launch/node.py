@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,7 @@ def serve(session_dir: Path) -> int:
         signal.signal(sig, lambda *_: stopping.set())
 
     def report(event: Event) -> None:
-        print(f"{event.phase}: {event.message}", flush=True)  # noqa: T201 (the job's log)
+        _say(f"{event.phase}: {event.message}")
 
     # Slurm names the node's address while Jupyter starts, rather than after it.
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="address") as pool:
@@ -286,13 +287,21 @@ def serve(session_dir: Path) -> int:
             os.environ.get("SLURMD_NODENAME", ""),
         )
         write_private(session_dir / REPORT_FILE, json.dumps(found.signed(spec.secret)))
-        print(f"ready: relaying {found.host}:{found.port}", flush=True)  # noqa: T201
+        _say(f"ready: relaying {found.host}:{found.port}")
         while not stopping.wait(1.0) and session.alive():
             pass
     finally:
         relay.close()
         session.stop(grace=5.0)
     return 0
+
+
+def _say(line: str) -> None:
+    """A line of the job's log (Slurm's --output), timed to the millisecond: where a
+    slow start spent its time is read from it."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    print(f"{stamp}.{int(now % 1 * 1000):03d} {line}", flush=True)  # noqa: T201
 
 
 def _launch(
