@@ -209,6 +209,40 @@ def test_a_checkout_made_already_is_taken_only_at_its_commit(repo: Path, tmp_pat
     assert git(taken.path, "rev-parse", "HEAD") == made.commit
 
 
+def test_a_manifest_the_service_checked_is_not_checked_with_guix_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slurm job's generated manifest is the one its service made and had Guix check
+    (session.Prepared): Guix is not asked again on the node.  A repository's own
+    manifest.scm is read from the checkout, as always."""
+    from binder_lite import guix
+    from binder_lite.launch import session as session_module
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "requirements.txt").write_text("numpy\nnot-a-package-anywhere\n")
+    asked: list[list[str]] = []
+
+    def available(names: list[str]) -> set[str]:
+        asked.append(names)
+        return {"python-numpy"}
+
+    monkeypatch.setattr(guix, "available_packages", available)
+    monkeypatch.setattr(runtime_module, "guix_available", lambda: True)
+    events: list[Event] = []
+    here = session_module._environment(repo, Runtime.GUIX, events.append)
+    assert asked and "python-numpy" in here.manifest
+    asked.clear()
+    checked = here.manifest + ";; as the service made it\n"
+    there = session_module._environment(repo, Runtime.GUIX, events.append, checked)
+    assert there.manifest == checked and asked == []
+    assert "as the service's Guix checked them" in events[-1].message
+    (repo / "manifest.scm").write_text('(specifications->manifest (list "python"))\n')
+    own = session_module._environment(repo, Runtime.GUIX, events.append, checked)
+    assert own.kind == "manifest" and own.manifest != checked
+    assert str(repo / "manifest.scm") in own.manifest
+
+
 def test_warm_relaunch_does_not_fetch(repo: Path, tmp_path: Path) -> None:
     events: list[Event] = []
     for _ in range(2):

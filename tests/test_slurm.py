@@ -27,7 +27,7 @@ from binder_lite.launch import node, slurm
 from binder_lite.launch.node import FORBIDDEN
 from binder_lite.launch.session import Event
 from binder_lite.site import load_site
-from binder_lite.site.model import Slurm
+from binder_lite.site.model import Runtime, SessionLimits, SessionNetwork, Slurm
 
 WHY = slurmkit.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
@@ -373,6 +373,25 @@ def test_a_report_is_believed_only_with_the_session_s_signature() -> None:
     assert node.Report.verified({**signed, "node": "n2"}, "secret") is None
     assert node.Report.verified({**signed, "mac": None}, "secret") is None
     assert node.Report.verified("nonsense", "secret") is None
+
+
+def test_the_job_s_spec_carries_what_the_service_prepared() -> None:
+    """The manifest the service made (its generated names checked with Guix) reaches
+    the job whole, with the rest of the spec (session.Prepared)."""
+    spec = node.Spec(
+        session_id="ab" * 8,
+        source="/state/cache/repos/x.git",
+        commit="c" * 40,
+        open_path="a b.ipynb",
+        base_url=f"/s/{'ab' * 8}/",
+        runtime=Runtime.GUIX,
+        sandboxed=True,
+        network=SessionNetwork.NONE,
+        limits=SessionLimits(2 * 1024**3, 256, 10 * 1024**3),
+        secret="s" * 64,
+        manifest='(specifications->manifest (list "python" "python-numpy"))\n',
+    )
+    assert node.Spec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
 
 
 @contextlib.contextmanager

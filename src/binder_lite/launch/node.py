@@ -5,8 +5,10 @@ The service has fetched the repository already (its policy and bounds apply ther
 the service's machine); the job starts the same sandboxed session `launch()` starts
 locally, in the checkout the service made (in the shared state directory, moved into
 the job's folder) or, if that is not there at the commit the service resolved, in a
-clone of the service's mirror.  A sandboxed Jupyter listens on a Unix socket on the node; the job
-relays TCP on the node's address (NodeAddr, as Slurm knows it) to it.
+clone of the service's mirror; with the manifest the service made, whose generated
+package names its Guix has checked (session.Prepared).  A sandboxed Jupyter listens on
+a Unix socket on the node; the job relays TCP on the node's address (NodeAddr, as
+Slurm knows it) to it.
 
 The relay is on the cluster network, where other users of the cluster can connect:
 it reads each connection's first request head and passes the connection on only when
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from binder_lite.errors import CommandError, LaunchError, ToolNotFoundError
 from binder_lite.launch import sandbox
-from binder_lite.launch.session import Event, Fetch, Isolation, Session, launch
+from binder_lite.launch.session import Event, Fetch, Isolation, Prepared, Session, launch
 from binder_lite.run import run
 from binder_lite.site.model import Runtime, SessionLimits, SessionNetwork
 
@@ -69,6 +71,7 @@ class Spec:
     network: SessionNetwork
     limits: SessionLimits
     secret: str  # signs the report
+    manifest: str = ""  # the service's, from the same commit (session.Prepared)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -82,6 +85,7 @@ class Spec:
             "network": str(self.network),
             "limits": [self.limits.memory, self.limits.processes, self.limits.disk],
             "secret": self.secret,
+            "manifest": self.manifest,
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class Spec:
             network=SessionNetwork(str(data["network"])),
             limits=SessionLimits(memory, processes, disk),
             secret=str(data["secret"]),
+            manifest=str(data.get("manifest") or ""),
         )
 
 
@@ -318,8 +323,9 @@ def _launch(
         session_dir=session_dir / "node",
         on_event=lambda e: report(e) if "token=" not in e.message else None,
         isolation=Isolation(spec.sandboxed, spec.network, spec.limits, forward=False),
-        # The checkout the service prepared (launch/slurm.py), at the same path here.
-        fetch=Fetch(cancel=stopping, made=session_dir / "repo"),
+        fetch=Fetch(cancel=stopping),
+        # What the service prepared (launch/slurm.py), at the same paths here.
+        prepared=Prepared(session_dir / "repo", spec.manifest),
     )
 
 

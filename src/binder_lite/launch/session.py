@@ -127,9 +127,18 @@ class Fetch:
     pin: sources.Pin | None = None  # the addresses the policy checked
     limits: sources.FetchLimits | None = None
     cancel: threading.Event | None = None  # set: stop fetching, or waiting, at once
-    # A checkout of the commit made already (a Slurm job's, by its service): moved
-    # into the session's folder instead of cloning again (sources.take_checkout).
-    made: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a Slurm job's service has made already (launch/node.py), so that the job
+    does not make it again: the checkout, moved into the session's folder rather than
+    cloned (sources.take_checkout), and the manifest made from it, whose generated
+    package names the service had Guix check (`guix package -A` loads every package
+    module: seconds, more over a store on NFS)."""
+
+    checkout: Path
+    manifest: str = ""  # empty: the names are checked here
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,7 @@ class _Plan:
     session_id: str
     isolation: Isolation
     fetch: Fetch
+    prepared: Prepared | None = None
     # What only a launch (not a prepare) asks for.
     open_path: str | None = None
     kernel: str | None = None
@@ -204,6 +214,7 @@ def launch(
     on_event: Report | None = None,
     isolation: Isolation | None = None,
     fetch: Fetch | None = None,
+    prepared: Prepared | None = None,
 ) -> Session:
     """Fetch `source` at `ref`, work out its environment, start Jupyter, wait until it
     answers with its token.  Raises a `LaunchError` saying what went wrong.
@@ -212,6 +223,7 @@ def launch(
     report = _Reporter(on_event or (lambda event: None))
     plan = dataclasses.replace(
         _Plan.new(source, ref, runtime_kind, cache_dir, session_dir, isolation, fetch),
+        prepared=prepared,
         open_path=open_path,
         kernel=kernel,
         port=port,
@@ -386,8 +398,8 @@ def _prepare(
     def log(line: str) -> None:
         report(Event(Phase.FETCHING, line))
 
-    made, dest = plan.fetch.made, plan.session_dir / "repo"
-    taken = sources.take_checkout(made, url, plan.ref or "", dest) if made else None
+    made, dest = plan.prepared, plan.session_dir / "repo"
+    taken = sources.take_checkout(made.checkout, url, plan.ref or "", dest) if made else None
     if taken is not None:
         log(f"took the checkout of {taken.commit[:12]} made by the service")
     checkout = taken or sources.check_out(
@@ -401,7 +413,8 @@ def _prepare(
         cancel=plan.fetch.cancel,
     )
     report(Event(Phase.RESOLVING, f"resolved {checkout.ref} to {checkout.commit}"))
-    env = _environment(checkout.path, plan.kind, report)
+    checked = made.manifest if made else ""
+    env = _environment(checkout.path, plan.kind, report, checked)
     (plan.session_dir / "manifest.scm").write_text(env.manifest, encoding="utf-8")
     provenance = Provenance(
         repository=url,
@@ -725,10 +738,17 @@ def _jupyter_files(session_dir: Path) -> list[tuple[Path, str]]:
     ]
 
 
-def _environment(repo: Path, kind: Runtime, report: Report) -> detect.Environment:
+def _environment(
+    repo: Path, kind: Runtime, report: Report, checked: str = ""
+) -> detect.Environment:
+    """The environment `repo` asks for.  `checked`: the manifest the service made from
+    the same commit, its generated names checked by Guix already (Prepared)."""
     env = detect.detect(repo)
     where = env.config_dir.relative_to(repo) if env.config_dir != repo else Path(".")
     report(Event(Phase.RESOLVING, f"environment: {env.kind} (from {where}/)"))
+    if kind is Runtime.GUIX and checked and env.kind != "manifest":
+        report(Event(Phase.RESOLVING, "package names as the service's Guix checked them"))
+        return dataclasses.replace(env, manifest=checked)
     if kind is Runtime.GUIX and runtime.guix_available():
         env = detect.with_checked_names(env, lambda names: guix.available_packages(names))
     for r in env.unavailable:

@@ -418,6 +418,7 @@ class SessionManager:
             network=self.isolation.network,
             limits=self.isolation.limits,
             secret="",
+            manifest=provenance.manifest,
         )
 
         def report(event: Event) -> None:
