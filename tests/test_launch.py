@@ -201,6 +201,9 @@ def test_a_checkout_made_already_is_taken_only_at_its_commit(repo: Path, tmp_pat
     assert take_checkout(link, "u", made.commit, tmp_path / "a") is None
     (tmp_path / "plain").mkdir()
     assert take_checkout(tmp_path / "plain", "u", made.commit, tmp_path / "a") is None
+    (tmp_path / "borrowed").mkdir()  # a .git that leads elsewhere is not the checkout's
+    (tmp_path / "borrowed" / ".git").symlink_to(made.path / ".git")
+    assert take_checkout(tmp_path / "borrowed", "u", made.commit, tmp_path / "a") is None
     assert take_checkout(tmp_path / "missing", "u", made.commit, tmp_path / "a") is None
     assert made.path.is_dir() and not (tmp_path / "a").exists()  # nothing moved
     taken = take_checkout(made.path, "u", made.commit, tmp_path / "job" / "repo")
