@@ -67,7 +67,7 @@ Address = int | str | tuple[str, int]
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 # The bytes a head may hold: all but the control characters other than HTAB, CR and
-# LF (which _read_raw checks come only as CRLF).
+# LF (which check_request_bytes checks come only as CRLF).
 _ALLOWED = bytes(c for c in range(256) if c in b"\t\r\n" or 0x20 <= c != 0x7F)
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}\r\n")
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -87,7 +87,7 @@ RESPONSE_HEAD = re.compile(
 # A field-line of a head that matched RESPONSE_HEAD or REQUEST_HEAD: name and value.
 _FIELD = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*(?=\r\n)")
 # A request head, whole, as h11 reads it (its request-line and field-line rules on
-# the bytes _read_raw lets through), narrowed to an origin-form target and HTTP/1.0
+# the bytes check_request_bytes lets through), narrowed to an origin-form target and HTTP/1.0
 # or 1.1.  A head that does not match goes to h11, which refuses it or reads it.
 REQUEST_HEAD = re.compile(
     rb"(" + _TOKEN + rb") (/[!-~]*) (HTTP/1\.[01])\r\n"
@@ -140,9 +140,14 @@ class Head:
 async def read_request(reader: asyncio.StreamReader) -> Head | None:
     """The next request head on `reader`, or None when the client closed between
     requests.  Refused heads raise MessageError."""
-    raw = await _read_raw(reader)
-    if raw is None:
-        return None
+    raw = await _head_bytes(reader, ended=400, too_large=431)
+    return None if raw is None else parse_request(raw)
+
+
+def parse_request(raw: bytes) -> Head:
+    """A request head from its bytes (up to and including its blank line), checked
+    byte by byte, then read as h11 reads it; refused heads raise MessageError."""
+    check_request_bytes(raw)
     simple = _simple_request(raw)
     if simple is not None:
         return simple
@@ -180,11 +185,15 @@ def _simple_request(raw: bytes) -> Head | None:
 
 async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> Head | None:
     """The next response head from an upstream, or None if it closed before sending
-    a byte of one.  A 101 is accepted only in answer to an `upgrade` request.  The
-    head must match RESPONSE_HEAD whole; anything else is refused (502)."""
+    a byte of one."""
     raw = await _head_bytes(reader, ended=502, too_large=502)
-    if raw is None:
-        return None
+    return None if raw is None else parse_response(raw, upgrade)
+
+
+def parse_response(raw: bytes, upgrade: bool = False) -> Head:
+    """A response head from its bytes.  A 101 is accepted only in answer to an
+    `upgrade` request.  The head must match RESPONSE_HEAD whole; anything else is
+    refused (502)."""
     if not RESPONSE_HEAD.fullmatch(raw):
         raise MessageError(502, "malformed response head")
     end = raw.index(b"\r\n")
@@ -198,12 +207,9 @@ async def read_response(reader: asyncio.StreamReader, upgrade: bool = False) -> 
     return Head((version, status, reason[0] if reason else ""), headers, raw)
 
 
-async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
-    """A request head's bytes, up to and including its blank line, checked byte by
-    byte."""
-    raw = await _head_bytes(reader, ended=400, too_large=431)
-    if raw is None:
-        return None
+def check_request_bytes(raw: bytes) -> None:
+    """Refuse a request head with a control character, a CR or LF outside a CRLF, or
+    a folded line (see the module's docstring)."""
     lines = raw[:-4]
     # Every CR and LF in a CRLF, and no other control character.  (Counting, and
     # deleting the allowed bytes, cost a third of a regular expression's search.)
@@ -212,7 +218,6 @@ async def _read_raw(reader: asyncio.StreamReader) -> bytes | None:
         raise MessageError(400, "a control character, or a CR or LF outside a CRLF, in the head")
     if b"\r\n " in lines or b"\r\n\t" in lines:
         raise MessageError(400, "a folded header line")
-    return raw
 
 
 async def _head_bytes(reader: asyncio.StreamReader, ended: int, too_large: int) -> bytes | None:
