@@ -333,6 +333,13 @@ class Manager:
 async def front_before(tmp: Path, handle: Handler) -> AsyncIterator[int]:
     """A front on 127.0.0.1 (its port yielded) whose one session, SID with TOKEN, is
     served by `handle` on a Unix socket."""
+    async with a_front(tmp, handle) as (_, port):
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def a_front(tmp: Path, handle: Handler) -> AsyncIterator[tuple[front.Front, int]]:
+    """front_before's front, and its port."""
     path = str(tmp / "jupyter.sock")
     up_server = await asyncio.start_unix_server(handle, path)
     record = Record(
@@ -351,7 +358,7 @@ async def front_before(tmp: Path, handle: Handler) -> AsyncIterator[int]:
     the_front = front.Front(service, "secret", 1)  # type: ignore[arg-type]
     listening = await the_front.listen("127.0.0.1", 0)
     try:
-        yield listening.sockets[0].getsockname()[1]
+        yield the_front, listening.sockets[0].getsockname()[1]
     finally:
         listening.close()
         the_front.close_clients()

@@ -23,7 +23,7 @@ import contextlib
 import http
 import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import NamedTuple
 
@@ -55,14 +55,18 @@ from binder_lite.web.upstream import (
     Head,
     MessageError,
     Pool,
+    UpstreamProtocol,
     body,
     copy_body,
     framed,
     open_connection,
+    parse_request,
+    parse_response,
     read_request,
     read_response,
     request_framing,
     response_framing,
+    unread,
 )
 
 log = logging.getLogger(__name__)
@@ -167,17 +171,17 @@ class Front:
         self.gate = Gate(service, cookie_secret, Cors(cors_allowed_origins))
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
+        self.fast = 0  # requests sent on in the fast lane (Lane), for tests and benchmarks
 
     async def listen(
         self, address: str, port: int, tls: ssl.SSLContext | None = None
     ) -> asyncio.Server:
         """Listen on `port`; with `tls`, HTTPS (tls.py): its clients' scheme is https
         and every answer carries HSTS."""
-        return await asyncio.start_server(
-            self.handle,
+        return await asyncio.get_running_loop().create_server(
+            lambda: Lane(self),
             address or None,
             port,
-            limit=MAX_HEAD,
             reuse_address=True,
             ssl=tls,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
@@ -187,21 +191,35 @@ class Front:
         for writer in list(self.clients):
             writer.close()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one client connection, request after request."""
-        self.clients.add(writer)
-        peer = writer.get_extra_info("peername")
-        peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+    def peer(self, writer: asyncio.StreamWriter) -> Peer:
+        """Who is at the other end of a client connection, as the front tells it on."""
+        address = writer.get_extra_info("peername")
+        ip = str(address[0]) if isinstance(address, tuple) else ""
         secure = writer.get_extra_info("ssl_object") is not None
         # Only a trusted proxy's word on the client is taken; anyone else is the client.
-        scheme = "https" if secure else "http"
-        client = None if self.trusted.trusts_peer(peer_ip) else Client(peer_ip, scheme)
-        extra: Extra = (HSTS,) if secure else ()
+        client = None if self.trusted.trusts_peer(ip) else Client(ip, "https" if secure else "http")
+        return Peer(ip, client, (HSTS,) if secure else ())
+
+    async def serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        deadline: Deadline,
+        first: Callable[[Deadline], Awaitable[bool]] | None,
+        more: Callable[[], bool],
+    ) -> None:
+        """Serve a client connection on its streams: `first` (the rest of a request
+        begun elsewhere; whether the connection stays open), then requests while
+        `more()` says to.  A connection not handed back this way is closed here."""
         abort = False
-        deadline = Deadline()
         try:
-            while await self._serve_one(reader, writer, peer_ip, client, deadline, extra):
-                pass
+            if first is None or await first(deadline):
+                while more():
+                    if not await self._serve_one(reader, writer, peer, deadline):
+                        break
+                else:
+                    return
         except MessageError as e:
             _reply(writer, e.status, f"{e}\n", close=True)
         except (
@@ -215,45 +233,53 @@ class Front:
         except Exception:
             abort = True
             log.exception("serving a request failed")
-        finally:
-            deadline.close()
-            self.clients.discard(writer)
-            await _close(reader, writer, linger=not abort)
+        self.clients.discard(writer)
+        await _close(reader, writer, linger=not abort)
 
     async def _serve_one(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        peer_ip: str,
-        client: Client | None,
+        peer: Peer,
         deadline: Deadline,
-        extra: Extra = (),
     ) -> bool:
-        """Serve one request; whether the connection may carry another.  `extra`:
-        headers every answer on this connection gets (HSTS, over HTTPS)."""
+        """Serve one request; whether the connection may carry another."""
         with deadline.within(KEEPALIVE_IDLE):
             request = await next_request(reader)
         if request is None:
             return False
         head, framing, keep, upgrade = request
-        method, target, version = head.start
-        route = self._route(head, client or self.trusted.client(head, peer_ip), upgrade)
-        cors = (() if is_preflight(head) else self.gate.cors_headers(head)) + extra
-        if isinstance(route, Reply):
+        plan = self.plan(request, peer)
+        if isinstance(plan, Reply):
             # A refusal or a redirect: the body, if any, is not read, so the
             # connection ends with it.
-            route = Reply(route.status, route.text, route.headers + cors)
-            writer.write(route.encode(close=bool(framing)))
+            writer.write(plan.encode(close=bool(framing)))
             return keep and not framing
-        address, headers, touch, target = route
-        if framing and version == "HTTP/1.1" and head.has_token("expect", "100-continue"):
+        if framing and head.start[2] == "HTTP/1.1" and head.has_token("expect", "100-continue"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        out = _encode_head(f"{method} {target} {version}", headers, framing, method)
         if upgrade:
-            await self._tunnel(reader, writer, out, address, touch, cors, deadline)
+            await self._tunnel(
+                reader, writer, plan.out, plan.address, plan.touch, plan.cors, deadline
+            )
             return False
-        exchange = self._exchange(reader, writer, head, out, framing, address, cors, deadline)
+        exchange = self._exchange(
+            reader, writer, head, plan.out, framing, plan.address, plan.cors, deadline
+        )
         return await exchange and keep
+
+    def plan(self, request: Request, peer: Peer) -> Plan | Reply:
+        """Where a request goes and what is sent there, or the front's own answer.
+        Called once per request: it counts as the session's activity, and a handoff
+        it redeems is used up."""
+        head, framing, _, upgrade = request
+        method, _, version = head.start
+        route = self._route(head, peer.client or self.trusted.client(head, peer.ip), upgrade)
+        cors = (() if is_preflight(head) else self.gate.cors_headers(head)) + peer.extra
+        if isinstance(route, Reply):
+            return Reply(route.status, route.text, route.headers + cors)
+        address, headers, touch, target = route
+        out = _encode_head(f"{method} {target} {version}", headers, framing, method)
+        return Plan(address, out, touch, cors)
 
     def _route(self, head: Head, client: Client, upgrade: bool) -> Route | Reply:
         """Where the request goes (a session's Jupyter, or the application), with which
@@ -277,6 +303,21 @@ class Front:
         headers = session_headers(head, record, upgrade, client)
         return address, headers, touch, head.start[1]
 
+    async def exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        plan: Plan,
+        deadline: Deadline,
+        fresh_only: bool = False,
+    ) -> bool:
+        """A request without a body that the fast lane planned (Lane), on the streams."""
+        exchange = self._exchange(
+            reader, writer, head, plan.out, 0, plan.address, plan.cors, deadline, fresh_only
+        )
+        return await exchange
+
     async def _exchange(
         self,
         reader: asyncio.StreamReader,
@@ -287,19 +328,20 @@ class Front:
         address: Address,
         cors: Extra,
         deadline: Deadline,
+        fresh_only: bool = False,
     ) -> bool:
         """Send one request on and relay its response; whether the client's connection
-        stays open."""
+        stays open.  `fresh_only`: not on a kept connection (one just failed)."""
         method, _, version = head.start
         # A request with a body, or one that changes something, goes on a fresh
         # connection and is sent once: it may have been acted on even if no answer came.
         retryable = framing == 0 and method in RETRYABLE
-        for fresh in (False, True) if retryable else (True,):
+        for fresh in (False, True) if retryable and not fresh_only else (True,):
             try:
                 reused, upstream = await self.pool.connect(address, fresh=fresh)
             except OSError as e:
                 log.warning("upstream %s: %s", address, e)
-                return self._bad_gateway(writer, address, keep=framing == 0)
+                return self.bad_gateway(writer, address, keep=framing == 0)
             try:
                 await _send(reader, upstream[1], out, framing)
                 response, informational = await _response_head(upstream[0], False, deadline)
@@ -308,13 +350,13 @@ class Front:
                 if e.silent and reused and retryable:
                     continue
                 log.warning("upstream %s: %s", address, e)
-                return self._bad_gateway(writer, address, keep=framing == 0)
+                return self.bad_gateway(writer, address, keep=framing == 0)
             except BaseException:
                 upstream[1].close()
                 raise
             reusable = version == "HTTP/1.1" and not informational
             return await self._relay(method, response, upstream, writer, address, reusable, cors)
-        return self._bad_gateway(writer, address, keep=True)
+        return self.bad_gateway(writer, address, keep=True)
 
     async def _relay(
         self,
@@ -333,9 +375,9 @@ class Front:
         except MessageError as e:
             upstream[1].close()
             log.warning("upstream %s: %s", address, e)
-            return self._bad_gateway(writer, address, keep=True)
+            return self.bad_gateway(writer, address, keep=True)
         try:
-            prefix = self._answer_head(response, address, cors)
+            prefix = self.answer_head(response, address, cors)
             await copy_body(upstream[0], writer, framing, prefix=prefix)
         except (MessageError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
             upstream[1].close()
@@ -355,6 +397,34 @@ class Front:
             upstream[1].close()
         return not closing
 
+    async def resume(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        upstream: Connection,
+        address: Address,
+        cors: Extra,
+        deadline: Deadline,
+        response: Head | None,
+    ) -> bool:
+        """Finish an exchange the fast lane began (Lane): from the answer's head, whose
+        bytes are back in the upstream's reader, or after `response`, its head, read
+        already.  Whether the client's connection stays open."""
+        informational = False
+        if response is None:
+            try:
+                response, informational = await _response_head(upstream[0], False, deadline)
+            except UpstreamFailure as e:
+                upstream[1].close()
+                log.warning("upstream %s: %s", address, e)
+                return self.bad_gateway(writer, address, keep=True)
+            except BaseException:
+                upstream[1].close()
+                raise
+        return await self._relay(
+            method, response, upstream, writer, address, not informational, cors
+        )
+
     async def _tunnel(
         self,
         reader: asyncio.StreamReader,
@@ -370,7 +440,7 @@ class Front:
             up_reader, up_writer = await open_connection(address)
         except OSError as e:
             log.warning("upstream %s: %s", address, e)
-            self._bad_gateway(writer, address, keep=False)
+            self.bad_gateway(writer, address, keep=False)
             return
         try:
             up_writer.write(out)
@@ -378,9 +448,9 @@ class Front:
                 response, _ = await _response_head(up_reader, True, deadline)
             except UpstreamFailure as e:
                 log.warning("upstream %s: %s", address, e)
-                self._bad_gateway(writer, address, keep=False)
+                self.bad_gateway(writer, address, keep=False)
                 return
-            prefix = self._answer_head(response, address, cors)
+            prefix = self.answer_head(response, address, cors)
             if response.start[1] != "101":
                 await copy_body(up_reader, writer, response_framing("GET", response), prefix=prefix)
             else:
@@ -390,14 +460,14 @@ class Front:
         finally:
             up_writer.close()
 
-    def _answer_head(self, response: Head, address: Address, cors: Extra) -> bytes:
+    def answer_head(self, response: Head, address: Address, cors: Extra) -> bytes:
         if HSTS in cors:  # over HTTPS every cookie is Secure, Jupyter's too
             response = secure_set_cookies(response)
         if address == self.app_port:
             return app_response_head(response, cors)
         return session_response_head(response, cors)
 
-    def _bad_gateway(self, writer: asyncio.StreamWriter, address: Address, keep: bool) -> bool:
+    def bad_gateway(self, writer: asyncio.StreamWriter, address: Address, keep: bool) -> bool:
         self.pool.forget(address)
         if address == self.app_port:
             log.error("the service's own application is not answering on port %s", address)
@@ -414,18 +484,362 @@ class Request(NamedTuple):
     upgrade: bool
 
 
+class Peer(NamedTuple):
+    """A client connection's other end: its address, the client as the front tells
+    the servers behind it (None: a trusted proxy, which names the client in each
+    request), and the headers every answer on the connection gets (HSTS, over HTTPS)."""
+
+    ip: str
+    client: Client | None
+    extra: Extra
+
+
+class Plan(NamedTuple):
+    """Where a request goes: the upstream, the head sent there, what to call while
+    a tunnel is used, and the headers the front adds to the answer."""
+
+    address: Address
+    out: bytes
+    touch: Callable[[], None] | None
+    cors: Extra
+
+
 async def next_request(reader: asyncio.StreamReader) -> Request | None:
     """The next request on a client's connection, as the front reads it; None if the
     client closed between requests.  Its body, if any, is still to be read (`body`)."""
     head = await read_request(reader)
-    if head is None:
-        return None
+    return None if head is None else request_of(head)
+
+
+def request_of(head: Head) -> Request:
     framing = request_framing(head)
     keep = head.start[2] == "HTTP/1.1" and not head.has_token("connection", "close")
     upgrade = head.get("upgrade") is not None and head.has_token("connection", "upgrade")
     if upgrade and framing:
         raise MessageError(400, "an upgrade request has no body")
     return Request(head, framing, keep, upgrade)
+
+
+class Lane(asyncio.StreamReaderProtocol):
+    """A client connection.  The commonest request, one without a body to a server
+    the front holds a kept connection to, is served in the transports' callbacks
+    (the fast lane): its head is read, checked and sent on, and the answer read,
+    checked and passed back, without a task waking for either; across processes a
+    task's wake-up cost a proxied request a sixth of its time (docs/scaling.md).
+    Everything else goes to a task running the stream code (Front.serve: bodies,
+    upgrades, refusals, a first request to a server, an answer that is not small
+    and plainly framed), which hands the connection back once it has served what
+    came and nothing more is waiting.  Both lanes apply the same rules (Front.plan,
+    upstream.py's parsers), and a request is never begun in one and planned again in
+    the other.  A timer per connection, moved lazily as front.Deadline's is, ends an
+    idle connection and a wait for an answer."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.loop = asyncio.get_running_loop()
+        self.reader = asyncio.StreamReader(limit=MAX_HEAD)
+        super().__init__(self.reader)
+        self.buffer = bytearray()  # the fast lane's bytes from the client, not yet served
+        self.task: asyncio.Task[None] | None = None  # the slow lane, while it has the connection
+        self.waiting: Waiting | None = None  # a fast request, until its answer is passed back
+        self.until: float | None = None  # when the fast lane's current wait ends
+        self.timer: asyncio.TimerHandle | None = None
+        self.full = False  # the client's side of the connection is not taking more
+        self.ended = False  # the client ended its side
+        self.held = False  # reading paused until the request in progress is answered
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport_ = transport
+        self.writer = asyncio.StreamWriter(transport, self, self.reader, self.loop)
+        self.peer = self.front.peer(self.writer)
+        self.front.clients.add(self.writer)
+        self._wait(KEEPALIVE_IDLE)
+
+    def data_received(self, data: bytes) -> None:
+        if self.task is not None:
+            super().data_received(data)
+            return
+        self.buffer += data
+        if self.waiting is None:
+            self._next()
+        elif len(self.buffer) > MAX_HEAD and not self.held:
+            self.held = True  # a pipelining client: enough until this answer is out
+            self.transport_.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.task is None:
+            self.ended = True
+            if self.waiting is not None:
+                return not self._secure()  # the answer may still go out
+            self._slow(None)
+        return bool(super().eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._give_up()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.front.clients.discard(self.writer)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.full = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.full = False
+        super().resume_writing()
+
+    def _secure(self) -> bool:
+        return self.transport_.get_extra_info("sslcontext") is not None
+
+    # -- the fast lane -------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Serve the head waiting in the buffer, if one is there whole."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end == -1:
+            if len(self.buffer) > MAX_HEAD:
+                self._slow(None)  # which refuses it
+            return
+        # Bytes after the head (a body, or pipelined requests), or a client that is not
+        # reading its answers: the slow lane's, which reads and writes with flow control.
+        if end + 4 != len(self.buffer) or self.full:
+            self._slow(None)
+            return
+        raw = bytes(self.buffer)
+        try:
+            request = request_of(parse_request(raw))
+        except MessageError:
+            self._slow(None)  # which refuses it, as it says why
+            return
+        if request.framing or request.upgrade or not request.keep:
+            self._slow(None)
+            return
+        self.buffer.clear()
+        try:
+            self._begin(request)
+        except Exception:
+            log.exception("serving a request failed")
+            self.transport_.abort()
+
+    def _begin(self, request: Request) -> None:
+        """Plan a request and send it on a kept connection; from here it is this
+        request's only plan."""
+        plan = self.front.plan(request, self.peer)
+        if isinstance(plan, Reply):
+            self.writer.write(plan.encode(close=False))
+            self._wait(KEEPALIVE_IDLE)
+            return
+        method = request.head.start[0]
+        upstream = self.front.pool.take(plan.address) if method in RETRYABLE else None
+        protocol = upstream[1].transport.get_protocol() if upstream is not None else None
+        if upstream is None or not isinstance(protocol, UpstreamProtocol):
+            if upstream is not None:
+                upstream[1].close()
+            head = request.head
+            self._slow(lambda d: self.front.exchange(self.reader, self.writer, head, plan, d))
+            return
+        self.waiting = Waiting(request.head, plan, upstream, protocol)
+        self.front.fast += 1
+        protocol.answers = self
+        upstream[1].write(plan.out)
+        self._wait(UPSTREAM_TIMEOUT)
+
+    def answer_data(self, data: bytes) -> None:
+        waiting = self.waiting
+        assert waiting is not None
+        waiting.answer += data
+        try:
+            if waiting.response is None and not self._read_head(waiting):
+                return
+            if len(waiting.answer) >= waiting.length:
+                self._pass_back(waiting)
+        except Exception:
+            log.exception("serving a request failed")
+            self._give_up()
+            self.transport_.abort()
+
+    def _read_head(self, waiting: Waiting) -> bool:
+        """Read the answer's head once it is there whole; whether the fast lane goes on
+        with it (its body is small and plainly framed)."""
+        end = waiting.answer.find(b"\r\n\r\n")
+        if end == -1:
+            if len(waiting.answer) > MAX_HEAD:
+                self._failed(waiting, "the message head is too large")
+            return False
+        method = waiting.head.start[0]
+        try:
+            response = parse_response(bytes(waiting.answer[: end + 4]))
+            framing = response_framing(method, response)
+        except MessageError as e:
+            self._failed(waiting, str(e))
+            return False
+        if int(response.start[1]) < 200:
+            self._hand_over(waiting, None, 0)  # informational answers: the slow lane's
+            return False
+        if not 0 <= framing <= CHUNK:
+            self._hand_over(waiting, response, end + 4)
+            return False
+        self.until = None  # the head came in time; a body has no time limit, as there
+        waiting.response = response
+        waiting.length = end + 4 + framing
+        return True
+
+    def _pass_back(self, waiting: Waiting) -> None:
+        """The whole answer is here: pass it back, and keep the upstream connection if
+        the exchange went as HTTP/1.1 says and nothing came after the answer."""
+        response = waiting.response
+        assert response is not None
+        self.waiting = None
+        waiting.protocol.answers = None
+        prefix = self.front.answer_head(response, waiting.plan.address, waiting.plan.cors)
+        self.writer.write(prefix + bytes(waiting.answer[len(response.raw) : waiting.length]))
+        closing = response.start[0] != "HTTP/1.1" or response.has_token("connection", "close")
+        if not closing and len(waiting.answer) == waiting.length:
+            self.front.pool.release(waiting.plan.address, waiting.upstream)
+        else:
+            waiting.upstream[1].close()
+        if closing:
+            self._slow(lambda _: _false())  # which ends the connection, lingering
+        else:
+            self._idle()
+
+    def answer_ended(self) -> None:
+        waiting = self.waiting
+        if waiting is None:
+            return
+        if waiting.response is not None:
+            # The answer broke off in its body: as in the slow lane, the connection ends.
+            self._give_up()
+            self.transport_.abort()
+        elif waiting.answer:
+            self._failed(waiting, "the message ended inside its head")
+        else:
+            # A kept connection found closed before answering: sent again on a fresh
+            # one, as the slow lane does (only requests that may be sent twice come here).
+            self.waiting = None
+            waiting.upstream[1].close()
+            head, plan = waiting.head, waiting.plan
+            self._slow(lambda d: self.front.exchange(self.reader, self.writer, head, plan, d, True))
+
+    def _failed(self, waiting: Waiting, message: str) -> None:
+        self.waiting = None
+        waiting.protocol.answers = None
+        waiting.upstream[1].close()
+        log.warning("upstream %s: %s", waiting.plan.address, message)
+        self.front.bad_gateway(self.writer, waiting.plan.address, keep=True)
+        self._idle()
+
+    def _hand_over(self, waiting: Waiting, response: Head | None, start: int) -> None:
+        """Give an answer to the slow lane: its bytes from `start` go back into the
+        upstream's reader, and a task finishes the exchange."""
+        self.waiting = None
+        protocol = waiting.protocol
+        protocol.answers = None
+        rest = bytes(waiting.answer[start:])
+        if rest:
+            protocol.data_received(rest)
+        method, plan, upstream = waiting.head.start[0], waiting.plan, waiting.upstream
+        self._slow(
+            lambda d: self.front.resume(
+                self.writer, method, upstream, plan.address, plan.cors, d, response
+            )
+        )
+
+    def _give_up(self) -> None:
+        """The exchange in progress ends unanswered: its upstream connection goes."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.protocol.answers = None
+            waiting.upstream[1].close()
+
+    def _idle(self) -> None:
+        """Ready for the next request: any already here is served."""
+        self._wait(KEEPALIVE_IDLE)
+        if self.held:
+            self.held = False
+            self.transport_.resume_reading()
+        if self.ended:
+            self._slow(None)
+            super().eof_received()
+        elif self.buffer:
+            self._next()
+
+    def _wait(self, seconds: float) -> None:
+        self.until = self.loop.time() + seconds
+        if self.timer is None or self.timer.when() > self.until:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(self.until, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.until is None or self.task is not None:
+            return  # no wait now: the next one sets the timer again
+        if self.loop.time() < self.until:
+            self.timer = self.loop.call_at(self.until, self._check)
+            return
+        self.until = None
+        if self.waiting is not None:
+            self._failed(self.waiting, "no answer in time")
+        else:
+            self.writer.close()  # silent between requests
+
+    # -- the slow lane -------------------------------------------------------------
+
+    def _slow(self, first: Callable[[Deadline], Awaitable[bool]] | None) -> None:
+        """Give the connection to a task running the stream code, `first` (the rest of
+        a request the fast lane began) and then what comes.  What the fast lane holds
+        goes to the task's reader first."""
+        self.until = None
+        if self.held:
+            self.held = False
+            self.transport_.resume_reading()
+        if self.buffer:
+            super().data_received(bytes(self.buffer))
+            self.buffer.clear()
+        self.task = self.loop.create_task(self._run(first))
+
+    async def _run(self, first: Callable[[Deadline], Awaitable[bool]] | None) -> None:
+        deadline = Deadline()
+        try:
+            await self.front.serve(self.reader, self.writer, self.peer, deadline, first, self._more)
+        finally:
+            deadline.close()
+
+    def _more(self) -> bool:
+        """Whether the slow lane serves another request; if not, the fast lane has the
+        connection from now on (decided with nothing awaited between, so that no byte
+        goes to the wrong lane)."""
+        reader = self.reader
+        if unread(reader) or reader.at_eof() or reader.exception() is not None or self.full:
+            return True
+        self.task = None
+        self._wait(KEEPALIVE_IDLE)
+        return False
+
+
+class Waiting:
+    """A fast-lane request whose answer is on its way."""
+
+    __slots__ = ("head", "plan", "upstream", "protocol", "answer", "response", "length")
+
+    def __init__(
+        self, head: Head, plan: Plan, upstream: Connection, protocol: UpstreamProtocol
+    ) -> None:
+        self.head = head
+        self.plan = plan
+        self.upstream = upstream
+        self.protocol = protocol
+        self.answer = bytearray()
+        self.response: Head | None = None
+        self.length = 0  # the answer's length, head and body, once its head is read
+
+
+async def _false() -> bool:
+    return False
 
 
 async def _send(

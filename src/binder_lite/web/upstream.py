@@ -49,6 +49,7 @@ import re
 import stat
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import h11
 
@@ -361,15 +362,60 @@ async def copy_body(
         await writer.drain()
 
 
+class Answers(Protocol):
+    """Who takes an upstream's answer as it arrives, instead of its StreamReader (a
+    request the front serves in callbacks, front.Lane)."""
+
+    def answer_data(self, data: bytes) -> None: ...
+
+    def answer_ended(self) -> None:
+        """The upstream closed (or ended its side) before the answer was taken."""
+
+
+class UpstreamProtocol(asyncio.StreamReaderProtocol):
+    """An upstream connection: what it sends goes to its StreamReader, except while
+    `answers` is set, when it goes there.  Set only while a request waits for its
+    answer, so an idle connection's bytes (an answer ahead of its question) still
+    land in the reader, where the pool sees them (`unread`)."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        self.reader = reader  # StreamReaderProtocol holds it only weakly
+        self.answers: Answers | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.answers is not None:
+            self.answers.answer_data(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        self._ended()
+        return bool(super().eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
+        super().connection_lost(exc)
+
+    def _ended(self) -> None:
+        answers, self.answers = self.answers, None
+        if answers is not None:
+            answers.answer_ended()
+
+
 async def open_connection(address: Address) -> Connection:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HEAD)
+    protocol = UpstreamProtocol(reader)
     if isinstance(address, str):
-        return await _open_unix(address)
-    if isinstance(address, tuple):
-        return await asyncio.open_connection(*address, limit=MAX_HEAD)
-    return await asyncio.open_connection("127.0.0.1", address, limit=MAX_HEAD)
+        transport: asyncio.BaseTransport = await _open_unix(address, protocol)
+    else:
+        host, port = address if isinstance(address, tuple) else ("127.0.0.1", address)
+        transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
 
 
-async def _open_unix(path: str) -> Connection:
+async def _open_unix(path: str, protocol: UpstreamProtocol) -> asyncio.BaseTransport:
     """Connect to a session's socket.  The session can write the directory it is in,
     so the last component is opened without following links and must be a socket;
     connecting through /proc/self/fd also lifts the 107-byte limit on socket paths
@@ -378,7 +424,9 @@ async def _open_unix(path: str) -> Connection:
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise ConnectionRefusedError(f"{path} is not a socket")
-        return await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=MAX_HEAD)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: protocol, f"/proc/self/fd/{fd}")
+        return transport
     finally:
         os.close(fd)
 
@@ -391,13 +439,18 @@ class Pool:
 
     async def connect(self, address: Address, fresh: bool = False) -> tuple[bool, Connection]:
         """A connection to `address`, and whether it was kept from an earlier request."""
+        kept = None if fresh else self.take(address)
+        return (True, kept) if kept is not None else (False, await open_connection(address))
+
+    def take(self, address: Address) -> Connection | None:
+        """A kept connection to `address` that is still fit for a request, if any."""
         idle = self._idle.get(address, [])
-        while idle and not fresh:
+        while idle:
             reader, writer = idle.pop()
-            if not (writer.is_closing() or reader.at_eof() or _unread(reader)):
-                return True, (reader, writer)
+            if not (writer.is_closing() or reader.at_eof() or unread(reader)):
+                return reader, writer
             writer.close()
-        return False, await open_connection(address)
+        return None
 
     def release(self, address: Address, connection: Connection) -> None:
         """Keep a connection whose every exchange went as HTTP/1.1 says."""
@@ -412,7 +465,7 @@ class Pool:
             writer.close()
 
 
-def _unread(reader: asyncio.StreamReader) -> bool:
+def unread(reader: asyncio.StreamReader) -> bool:
     """Whether an idle connection holds bytes nobody asked for (an answer ahead of
     its question): such a connection would hand the next client someone else's
     response.  StreamReader has no public way to ask, hence its private buffer."""
