@@ -14,6 +14,11 @@ back to the pool only after an exchange with nothing unusual in it (upstream.py
 says what is parsed, and how strictly).  A request is sent twice only when that
 cannot do harm: a GET, HEAD or OPTIONS without a body, whose kept connection turned
 out to be closed before any answer came.
+
+A client connection has two lanes (class Lane).  The commonest request, one without
+a body to a server the front already holds a connection to, is served in the
+transports' callbacks; everything else by a task reading and writing streams.  Both
+plan a request the same way (Front.plan) and read heads with the same parsers.
 """
 
 from __future__ import annotations
@@ -524,8 +529,8 @@ class Lane(asyncio.StreamReaderProtocol):
     """A client connection.  The commonest request, one without a body to a server
     the front holds a kept connection to, is served in the transports' callbacks
     (the fast lane): its head is read, checked and sent on, and the answer read,
-    checked and passed back, without a task waking for either; across processes a
-    task's wake-up cost a proxied request a sixth of its time (docs/scaling.md).
+    checked and passed back, without a task waking for either, which across
+    processes cost the front a tenth of its time per request (docs/scaling.md).
     Everything else goes to a task running the stream code (Front.serve: bodies,
     upgrades, refusals, a first request to a server, an answer that is not small
     and plainly framed), which hands the connection back once it has served what
