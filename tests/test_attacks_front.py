@@ -33,8 +33,9 @@ from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnec
 from tornado.iostream import IOStream
 from webkit import Client, Server
 
-from binder_lite.web import front, upstream
+from binder_lite.web import front, proxy, upstream
 from binder_lite.web.origins import Origins
+from binder_lite.web.store import Record
 from binder_lite.web.upstream import MAX_BODY, MAX_HEAD, MessageError
 
 
@@ -583,3 +584,84 @@ def test_expect_is_answered_by_the_front_and_never_passed_on() -> None:
     up, received = asyncio.run(_through_front(exchange))
     assert received[0].startswith(b"HTTP/1.1 100 ") and received[1].startswith(b"HTTP/1.1 200")
     assert b"expect" not in up.heads[0].lower()
+
+
+# -- what a session is sent, and what reaches the client (proxy.py, no sockets) --------
+
+SID = "0123456789abcdef"
+
+
+def _record() -> Record:
+    return Record(
+        id=SID,
+        owner="someone",
+        repository="r",
+        ref="HEAD",
+        open_path=None,
+        status="running",
+        socket="/nonexistent/jupyter.sock",
+        token="t" * 48,
+    )
+
+
+def test_a_session_is_sent_end_to_end_headers_only() -> None:
+    head = upstream.parse_request(
+        f"GET /s/{SID}/api HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n"
+        "Connection: keep-alive, X-Secret\r\n"
+        "X-Secret: s\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Forwarded-For: 192.0.2.1\r\n"
+        "Authorization: token other\r\nCookie: a=1; binder-lite-user=u; b=2\r\n"
+        "Origin: http://x\r\nX-Kept: k\r\n\r\n".encode()
+    )
+    sent = proxy.session_headers(head, _record(), False, proxy.Client("127.0.0.1", "http"))
+    assert sent == [
+        ("Host", "localhost"),
+        ("Authorization", "token " + "t" * 48),
+        ("X-Forwarded-For", "127.0.0.1"),
+        ("X-Forwarded-Proto", "http"),
+        ("accept", "*/*"),
+        ("cookie", "a=1; b=2"),
+        ("origin", "http://localhost"),
+        ("x-kept", "k"),
+    ]
+    # Without a Connection header, nothing more is left out.
+    plain = upstream.parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nX-Secret: s\r\n\r\n")
+    assert proxy.forwarded(plain) == [("host", "x"), ("x-secret", "s")]
+
+
+def test_a_session_s_answer_loses_its_cors_headers_and_wide_cookies() -> None:
+    raw = (
+        "HTTP/1.1 200 OK\r\nACCESS-CONTROL-Allow-Origin: *\r\n"
+        "Access-Control-Allow-Credentials: true\r\nX-Access-Control-Kept: k\r\n"
+        f"Set-Cookie: _xsrf=1; Path=/s/{SID}/\r\nSet-Cookie: binder-lite-user=u; Path=/s/{SID}/\r\n"
+        "Set-Cookie: wide=1; Path=/\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    answer = proxy.session_response_head(upstream.parse_response(raw))
+    assert (
+        answer
+        == (
+            "HTTP/1.1 200 OK\r\nx-access-control-kept: k\r\n"
+            f"set-cookie: _xsrf=1; Path=/s/{SID}/\r\ncontent-length: 0\r\n\r\n"
+        ).encode()
+    )
+    # An answer with nothing to leave out goes as it came.
+    for kept in (
+        b"HTTP/1.1 200 OK\r\nX-Access-Control: k\r\nContent-Length: 0\r\n\r\n",
+        f"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=1; Path=/s/{SID}/\r\n\r\n".encode(),
+    ):
+        assert proxy.session_response_head(upstream.parse_response(kept)) == kept
+
+
+@pytest.mark.parametrize(
+    ("target", "token"),
+    [
+        (f"/s/{SID}/api", None),
+        (f"/s/{SID}/lab?token=abc", "abc"),
+        (f"/s/{SID}/lab?a=1&%74oken=abc", "abc"),  # as a server unquotes it
+        (f"/s/{SID}/lab#?token=abc", None),  # a fragment is no query
+        ("//h/?token=abc", "abc"),
+        (f"/s/{SID}/lab?", None),
+    ],
+)
+def test_a_token_is_read_from_the_query(target: str, token: str | None) -> None:
+    head = upstream.parse_request(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert proxy.token_in(head) == token

@@ -19,7 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binder_lite.web.upstream import MAX_HEAD, MessageError, _simple_request, read_request
+from binder_lite.web.upstream import (
+    MAX_HEAD,
+    MessageError,
+    _simple_request,
+    check_request_bytes,
+    read_request,
+)
 
 Reading = tuple[tuple[str, str, str], list[tuple[str, str]]]  # start, headers
 
@@ -95,6 +101,10 @@ SIMPLE = [
     b"GET /?a=b%20c HTTP/1.1\r\nHost:   x  \r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n",
     b"DELETE /a HTTP/1.1\r\nHost: x\r\nX-Obs: caf\xe9\r\nConnection: close\r\n\r\n",
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    # Where a value starts and ends: colons inside it, spaces and tabs inside and
+    # around it, obs-text (0xa0 is no space here), nothing but spaces and tabs.
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Colons: :a: b:\r\nX-Inner: a \t b\r\nX-Blank: \t \r\n"
+    b"X-High:\t\x80\xff \xa0\xa0\r\nX-Empty:\r\n\r\n",
 ]
 
 # Heads the grammar leaves to h11: read as before, or refused.
@@ -158,7 +168,7 @@ _NAMES = st.sampled_from(
     + ["Content-Length", "Transfer-Encoding", "X A", "X:A", "", "X\xe9", "X\x00", "X\x7f"]
 )
 _VALUE_BYTES = st.sampled_from(
-    ["x", "5", "close", "websocket", ",", " ", "\t", "\xe9", "a=b; c=d", '"q"', "*/*"] * 12
+    ["x", "5", "close", "websocket", ",", " ", "\t", "\xe9", "a=b; c=d", '"q"', "*/*", ":"] * 12
     + ["\r", "\n", "\r\n", "\x00", "\x01", "\x0b", "\x0c", "\x7f", "\r\n "]
 )
 _SEPARATORS = st.sampled_from([": ", ":", ":\t", ":  "] * 3 + [" : ", " :"])
@@ -200,3 +210,18 @@ def test_the_grammar_and_h11_read_generated_heads_alike(raw: bytes) -> None:
     # Whichever path reads it, the front reads no head h11 would refuse.
     mine = ours(raw)
     assert mine is None or mine == h11_reads(raw)
+
+
+@settings(
+    max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(request_heads())
+def test_what_the_grammar_reads_passes_the_byte_checks(raw: bytes) -> None:
+    """parse_request leaves out check_request_bytes for a head the grammar reads."""
+    if _simple_request(raw) is not None:
+        check_request_bytes(raw)
+
+
+@pytest.mark.parametrize("raw", SIMPLE)
+def test_the_corpus_the_grammar_reads_passes_the_byte_checks(raw: bytes) -> None:
+    check_request_bytes(raw)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -22,13 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binder_lite.web import front
+from binder_lite.web import front, upstream
 from binder_lite.web.origins import Origins
 from binder_lite.web.store import Record
 from binder_lite.web.upstream import (
     CHUNKED,
     MAX_HEAD,
     UNTIL_CLOSE,
+    Head,
     MessageError,
     read_response,
     response_framing,
@@ -139,6 +141,10 @@ ACCEPTED = [
     b"Content-Length: 5\r\n\r\n",
     b"HTTP/1.1 302 Found\r\nLocation: /s/x/lab?a=1\r\nSet-Cookie: a=b; Path=/s/x/\r\n"
     b"Set-Cookie: c=d\r\nContent-Length: 0\r\n\r\n",
+    # Where a value starts and ends: colons inside it, spaces and tabs inside and
+    # around it, obs-text (0xa0 is no space here), nothing but spaces and tabs.
+    b"HTTP/1.1 200 OK\r\nX-Colons: :a: b:\r\nX-Inner: a \t b\r\nX-Blank: \t \r\n"
+    b"X-High:\t\x80\xff \xa0\xa0\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n",
 ]
 
 REFUSED = {
@@ -255,6 +261,8 @@ _VALUE_BYTES = st.sampled_from(
         "a",
         "b=c; Path=/",
         '"x"',
+        ":",
+        "\xa0",
     ]
     * 3
     + ["\r", "\n", "\r\n", "\x00", "\x01", "\x7f"]
@@ -295,6 +303,41 @@ def test_the_front_and_h11_read_generated_heads_alike(
     raw: bytes, method: str, upgrade: bool
 ) -> None:
     assert disagreement(raw, method, upgrade) is None
+
+
+# -- the grammar's field-lines, and what a head answers ------------------------------
+
+# RFC 9112's OWS field-value OWS, as the grammar once spelled it (one character class
+# now: upstream._OWS_VALUE_OWS); the value is the group.
+_SPELLED_OUT = re.compile(rb"[ \t]*((?:[!-~\x80-\xff]+(?:[ \t]+[!-~\x80-\xff]+)*)?)[ \t]*")
+_PIECES = st.sampled_from([b" ", b"\t", b"a", b":", b"\xa0", b"\xff", b"\x7f", b"\x00", b"\r"])
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(_PIECES, max_size=8).map(b"".join) | st.binary(max_size=8))
+def test_one_character_class_is_the_field_value_grammar(text: bytes) -> None:
+    spelled = _SPELLED_OUT.fullmatch(text)
+    assert (spelled is None) == (re.fullmatch(upstream._OWS_VALUE_OWS, text) is None)
+    if spelled is not None:
+        # And the value is what lies between the spaces and tabs at either end.
+        assert spelled.group(1).decode("latin-1") == text.decode("latin-1").strip(" \t")
+
+
+def test_a_head_answers_by_name() -> None:
+    once = Head(("GET", "/", "HTTP/1.1"), [("host", "x"), ("connection", "Keep-Alive, Close")], b"")
+    assert once.get("Host") == "x" and once.get("cookie") is None
+    assert once.all("HOST") == ("x",) and once.all("cookie") == ()
+    assert once.has_token("Connection", "close") and not once.has_token("connection", "keep")
+    assert not once.has_token("upgrade", "websocket")
+    twice = Head(
+        ("GET", "/", "HTTP/1.1"),
+        [("cookie", "a=1"), ("host", "x"), ("cookie", "b=2"), ("connection", "x, upgrade")],
+        b"",
+    )
+    assert twice.get("cookie") == "a=1" and twice.all("Cookie") == ("a=1", "b=2")
+    assert twice.all("host") == ("x",) and twice.all("te") == ()
+    assert twice.has_token("connection", "upgrade")
+    assert set(twice.names()) == {"cookie", "host", "connection"}
 
 
 # -- through a real Front ----------------------------------------------------------

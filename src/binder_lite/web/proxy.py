@@ -99,6 +99,10 @@ FORWARDING = frozenset(
 )
 # Set by the proxy itself.
 REPLACED = frozenset({"host", "authorization"})
+# What no upstream gets as the client sent it, and what no session gets (one set
+# each: a request's every header is looked up in it).
+_NOT_FORWARDED = HOP_BY_HOP | FORWARDING
+_NOT_TO_SESSIONS = _NOT_FORWARDED | REPLACED
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -250,7 +254,12 @@ def token_in(head: Head) -> str | None:
     header = head.get("Authorization") or ""
     if header.lower().startswith("token "):
         return header[6:].strip()
-    query = urllib.parse.urlsplit(head.start[1]).query
+    target = head.start[1]
+    # Most targets have no query.  (One that starts with // still goes through
+    # urlsplit, which reads a host there, and refuses some.)
+    if "?" not in target and not target.startswith("//"):
+        return None
+    query = urllib.parse.urlsplit(target).query
     values = urllib.parse.parse_qs(query).get("token") if query else None
     return values[0] if values else None
 
@@ -258,12 +267,16 @@ def token_in(head: Head) -> str | None:
 def forwarded(head: Head) -> list[tuple[str, str]]:
     """The request's end-to-end headers: hop-by-hop ones, those the Connection header
     names, and what only the front may say about the client, left out."""
-    named = {part.strip().lower() for v in head.all("connection") for part in v.split(",")}
-    return [
-        (n, v)
-        for n, v in head.headers
-        if n not in HOP_BY_HOP and n not in FORWARDING and n not in named
-    ]
+    named = _connection_named(head)
+    return [(n, v) for n, v in head.headers if n not in _NOT_FORWARDED and n not in named]
+
+
+def _connection_named(head: Head) -> frozenset[str]:
+    """The headers the request's Connection header names (hop-by-hop, then)."""
+    values = head.all("connection")
+    if not values:
+        return frozenset()
+    return frozenset(part.strip().lower() for v in values for part in v.split(","))
 
 
 def session_headers(
@@ -276,8 +289,10 @@ def session_headers(
     headers = [("Host", host), ("Authorization", f"token {record.token}"), *client.headers()]
     if upgrade:
         headers += [("Connection", "Upgrade"), ("Upgrade", head.get("Upgrade") or "websocket")]
-    for name, value in forwarded(head):
-        if name in REPLACED:
+    # forwarded(head), less REPLACED, in one pass.
+    named = _connection_named(head)
+    for name, value in head.headers:
+        if name in _NOT_TO_SESSIONS or name in named:
             continue
         if name == "cookie":
             value = _without_our_cookies(value)
@@ -402,13 +417,14 @@ class Gate:
 
     def cors_headers(self, head: Head) -> tuple[tuple[str, str], ...]:
         """The CORS headers the answer to `head` gets (none on other paths)."""
+        if not self.cors.origins:
+            return ()  # as Cors.headers gives, without asking where `head` goes
         return self.cors.headers(head) if self.cors_applies(head) else ()
 
     def _in_path(self, head: Head, session_id: str, foreign: bool, upgrade: bool) -> Record | Reply:
         """/s/<id>/… on the service's origin.  A listed origin's request (`foreign`) is
         judged by its token alone: the visitor's cookies are not its page's to use."""
         method, target, _ = head.start
-        path, query = _split(target)
         identity = "" if foreign else identity_in(head, self.secret)
         proofs = () if foreign else token_proofs(head, self.secret, session_id)
         record = authorise(
@@ -416,13 +432,10 @@ class Gate:
         )
         if record is None:
             return NOT_FOUND
-        if (
-            not foreign
-            and record.owner != identity
-            and "token" in query
-            and _navigation(head, method, upgrade)
-        ):
-            return self._keep_token(record, path, _without(query, "token"))
+        if not foreign and record.owner != identity and _navigation(head, method, upgrade):
+            path, query = _split(target)  # only now: most requests are no page's loading
+            if "token" in query:
+                return self._keep_token(record, path, _without(query, "token"))
         return record
 
     def _keep_token(self, record: Record, path: str, query: str) -> Reply:
@@ -573,7 +586,8 @@ def session_identity(head: Head, cookie_secret: str, session_id: str) -> str:
 
 def _split(target: str) -> tuple[str, dict[str, list[str]]]:
     path, _, query = target.partition("?")
-    return path, urllib.parse.parse_qs(query, keep_blank_values=True)
+    # parse_qs("") is {}, but not for free.
+    return path, urllib.parse.parse_qs(query, keep_blank_values=True) if query else {}
 
 
 def _without(query: dict[str, list[str]], name: str) -> str:
@@ -602,6 +616,8 @@ def session_response_head(head: Head, cors: tuple[tuple[str, str], ...] = ()) ->
     `username-…` login cookie) are scoped to its base_url, /s/<id>/, and kept.
     Jupyter's CORS headers go (it echoes the Origin the proxy rewrote, its own
     address): the front's `cors` headers say who may read the answer."""
+    if not cors and not _rewritten(head):
+        return head.raw
     kept = [
         (n, v)
         for n, v in head.headers
@@ -610,6 +626,14 @@ def session_response_head(head: Head, cors: tuple[tuple[str, str], ...] = ()) ->
     if len(kept) == len(head.headers) and not cors:
         return head.raw
     return _head_bytes(head, [*kept, *cors])
+
+
+def _rewritten(head: Head) -> bool:
+    """Whether session_response_head may leave out any of `head`'s headers: never
+    false when it would, and true now and then when it would not."""
+    names = head.names()
+    # Any name that starts with access-control-, in one search of them all.
+    return "set-cookie" in names or "\naccess-control-" in "\n" + "\n".join(names)
 
 
 def app_response_head(head: Head, cors: tuple[tuple[str, str], ...] = ()) -> bytes:
