@@ -30,7 +30,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from binder_lite.web.base import Service
 from binder_lite.web.proxy import (
@@ -555,8 +555,8 @@ class Lane(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.Transport)
-        self.transport_ = transport
+        # A socket's transport (asyncio's, or another loop's that is not a subclass).
+        self.transport_ = cast(asyncio.Transport, transport)
         self.writer = asyncio.StreamWriter(transport, self, self.reader, self.loop)
         self.peer = self.front.peer(self.writer)
         self.front.clients.add(self.writer)
