@@ -299,7 +299,8 @@ class Front:
         if address is None:
             return NOT_FOUND
         manager.touch(record.id)
-        touch = partial(manager.touch, record.id)
+        # What a tunnel calls as it is used (a plain request counts once, here).
+        touch = partial(manager.touch, record.id) if upgrade else None
         app = app_route(record, head.start[1])  # the session's Shiny app (launch/apps.py)
         if isinstance(app, Reply):
             return app
@@ -565,13 +566,16 @@ class Lane(asyncio.StreamReaderProtocol):
     def data_received(self, data: bytes) -> None:
         if self.task is not None:
             super().data_received(data)
-            return
-        self.buffer += data
-        if self.waiting is None:
-            self._next()
-        elif len(self.buffer) > MAX_HEAD and not self.held:
-            self.held = True  # a pipelining client: enough until this answer is out
-            self.transport_.pause_reading()
+        elif self.waiting is not None:
+            self.buffer += data
+            if len(self.buffer) > MAX_HEAD and not self.held:
+                self.held = True  # a pipelining client: enough until this answer is out
+                self.transport_.pause_reading()
+        elif self.buffer:
+            self.buffer += data
+            self._next(bytes(self.buffer))
+        else:
+            self._next(data)  # the commonest: a head in one piece, nothing held
 
     def eof_received(self) -> bool:
         if self.task is None:
@@ -601,28 +605,30 @@ class Lane(asyncio.StreamReaderProtocol):
 
     # -- the fast lane -------------------------------------------------------------
 
-    def _next(self) -> None:
-        """Serve the head waiting in the buffer, if one is there whole."""
-        end = self.buffer.find(b"\r\n\r\n")
+    def _next(self, data: bytes) -> None:
+        """Serve the head in `data` (all the fast lane holds from the client), if it is
+        there whole."""
+        self.buffer.clear()
+        end = data.find(b"\r\n\r\n")
         if end == -1:
-            if len(self.buffer) > MAX_HEAD:
-                self._slow(None)  # which refuses it
+            if len(data) > MAX_HEAD:
+                self._slow(None, data)  # which refuses it
+            else:
+                self.buffer += data
             return
         # Bytes after the head (a body, or pipelined requests), or a client that is not
         # reading its answers: the slow lane's, which reads and writes with flow control.
-        if end + 4 != len(self.buffer) or self.full:
-            self._slow(None)
+        if end + 4 != len(data) or self.full:
+            self._slow(None, data)
             return
-        raw = bytes(self.buffer)
         try:
-            request = request_of(parse_request(raw))
+            request = request_of(parse_request(data))
         except MessageError:
-            self._slow(None)  # which refuses it, as it says why
+            self._slow(None, data)  # which refuses it, as it says why
             return
         if request.framing or request.upgrade or not request.keep:
-            self._slow(None)
+            self._slow(None, data)
             return
-        self.buffer.clear()
         try:
             self._begin(request)
         except Exception:
@@ -634,7 +640,7 @@ class Lane(asyncio.StreamReaderProtocol):
         request's only plan."""
         plan = self.front.plan(request, self.peer)
         if isinstance(plan, Reply):
-            self.writer.write(plan.encode(close=False))
+            self.transport_.write(plan.encode(close=False))
             self._wait(KEEPALIVE_IDLE)
             return
         method = request.head.start[0]
@@ -655,44 +661,49 @@ class Lane(asyncio.StreamReaderProtocol):
     def answer_data(self, data: bytes) -> None:
         waiting = self.waiting
         assert waiting is not None
-        waiting.answer += data
+        if waiting.answer:  # the answer so far, in pieces
+            waiting.answer += data
+            data = bytes(waiting.answer)
         try:
-            if waiting.response is None and not self._read_head(waiting):
+            head_read = waiting.response is not None or self._read_head(waiting, data)
+            if head_read and len(data) >= waiting.length:
+                self._pass_back(waiting, data)
                 return
-            if len(waiting.answer) >= waiting.length:
-                self._pass_back(waiting)
+            if self.waiting is waiting and not waiting.answer:
+                waiting.answer += data  # its first piece: kept for the rest
         except Exception:
             log.exception("serving a request failed")
             self._give_up()
             self.transport_.abort()
 
-    def _read_head(self, waiting: Waiting) -> bool:
-        """Read the answer's head once it is there whole; whether the fast lane goes on
-        with it (its body is small and plainly framed)."""
-        end = waiting.answer.find(b"\r\n\r\n")
+    def _read_head(self, waiting: Waiting, answer: bytes) -> bool:
+        """Read the answer's head once it is there whole (`answer`: all there is of it
+        so far); whether the fast lane goes on with it (its body is small and plainly
+        framed)."""
+        end = answer.find(b"\r\n\r\n")
         if end == -1:
-            if len(waiting.answer) > MAX_HEAD:
+            if len(answer) > MAX_HEAD:
                 self._failed(waiting, "the message head is too large")
             return False
         method = waiting.head.start[0]
         try:
-            response = parse_response(bytes(waiting.answer[: end + 4]))
+            response = parse_response(answer[: end + 4])
             framing = response_framing(method, response)
         except MessageError as e:
             self._failed(waiting, str(e))
             return False
         if int(response.start[1]) < 200:
-            self._hand_over(waiting, None, 0)  # informational answers: the slow lane's
+            self._hand_over(waiting, None, answer)  # informational answers: the slow lane's
             return False
         if not 0 <= framing <= CHUNK:
-            self._hand_over(waiting, response, end + 4)
+            self._hand_over(waiting, response, answer[end + 4 :])
             return False
         self.until = None  # the head came in time; a body has no time limit, as there
         waiting.response = response
         waiting.length = end + 4 + framing
         return True
 
-    def _pass_back(self, waiting: Waiting) -> None:
+    def _pass_back(self, waiting: Waiting, answer: bytes) -> None:
         """The whole answer is here: pass it back, and keep the upstream connection if
         the exchange went as HTTP/1.1 says and nothing came after the answer."""
         response = waiting.response
@@ -700,9 +711,9 @@ class Lane(asyncio.StreamReaderProtocol):
         self.waiting = None
         waiting.protocol.answers = None
         prefix = self.front.answer_head(response, waiting.plan.address, waiting.plan.cors)
-        self.writer.write(prefix + bytes(waiting.answer[len(response.raw) : waiting.length]))
+        self.transport_.write(prefix + answer[len(response.raw) : waiting.length])
         closing = response.start[0] != "HTTP/1.1" or response.has_token("connection", "close")
-        if not closing and len(waiting.answer) == waiting.length:
+        if not closing and len(answer) == waiting.length:
             self.front.pool.release(waiting.plan.address, waiting.upstream)
         else:
             waiting.upstream[1].close()
@@ -737,13 +748,13 @@ class Lane(asyncio.StreamReaderProtocol):
         self.front.bad_gateway(self.writer, waiting.plan.address, keep=True)
         self._idle()
 
-    def _hand_over(self, waiting: Waiting, response: Head | None, start: int) -> None:
-        """Give an answer to the slow lane: its bytes from `start` go back into the
-        upstream's reader, and a task finishes the exchange."""
+    def _hand_over(self, waiting: Waiting, response: Head | None, rest: bytes) -> None:
+        """Give an answer to the slow lane: `rest`, its bytes after `response` (or all
+        of them, with None), goes back into the upstream's reader, and a task finishes
+        the exchange."""
         self.waiting = None
         protocol = waiting.protocol
         protocol.answers = None
-        rest = bytes(waiting.answer[start:])
         if rest:
             protocol.data_received(rest)
         method, plan, upstream = waiting.head.start[0], waiting.plan, waiting.upstream
@@ -770,7 +781,7 @@ class Lane(asyncio.StreamReaderProtocol):
             self._slow(None)
             super().eof_received()
         elif self.buffer:
-            self._next()
+            self._next(bytes(self.buffer))
 
     def _wait(self, seconds: float) -> None:
         self.until = self.loop.time() + seconds
@@ -794,17 +805,18 @@ class Lane(asyncio.StreamReaderProtocol):
 
     # -- the slow lane -------------------------------------------------------------
 
-    def _slow(self, first: Callable[[Deadline], Awaitable[bool]] | None) -> None:
+    def _slow(self, first: Callable[[Deadline], Awaitable[bool]] | None, data: bytes = b"") -> None:
         """Give the connection to a task running the stream code, `first` (the rest of
         a request the fast lane began) and then what comes.  What the fast lane holds
-        goes to the task's reader first."""
+        (`data`, else its buffer) goes to the task's reader first."""
         self.until = None
         if self.held:
             self.held = False
             self.transport_.resume_reading()
-        if self.buffer:
-            super().data_received(bytes(self.buffer))
-            self.buffer.clear()
+        pending = data or bytes(self.buffer)
+        self.buffer.clear()
+        if pending:
+            super().data_received(pending)
         self.task = self.loop.create_task(self._run(first))
 
     async def _run(self, first: Callable[[Deadline], Awaitable[bool]] | None) -> None:

@@ -319,8 +319,12 @@ def app_route(record: Record, target: str) -> tuple[Address, str] | Reply | None
     (`shiny/../..`) reaches only this session's app, which serves what it likes.
     `/s/<id>/pluto/<notebook>.jl` (a launch's urlpath) is Pluto's page opening the
     notebook of that name at the checkout's root, `/open?path=…`."""
+    # Most requests are Jupyter's: the apps' names at their place ("/s/<id>/" is 20
+    # characters) are looked for before the whole target is matched.
+    if not target.startswith(("shiny", "pluto"), 20) or not record.socket:
+        return None
     m = _APP_PATH.fullmatch(target)
-    if m is None or not record.socket:
+    if m is None:
         return None
     prefix, app, path, query = m.groups()
     if not path:
