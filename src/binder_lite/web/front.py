@@ -558,7 +558,7 @@ class Lane(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
         # A socket's transport (asyncio's, or another loop's that is not a subclass).
         self.transport_ = cast(asyncio.Transport, transport)
-        self.writer = asyncio.StreamWriter(transport, self, self.reader, self.loop)
+        self.writer = asyncio.StreamWriter(self.transport_, self, self.reader, self.loop)
         self.peer = self.front.peer(self.writer)
         self.front.clients.add(self.writer)
         self._wait(KEEPALIVE_IDLE)
