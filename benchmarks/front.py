@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import secrets
 import statistics
@@ -47,6 +48,7 @@ from binder_lite.procs import ProcessId  # noqa: E402
 from binder_lite.web.store import Record, Store  # noqa: E402
 
 GOAL = 1.5
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # The floors timed with the front: the extra hop with no rules, on protocols and on
 # streams (the front's own way of reading and writing).
 RELAYS = {
@@ -161,7 +163,6 @@ def stream_relay(state: str) -> None:
     """The bare relay again, on asyncio streams as the front is (a task per client
     connection, awaiting each head and answer): what streams cost over protocols."""
     length = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
-    Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ups: dict[str, Connection] = {}
@@ -278,48 +279,61 @@ async def websocket(port: int, record: Record) -> tuple[asyncio.StreamReader, as
 async def load(
     port: int, relays: dict[str, int], records: list[Record], rounds: int, pid: int
 ) -> dict[str, object]:
-    """Timings by path: "proxied" (the front), "direct", and each relay's."""
+    """Timings by path, each beside the same request sent direct in the same rounds:
+    "proxied" (the front) and "direct" first, then each relay with "direct <relay>";
+    and the front's CPU time over its rounds."""
     errors: list[str] = []
     sockets = await asyncio.gather(*(websocket(port, r) for r in records), return_exceptions=True)
     errors += [f"websocket: {s}" for s in sockets if isinstance(s, BaseException)]
     memory = rss(pid)
-    proxied_conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
-    relayed = {name: await asyncio.open_connection("127.0.0.1", p) for name, p in relays.items()}
-    times: dict[str, list[float]] = {"proxied": [], "direct": [], **{name: [] for name in relays}}
     # Kept-alive connections both ways: the front keeps its own to each upstream.
     straight = {r.id: await asyncio.open_unix_connection(str(r.socket)) for r in records}
+    times: dict[str, list[float]] = {}
 
-    async def one_each(i: int, record: Record, timed: bool) -> None:
-        conn = proxied_conns[i % len(proxied_conns)]
-        took = {
-            "proxied": await request(*conn, head(record, f"127.0.0.1:{port}")),
-            "direct": await request(*straight[record.id], head(record, "localhost")),
-        }
-        for name, relay in relayed.items():
-            took[name] = await request(*relay, head(record, "127.0.0.1"))
-        for name, seconds in took.items():
-            if timed:
-                times[name].append(seconds)
-
-    # One round untimed, so that the front's pool holds a connection to each session
-    # as the direct side does (opened above): a session's first request, which pays
-    # for connecting, is one in hundreds in a notebook's life, not one in ROUNDS.
-    for i, record in enumerate(records):
-        with contextlib.suppress(OSError, RuntimeError, asyncio.IncompleteReadError):
-            await one_each(i, record, timed=False)
-    for _ in range(rounds):
+    async def pairs(name: str, to: int, conns: list[Connection], timed: bool) -> None:
+        """A round: for each session, the request through `to`, then direct."""
+        clients = len(conns)
+        direct = "direct" if name == "proxied" else f"direct {name}"
         for i, record in enumerate(records):
             try:
-                await one_each(i, record, timed=True)
+                through = await request(*conns[i % clients], head(record, f"127.0.0.1:{to}"))
+                straight_ = await request(*straight[record.id], head(record, "localhost"))
             except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
-                errors.append(f"request: {e}")
-                proxied_conns[i % len(proxied_conns)] = await asyncio.open_connection(
-                    "127.0.0.1", port
-                )
+                if timed:
+                    errors.append(f"request ({name}): {e}")
+                conns[i % clients] = await asyncio.open_connection("127.0.0.1", to)
+                continue
+            if timed:
+                times.setdefault(name, []).append(through)
+                times.setdefault(direct, []).append(straight_)
+
+    # Each path alone with the direct one: a relay timed in the same rounds as the
+    # front would run its process between every two of the front's requests, which
+    # is not the front's cost (docs/scaling.md).  One round untimed first, so that
+    # the front's pool holds a connection to each session as the direct side does: a
+    # session's first request, which pays for connecting, is one in hundreds in a
+    # notebook's life, not one in ROUNDS.
+    # The clients' connections last all the rounds of their path, as the front's and
+    # the relays' connections to the sessions do.
+    started = cpu_seconds(pid)
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+    for n in range(rounds + 1):
+        await pairs("proxied", port, conns, timed=n > 0)
+    front_cpu = (cpu_seconds(pid) - started) / (len(records) * (rounds + 1))
+    for name, relay in relays.items():
+        conns = [await asyncio.open_connection("127.0.0.1", relay)]
+        for n in range(rounds + 1):
+            await pairs(name, relay, conns, timed=n > 0)
     for s in sockets:
         if not isinstance(s, BaseException):
             s[1].close()
-    return {"errors": errors, "rss": memory, **times}
+    return {"errors": errors, "rss": memory, "front_cpu": front_cpu, **times}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_relay(kind: str, state: Path) -> tuple[subprocess.Popen[str], int]:
@@ -378,9 +392,12 @@ def main(n: int, rounds: int) -> int:
         f"median request: proxied {proxied * 1000:.2f} ms, direct {direct * 1000:.2f} ms, "
         f"ratio {ratio:.2f}x (goal <= {GOAL}x, no error): {verdict}"
     )
+    front_cpu = float(result["front_cpu"])  # type: ignore[arg-type]
+    print(f"the front's CPU time per proxied request: {front_cpu * 1e6:.0f} us")
     for kind, what in RELAYS.items():
         relayed = statistics.median(result[kind])  # type: ignore[arg-type]
-        print(f"{what}: {relayed * 1000:.2f} ms, ratio {relayed / direct:.2f}x")
+        beside = statistics.median(result[f"direct {kind}"])  # type: ignore[arg-type]
+        print(f"{what}: {relayed * 1000:.2f} ms, ratio {relayed / beside:.2f}x")
     print(f"front memory: {base / 2**20:.0f} MiB alone, {per_session / 1024:.1f} KiB per session")
     return 0
 
