@@ -917,7 +917,8 @@ def _app_headers(head: Head, client: Client, upgrade: bool) -> list[tuple[str, s
 
 
 def _encode_head(start: str, headers: list[tuple[str, str]], framing: int, method: str) -> bytes:
-    lines = [start, *(f"{name}: {value}" for name, value in headers)]
+    lines = [start]
+    lines += [f"{name}: {value}" for name, value in headers]
     if framing > 0 or (framing == 0 and method in BODY_METHODS):
         lines.append(f"Content-Length: {framing}")
     elif framing == CHUNKED:

@@ -397,13 +397,15 @@ class Gate:
         if is_preflight(head) and self.cors_applies(head):
             # It carries no token: answered here, never passed on.
             return self.cors.preflight(head)
-        at = self.origins.session_in_host(head.get("host"))
-        if at is not None:
-            return self._at_session_origin(head, at, upgrade)
+        origins = self.origins
+        if origins.session_domain is not None:  # else no Host names a session
+            at = origins.session_in_host(head.get("host"))
+            if at is not None:
+                return self._at_session_origin(head, at, upgrade)
         m = SESSION_PATH.match(head.start[1])
         if m is None:
             return None
-        if self.origins.session_domain is not None:
+        if origins.session_domain is not None:
             return self._to_session_origin(head, m.group(1), upgrade)
         foreign = not self._same_origin(head, None)
         if foreign and self.cors.allowed(head) is None:

@@ -475,7 +475,7 @@ class Pool:
 
     def take(self, address: Address) -> Connection | None:
         """A kept connection to `address` that is still fit for a request, if any."""
-        idle = self._idle.get(address, [])
+        idle = self._idle.get(address)
         while idle:
             reader, writer = idle.pop()
             if not (writer.is_closing() or reader.at_eof() or unread(reader)):
