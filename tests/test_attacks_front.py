@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from launchkit import make_repo
 from test_front import Raw, request
+from test_upstream import SID, TOKEN, session_record
 from tornado import httputil
 from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
 from tornado.iostream import IOStream
@@ -35,7 +36,6 @@ from webkit import Client, Server
 
 from binder_lite.web import front, proxy, upstream
 from binder_lite.web.origins import Origins
-from binder_lite.web.store import Record
 from binder_lite.web.upstream import MAX_BODY, MAX_HEAD, MessageError
 
 
@@ -588,21 +588,6 @@ def test_expect_is_answered_by_the_front_and_never_passed_on() -> None:
 
 # -- what a session is sent, and what reaches the client (proxy.py, no sockets) --------
 
-SID = "0123456789abcdef"
-
-
-def _record() -> Record:
-    return Record(
-        id=SID,
-        owner="someone",
-        repository="r",
-        ref="HEAD",
-        open_path=None,
-        status="running",
-        socket="/nonexistent/jupyter.sock",
-        token="t" * 48,
-    )
-
 
 def test_a_session_is_sent_end_to_end_headers_only() -> None:
     head = upstream.parse_request(
@@ -612,10 +597,12 @@ def test_a_session_is_sent_end_to_end_headers_only() -> None:
         "Authorization: token other\r\nCookie: a=1; binder-lite-user=u; b=2\r\n"
         "Origin: http://x\r\nX-Kept: k\r\n\r\n".encode()
     )
-    sent = proxy.session_headers(head, _record(), False, proxy.Client("127.0.0.1", "http"))
+    sent = proxy.session_headers(
+        head, session_record("/nonexistent/jupyter.sock"), False, proxy.Client("127.0.0.1", "http")
+    )
     assert sent == [
         ("Host", "localhost"),
-        ("Authorization", "token " + "t" * 48),
+        ("Authorization", f"token {TOKEN}"),
         ("X-Forwarded-For", "127.0.0.1"),
         ("X-Forwarded-Proto", "http"),
         ("accept", "*/*"),

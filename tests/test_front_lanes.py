@@ -115,6 +115,15 @@ async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter
     return await asyncio.open_connection("127.0.0.1", port)
 
 
+async def warmed(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client connection after one request ("warm"), which opened the front's kept
+    connection to the session (in the slow lane): the next can take the fast one."""
+    reader, writer = await connect(port)
+    writer.write(request("warm"))
+    await answer(reader)
+    return reader, writer
+
+
 def test_requests_on_a_kept_connection_take_the_fast_lane(tmp_path: Path) -> None:
     upstream = Upstream()
 
@@ -136,9 +145,7 @@ def test_a_request_sent_while_one_waits_is_answered_after_it(tmp_path: Path) -> 
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("slow"))
         await asyncio.sleep(0.05)  # the slow request is waiting for its answer
         writer.write(request("next"))
@@ -154,9 +161,7 @@ def test_pipelined_requests_go_to_the_slow_lane_then_back(tmp_path: Path) -> Non
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("a") + request("b") + request("c"))
         assert [(await answer(reader))[1] for _ in "abc"] == [b"a", b"b", b"c"]
         assert the_front.fast == 0
@@ -173,9 +178,7 @@ def test_a_request_with_a_body_goes_slow_and_the_next_one_fast(tmp_path: Path) -
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         post = (
             request("posted")
             .replace(b"GET", b"POST")
@@ -199,9 +202,7 @@ def test_answers_the_fast_lane_does_not_carry_are_finished_by_the_slow_one(
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("hints"))
         head, body = await answer(reader)
         assert head.startswith(b"HTTP/1.1 200 ") and body == b"hinted"  # no 103 passed on
@@ -229,9 +230,7 @@ def test_a_kept_connection_closed_unanswered_is_tried_again_on_a_fresh_one(
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("vanish"))
         # Sent on the kept connection, which closed without a byte: sent once more on
         # a fresh one, which does the same; then the client hears of it.
@@ -249,9 +248,7 @@ def test_an_answer_broken_off_in_its_body_ends_the_connection(tmp_path: Path) ->
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("broken"))
         # Nothing of the broken answer reaches the client, and no other answer either.
         assert await reader.read() == b""
@@ -265,9 +262,7 @@ def test_an_answer_that_closes_ends_the_client_connection_after_it(tmp_path: Pat
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("closing"))
         head, body = await answer(reader)
         assert body == b"bye" and b"connection: close" in head.lower()
@@ -284,9 +279,7 @@ def test_a_client_leaving_while_it_waits_leaves_no_answer_for_the_next(tmp_path:
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("slow-secret"))
         await asyncio.sleep(0.05)
         # A reset, not an end: the front learns at once that no one will read.
@@ -309,9 +302,7 @@ def test_a_client_ending_its_side_still_gets_its_answer(tmp_path: Path) -> None:
     upstream = Upstream()
 
     async def check(the_front: front.Front, port: int) -> None:
-        reader, writer = await connect(port)
-        writer.write(request("warm"))
-        await answer(reader)
+        reader, writer = await warmed(port)
         writer.write(request("slow"))
         writer.write_eof()
         assert (await answer(reader))[1] == b"slow"

@@ -372,6 +372,20 @@ class Manager:
         pass
 
 
+def session_record(socket: str) -> Record:
+    """The running session SID, owned by "someone", with TOKEN, served at `socket`."""
+    return Record(
+        id=SID,
+        owner="someone",
+        repository="r",
+        ref="HEAD",
+        open_path=None,
+        status="running",
+        socket=socket,
+        token=TOKEN,
+    )
+
+
 @contextlib.asynccontextmanager
 async def front_before(tmp: Path, handle: Handler) -> AsyncIterator[int]:
     """A front on 127.0.0.1 (its port yielded) whose one session, SID with TOKEN, is
@@ -385,16 +399,7 @@ async def a_front(tmp: Path, handle: Handler) -> AsyncIterator[tuple[front.Front
     """front_before's front, and its port."""
     path = str(tmp / "jupyter.sock")
     up_server = await asyncio.start_unix_server(handle, path)
-    record = Record(
-        id=SID,
-        owner="someone",
-        repository="r",
-        ref="HEAD",
-        open_path=None,
-        status="running",
-        socket=path,
-        token=TOKEN,
-    )
+    record = session_record(path)
     service = types.SimpleNamespace(
         manager=Manager(record), oauth=None, origins=Origins("http", "x", None)
     )

@@ -86,8 +86,6 @@ MAX_INFORMATIONAL = 8  # 1xx answers skipped before a final one, at most
 LINGER = 2.0
 LINGER_BYTES = 1024 * 1024
 
-# Where a request goes: an upstream address, the headers it is sent with, and what to
-# call on activity (for sessions, which are culled when idle).
 # Where a request goes, its headers, what to call while it is used, and its target
 # as the upstream sees it.
 Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None, str]
@@ -95,31 +93,62 @@ Route = tuple[Address, list[tuple[str, str]], Callable[[], None] | None, str]
 Extra = tuple[tuple[str, str], ...]
 
 
-class Deadline:
-    """Time limits on one connection's waits (for the client's next request, for an
-    upstream's answer), as asyncio.timeout sets them but at a fraction of its cost:
-    asyncio.timeout schedules and cancels a timer on every wait, a fifth of the
-    front's own time per proxied request (docs/scaling.md).  Here one timer per
-    connection stays set; a wait only writes down when it must end, and the timer,
-    when it goes off before that, is set again for then.  An expired wait is
-    cancelled and raises TimeoutError, as with asyncio.timeout."""
+class Alarm:
+    """One timer for a connection's successive waits (for the client's next request,
+    for an upstream's answer), at a fraction of what asyncio.timeout costs: it
+    schedules and cancels a timer on every wait, a fifth of the front's own time per
+    proxied request (docs/scaling.md).  Here a wait only writes down when it must end,
+    and the timer, when it goes off before that, is set again for then; `ring` is
+    called when a wait outlasts its limit."""
 
-    __slots__ = ("task", "loop", "until", "timer", "expired", "cancelling")
+    __slots__ = ("loop", "ring", "until", "timer")
 
-    def __init__(self) -> None:
-        self.task = asyncio.current_task()
+    def __init__(self, ring: Callable[[], None]) -> None:
         self.loop = asyncio.get_running_loop()
+        self.ring = ring
         self.until: float | None = None  # when the current wait ends; None: no wait
         self.timer: asyncio.TimerHandle | None = None
-        self.expired = False
-        self.cancelling = 0
 
-    def within(self, seconds: float) -> Deadline:
+    def set(self, seconds: float) -> None:
         self.until = self.loop.time() + seconds
         if self.timer is None or self.timer.when() > self.until:
             if self.timer is not None:
                 self.timer.cancel()
             self.timer = self.loop.call_at(self.until, self._check)
+
+    def clear(self) -> None:
+        self.until = None  # no wait now: the next one sets the timer again
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.until is None:
+            return
+        if self.loop.time() < self.until:
+            self.timer = self.loop.call_at(self.until, self._check)
+            return
+        self.until = None
+        self.ring()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Deadline:
+    """Time limits on the waits of a task serving one connection (Alarm): an expired
+    wait is cancelled and raises TimeoutError, as with asyncio.timeout."""
+
+    __slots__ = ("task", "alarm", "expired", "cancelling")
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        self.alarm = Alarm(self._expire)
+        self.expired = False
+        self.cancelling = 0
+
+    def within(self, seconds: float) -> Deadline:
+        self.alarm.set(seconds)
         return self
 
     def __enter__(self) -> None:
@@ -127,7 +156,7 @@ class Deadline:
         self.cancelling = self.task.cancelling()
 
     def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
-        self.until = None
+        self.alarm.clear()
         if self.expired:
             self.expired = False
             assert self.task is not None
@@ -135,20 +164,13 @@ class Deadline:
             if self.task.uncancel() <= self.cancelling and kind is asyncio.CancelledError:
                 raise TimeoutError
 
-    def _check(self) -> None:
-        self.timer = None
-        if self.until is None or self.task is None:
-            return  # no wait now: the next one sets the timer again
-        if self.loop.time() < self.until:
-            self.timer = self.loop.call_at(self.until, self._check)
-            return
-        self.expired = True
-        self.task.cancel()
+    def _expire(self) -> None:
+        if self.task is not None:
+            self.expired = True
+            self.task.cancel()
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.alarm.close()
 
 
 class UpstreamFailure(Exception):
@@ -548,8 +570,7 @@ class Lane(asyncio.StreamReaderProtocol):
         self.buffer = bytearray()  # the fast lane's bytes from the client, not yet served
         self.task: asyncio.Task[None] | None = None  # the slow lane, while it has the connection
         self.waiting: Waiting | None = None  # a fast request, until its answer is passed back
-        self.until: float | None = None  # when the fast lane's current wait ends
-        self.timer: asyncio.TimerHandle | None = None
+        self.alarm = Alarm(self._too_long)  # the fast lane's waits
         self.full = False  # the client's side of the connection is not taking more
         self.ended = False  # the client ended its side
         self.held = False  # reading paused until the request in progress is answered
@@ -587,8 +608,7 @@ class Lane(asyncio.StreamReaderProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._give_up()
-        if self.timer is not None:
-            self.timer.cancel()
+        self.alarm.close()
         self.front.clients.discard(self.writer)
         super().connection_lost(exc)
 
@@ -698,7 +718,7 @@ class Lane(asyncio.StreamReaderProtocol):
         if not 0 <= framing <= CHUNK:
             self._hand_over(waiting, response, answer[end + 4 :])
             return False
-        self.until = None  # the head came in time; a body has no time limit, as there
+        self.alarm.clear()  # the head came in time; a body has no time limit, as there
         waiting.response = response
         waiting.length = end + 4 + framing
         return True
@@ -784,20 +804,11 @@ class Lane(asyncio.StreamReaderProtocol):
             self._next(bytes(self.buffer))
 
     def _wait(self, seconds: float) -> None:
-        self.until = self.loop.time() + seconds
-        if self.timer is None or self.timer.when() > self.until:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = self.loop.call_at(self.until, self._check)
+        self.alarm.set(seconds)
 
-    def _check(self) -> None:
-        self.timer = None
-        if self.until is None or self.task is not None:
-            return  # no wait now: the next one sets the timer again
-        if self.loop.time() < self.until:
-            self.timer = self.loop.call_at(self.until, self._check)
-            return
-        self.until = None
+    def _too_long(self) -> None:
+        if self.task is not None:
+            return  # the slow lane keeps its own time
         if self.waiting is not None:
             self._failed(self.waiting, "no answer in time")
         else:
@@ -809,7 +820,7 @@ class Lane(asyncio.StreamReaderProtocol):
         """Give the connection to a task running the stream code, `first` (the rest of
         a request the fast lane began) and then what comes.  What the fast lane holds
         (`data`, else its buffer) goes to the task's reader first."""
-        self.until = None
+        self.alarm.clear()
         if self.held:
             self.held = False
             self.transport_.resume_reading()
