@@ -239,7 +239,7 @@ def _cookies_named(head: Head, name: str) -> list[str]:
 
 def identity_in(head: Head, cookie_secret: str) -> str:
     """The signed-in (or anonymous) identity the request's cookie names, or ""."""
-    raw = head.get("Cookie")
+    raw = head.get("cookie")
     if not raw:
         return ""
     value = httputil.parse_cookie(raw).get(USER_COOKIE)
@@ -251,7 +251,7 @@ def identity_in(head: Head, cookie_secret: str) -> str:
 
 
 def token_in(head: Head) -> str | None:
-    header = head.get("Authorization") or ""
+    header = head.get("authorization") or ""
     if header.lower().startswith("token "):
         return header[6:].strip()
     target = head.start[1]
@@ -288,7 +288,7 @@ def session_headers(
     host = "localhost" if record.socket or record.node else f"127.0.0.1:{record.port}"
     headers = [("Host", host), ("Authorization", f"token {record.token}"), *client.headers()]
     if upgrade:
-        headers += [("Connection", "Upgrade"), ("Upgrade", head.get("Upgrade") or "websocket")]
+        headers += [("Connection", "Upgrade"), ("Upgrade", head.get("upgrade") or "websocket")]
     # forwarded(head), less REPLACED, in one pass.
     named = _connection_named(head)
     for name, value in head.headers:

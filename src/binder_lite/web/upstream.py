@@ -134,12 +134,15 @@ class Head:
         return f"Head({self.start!r}, {self.headers!r}, {self.raw!r})"
 
     def get(self, name: str) -> str | None:
-        """The first value of header `name`, or None."""
-        return self._first.get(name.lower())
+        """The first value of header `name` (in any case), or None."""
+        value = self._first.get(name)
+        # The front asks in lower case, as the names are kept: lower() only otherwise.
+        return value if value is not None or name.islower() else self._first.get(name.lower())
 
     def all(self, name: str) -> tuple[str, ...]:
-        """Every value of header `name`, in order."""
-        name = name.lower()
+        """Every value of header `name` (in any case), in order."""
+        if not name.islower():
+            name = name.lower()
         if self._repeats:
             return tuple(v for n, v in self.headers if n == name)
         value = self._first.get(name)
@@ -164,11 +167,8 @@ def _fields(text: str) -> tuple[str, list[tuple[str, str]]]:
     either end.  (Cheaper than the second regular expression, over the fields, that
     it replaced.)"""
     lines = text.split("\r\n")  # the start line, the field lines, and two "" at the end
-    headers = []
-    for line in lines[1:-2]:
-        name, _, value = line.partition(":")
-        headers.append((name.lower(), value.strip(" \t")))
-    return lines[0], headers
+    fields = [line.partition(":") for line in lines[1:-2]]
+    return lines[0], [(name.lower(), value.strip(" \t")) for name, _, value in fields]
 
 
 async def read_request(reader: asyncio.StreamReader) -> Head | None:
