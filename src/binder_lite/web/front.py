@@ -198,7 +198,7 @@ class Front:
         self.gate = Gate(service, cookie_secret, Cors(cors_allowed_origins))
         self.pool = Pool()
         self.clients: set[asyncio.StreamWriter] = set()
-        self.fast = 0  # requests sent on in the fast lane (Lane), for tests and benchmarks
+        self.fast = 0  # requests sent on in the fast lane (Lane): tests see which lane served
 
     async def listen(
         self, address: str, port: int, tls: ssl.SSLContext | None = None
@@ -260,6 +260,9 @@ class Front:
         except Exception:
             abort = True
             log.exception("serving a request failed")
+        except BaseException:
+            writer.close()  # cancelled (the service stopping): no lingering
+            raise
         self.clients.discard(writer)
         await _close(reader, writer, linger=not abort)
 
@@ -552,15 +555,16 @@ class Lane(asyncio.StreamReaderProtocol):
     """A client connection.  The commonest request, one without a body to a server
     the front holds a kept connection to, is served in the transports' callbacks
     (the fast lane): its head is read, checked and sent on, and the answer read,
-    checked and passed back, without a task waking for either, which across
-    processes cost the front a tenth of its time per request (docs/scaling.md).
+    checked and passed back, without a task waking for either (which, across
+    processes, cost the front a tenth of its CPU time per request when this lane
+    came).
     Everything else goes to a task running the stream code (Front.serve: bodies,
     upgrades, refusals, a first request to a server, an answer that is not small
     and plainly framed), which hands the connection back once it has served what
     came and nothing more is waiting.  Both lanes apply the same rules (Front.plan,
     upstream.py's parsers), and a request is never begun in one and planned again in
-    the other.  A timer per connection, moved lazily as front.Deadline's is, ends an
-    idle connection and a wait for an answer."""
+    the other.  One Alarm per connection ends an idle connection and a wait for an
+    answer, as the slow lane's Deadline does there."""
 
     def __init__(self, front: Front) -> None:
         self.front = front
