@@ -167,8 +167,11 @@ def _fields(text: str) -> tuple[str, list[tuple[str, str]]]:
     either end.  (Cheaper than the second regular expression, over the fields, that
     it replaced.)"""
     lines = text.split("\r\n")  # the start line, the field lines, and two "" at the end
-    fields = [line.partition(":") for line in lines[1:-2]]
-    return lines[0], [(name.lower(), value.strip(" \t")) for name, _, value in fields]
+    headers = []
+    for line in lines[1:-2]:
+        name, _, value = line.partition(":")
+        headers.append((name.lower(), value.strip(" \t")))
+    return lines[0], headers
 
 
 async def read_request(reader: asyncio.StreamReader) -> Head | None:
